@@ -1,0 +1,66 @@
+"""bitpress: a declarative graph-rewriting compiler for neural-network compression.
+
+import bitpress as bp
+cm = bp.compile(model, (x,), passes=[bp.passes.Quantize(method="gptq", bits=4)], target="llvm", calibration=batches)
+print(cm.report)
+"""
+
+from bitpress import backends as _backends  # noqa: F401  (registers targets)
+from bitpress import passes
+from bitpress.compiler.api import ArtifactError, CompiledModel, compile, load
+from bitpress.compiler.builder import F, const
+from bitpress.compiler.frontend import FrontendError, UnsupportedOpError
+from bitpress.compiler.ir import Graph, Node, TensorType, Value
+from bitpress.compiler.ops import register_op
+from bitpress.compiler.pass_manager import (
+    CompileError,
+    Pass,
+    PassContext,
+    PassResult,
+    Pipeline,
+    ToleranceError,
+    register_pass,
+    rewrite_pass,
+)
+from bitpress.compiler.pattern import Pat, Reject, Rule, RuleSet, rule
+from bitpress.compiler.rewrite import rewrite
+from bitpress.compiler.target import LoweringError
+from bitpress.passes.recipe import RecipeError
+
+__version__ = "0.1.0"
+
+targets = ("torch", "onnx", "llvm", "cpu", "cuda")
+
+__all__ = [
+    "ArtifactError",
+    "CompileError",
+    "CompiledModel",
+    "F",
+    "FrontendError",
+    "Graph",
+    "LoweringError",
+    "Node",
+    "Pass",
+    "PassContext",
+    "PassResult",
+    "Pat",
+    "Pipeline",
+    "RecipeError",
+    "Reject",
+    "Rule",
+    "RuleSet",
+    "TensorType",
+    "ToleranceError",
+    "UnsupportedOpError",
+    "Value",
+    "compile",
+    "const",
+    "load",
+    "passes",
+    "register_op",
+    "register_pass",
+    "rewrite",
+    "rewrite_pass",
+    "rule",
+    "targets",
+]

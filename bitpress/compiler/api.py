@@ -1,0 +1,243 @@
+"""compile(), CompiledModel, save/load of artifacts.
+
+Example:
+    >>> import torch, bitpress as bp
+    >>> m = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
+    >>> cm = bp.compile(m, (torch.randn(2, 8),), target="torch")
+    >>> y = cm(torch.randn(2, 8))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bitpress.compiler.interpreter import check_inputs
+from bitpress.compiler.ir import Graph, IRError
+from bitpress.compiler.pass_manager import CompileError, Pass, PassContext, Pipeline
+from bitpress.compiler.report import Report
+from bitpress.compiler.serialize import graph_from_json, save_graph
+from bitpress.compiler.target import BuildOptions, Executable, get_backend, legalize_check, resolve_target
+
+__all__ = ["ArtifactError", "CompiledModel", "compile", "load"]
+
+log = logging.getLogger("bitpress")
+ARTIFACT_FORMAT = "bitpress-artifact/1"
+
+
+class ArtifactError(ValueError):
+    """A saved artifact is missing, corrupt or from an incompatible version."""
+
+
+class CompiledModel:
+    """A compressed model lowered to a target: callable, with a report, save() and the IR."""
+
+    def __init__(self, graph: Graph, executable: Executable, report: Report, target: str, explain_log: Any = None):
+        self.graph = graph
+        self.executable = executable
+        self.report = report
+        self.target = target
+        self._explain = explain_log
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        outs = self.executable.run(check_inputs(self.graph, inputs))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def explain(self) -> str:
+        """Which rule fired or declined on which node, and why."""
+        return str(self._explain) if self._explain is not None else "(explain log not kept for loaded models)"
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the deployable artifact, the IR, the weights and the report, atomically."""
+        dest = Path(directory).resolve()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            files = save_graph(self.graph, tmp)
+            (tmp / "report.json").write_text(json.dumps(self.report.to_dict(), indent=1))
+            files.append("report.json")
+            files += self.executable.save(tmp)
+            manifest = {
+                "format": ARTIFACT_FORMAT,
+                "target": self.target,
+                "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in self.graph.inputs],
+                "files": {f: _sha256(tmp / f) for f in sorted(set(files))},
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            old = None
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+                dest.rename(old)
+            tmp.rename(dest)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+    def __repr__(self) -> str:
+        return f"CompiledModel(target={self.target!r}, nodes={len(self.graph)}, bytes={self.report.total_bytes:,})"
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(directory: str | os.PathLike[str]) -> CompiledModel:
+    """Load a saved artifact, verifying every file's hash; runs without recompiling."""
+    d = Path(directory)
+    mpath = d / "manifest.json"
+    if not mpath.is_file():
+        raise ArtifactError(f"{d} is not a bitpress artifact (no manifest.json)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{mpath} is corrupt: {e}") from None
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{d}: unsupported artifact format {manifest.get('format')!r} (expected {ARTIFACT_FORMAT})")
+    for f, digest in manifest["files"].items():
+        p = d / f
+        if not p.is_file():
+            raise ArtifactError(f"{p} is missing from the artifact")
+        if _sha256(p) != digest:
+            raise ArtifactError(f"{p} is corrupt: sha256 does not match the manifest")
+    try:
+        from safetensors.torch import load_file
+
+        g = graph_from_json(json.loads((d / "graph.json").read_text()), load_file(str(d / "weights.safetensors")))
+        report = Report.from_dict(json.loads((d / "report.json").read_text()))
+    except (IRError, KeyError, ValueError) as e:
+        raise ArtifactError(f"{d}: cannot read the graph: {e}") from None
+    target = manifest["target"]
+    _ensure_registered()
+    exe = get_backend(target).load(d, g, target)
+    return CompiledModel(g, exe, report, target)
+
+
+def _ensure_registered() -> None:
+    import bitpress.backends
+    import bitpress.passes  # noqa: F401  (registers passes and their ops)
+
+
+def _import_model(model: Any, example_inputs: Sequence[Any]) -> Graph:
+    if isinstance(model, Graph):
+        return model.clone()
+    if isinstance(model, torch.nn.Module):
+        from bitpress.compiler.frontend import import_module
+
+        return import_module(model, example_inputs)
+    if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
+        from bitpress.compiler.frontend.onnx_import import import_onnx
+
+        return import_onnx(model)
+    raise TypeError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, an ONNX model or path, or a bitpress Graph")
+
+
+def _as_batches(calibration: Iterable[Any] | None) -> list[tuple[torch.Tensor, ...]]:
+    if calibration is None:
+        return []
+    out = []
+    for b in calibration:
+        out.append(tuple(b) if isinstance(b, (tuple, list)) else (b,))
+    return out
+
+
+def compile(
+    model: Any,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    passes: Sequence[Pass] | str | os.PathLike[str] | dict[str, Any] | None = None,
+    target: str = "torch",
+    calibration: Iterable[Any] | None = None,
+    tolerance: dict[str, float] | None = None,
+    *,
+    tune: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    canonicalize: bool = True,
+    quiet: bool | None = None,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+) -> CompiledModel:
+    """Compress `model` with `passes` and lower it to `target`.
+
+    Args:
+        model: a torch.nn.Module, an onnx.ModelProto or .onnx path, or a bitpress Graph.
+        example_inputs: a tuple of tensors fixing shapes and dtypes (and used to measure each pass's error).
+        passes: Pass objects, or a recipe (YAML path or dict with a `passes:` list).
+        target: "torch" (reference), "onnx", "llvm"/"cpu", "cuda", "cortex-m4", ...
+        calibration: iterable of input tuples for data-aware passes.
+        tolerance: e.g. {"sqnr_db": 20}: the pass that pushes output SQNR below it fails the compile.
+        tune: MetaSchedule trials for TVM targets (0: default schedules only).
+
+    Returns:
+        A callable CompiledModel with `.report`, `.graph`, `.save()`.
+    """
+    _ensure_registered()
+    from bitpress.passes import canonicalize_pipeline
+    from bitpress.passes.recipe import load_recipe
+
+    t0 = time.perf_counter()
+    target = resolve_target(target)
+    if quiet is None:
+        quiet = os.environ.get("BITPRESS_QUIET", "") not in ("", "0") or not os.isatty(2)
+    if isinstance(passes, (str, os.PathLike, dict)):
+        plist = load_recipe(passes)
+    else:
+        plist = list(passes or [])
+    cal = _as_batches(calibration)
+    if example_inputs is None:
+        if isinstance(model, torch.nn.Module) and not cal:
+            raise ValueError("example_inputs are required to trace a torch module")
+        example_inputs = cal[0] if cal else ()
+    ex = tuple(example_inputs)
+    g = _import_model(model, ex)
+    if not ex:
+        ex = tuple(torch.zeros(v.shape, dtype=_torch_dtype(v.dtype)) for v in g.inputs)
+    check_inputs(g, ex)
+    _check_weights(g)
+    source = g.clone()
+    ctx = PassContext(example_inputs=ex, calibration=cal, quiet=quiet, seed=seed, source_graph=source)
+    pipeline = Pipeline((canonicalize_pipeline() if canonicalize else []) + plist, tolerance=tolerance)
+    g, records = pipeline.run(g, ctx)
+    legalize_check(g, target)
+    tb = time.perf_counter()
+    backend = get_backend(target)
+    exe = backend.build(
+        g,
+        target,
+        BuildOptions(
+            tune=tune, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet, example_inputs=ex, extra=dict(options or {})
+        ),
+    )
+    report = Report.build(g, source.weight_bytes(), records, target)
+    report.build_seconds = time.perf_counter() - tb
+    report.backend = dict(getattr(exe, "info", {}) or {})
+    log.info("compiled for %s in %.2fs", target, time.perf_counter() - t0)
+    return CompiledModel(g, exe, report, target, ctx.explain)
+
+
+def _torch_dtype(d: str) -> torch.dtype:
+    from bitpress.compiler.ir import to_torch_dtype
+
+    return to_torch_dtype(d)
+
+
+def _check_weights(g: Graph) -> None:
+    bad = [v.name for v in g.consts.values() if v.value.is_floating_point() and not torch.isfinite(v.value).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CompileError(f"model has NaN/inf weights in {shown}")
