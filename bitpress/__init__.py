@@ -25,6 +25,7 @@ from bitpress.compiler.pass_manager import (
 from bitpress.compiler.pattern import Pat, Reject, Rule, RuleSet, rule
 from bitpress.compiler.rewrite import rewrite
 from bitpress.compiler.target import LoweringError
+from bitpress.compiler.torch_pattern import rule_from_torch
 from bitpress.passes.recipe import RecipeError
 
 __version__ = "0.1.0"
@@ -62,5 +63,6 @@ __all__ = [
     "rewrite",
     "rewrite_pass",
     "rule",
+    "rule_from_torch",
     "targets",
 ]

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from bitpress.compiler.ir import Graph, IRError, TensorType, Value
+from bitpress.compiler.ir import Graph, IRError, Node, TensorType, Value
 
-__all__ = ["F", "building", "const", "current_graph", "emit"]
+__all__ = ["F", "building", "const", "current_graph", "emit", "emit_node"]
 
 _CURRENT: contextvars.ContextVar[tuple[Graph, str] | None] = contextvars.ContextVar("bitpress_builder", default=None)
 
@@ -52,7 +52,8 @@ def emit(op: str, *inputs: Value | None, name: str | None = None, types: list[Te
     return g.call(op, inputs, attrs, name=name or _hint() or op, types=types)
 
 
-def emit_node(op: str, *inputs: Value | None, name: str | None = None, **attrs: Any):  # type: ignore[no-untyped-def]
+def emit_node(op: str, *inputs: Value | None, name: str | None = None, **attrs: Any) -> Node:
+    """Like `emit` but returns the node (for multi-output ops)."""
     g = current_graph()
     return g.create_node(op, inputs, attrs, name=name or _hint() or op)
 

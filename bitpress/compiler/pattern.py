@@ -8,7 +8,8 @@ A rule is data: a pattern, a guard+replacement function, and a stable kebab-case
         ...
 
 Names in a pattern bind values: a leaf given as a keyword slot binds under the slot
-name (`w=Pat.const()` binds `w`), or under its own name (`Pat.var("a")`); an op
+name (`w=Pat.const()` binds `w`), or under its own name (`Pat.var("a")`; positional
+leaves bind only this way); an op
 sub-pattern binds its output when given `bind=`.  A name bound twice must bind the same
 value.  The function receives the bound values whose names its signature declares, plus
 the keyword-only `ctx`, `cfg` and `node` (the matched root) when it asks for them.  It
@@ -171,7 +172,8 @@ def _match_node(p: _OpPat, n: Node, b: dict[str, Value | None]) -> bool:
             orders.append([p.args[1], p.args[0]])
         for order in orders:
             trial = dict(b)
-            if all(_match_value(sp, ins[i], opdef.slots[i] if i < len(opdef.slots) else None, trial) for i, sp in enumerate(order)):
+            # positional sub-patterns bind only under their own names
+            if all(_match_value(sp, ins[i], None, trial) for i, sp in enumerate(order)):
                 b.clear()
                 b.update(trial)
                 break
