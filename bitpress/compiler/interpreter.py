@@ -15,7 +15,7 @@ import torch
 from bitpress.compiler.ir import Graph, Node, TensorType, to_torch_dtype
 from bitpress.compiler.ops import get_op
 
-__all__ = ["InterpreterError", "Observer", "run"]
+__all__ = ["InputError", "InterpreterError", "Observer", "run"]
 
 Observer = Callable[[Node, list[Any], list[torch.Tensor]], None]
 
@@ -24,17 +24,21 @@ class InterpreterError(RuntimeError):
     """Bad inputs for a graph, or an op that failed while running, named."""
 
 
+class InputError(ValueError):
+    """Inputs that do not fit the graph's signature (count, shape, dtype)."""
+
+
 def check_inputs(g: Graph, inputs: Sequence[Any]) -> list[torch.Tensor]:
     if len(inputs) != len(g.inputs):
-        raise InterpreterError(f"graph takes {len(g.inputs)} inputs ({', '.join(v.name for v in g.inputs)}), got {len(inputs)}")
+        raise InputError(f"graph takes {len(g.inputs)} inputs ({', '.join(v.name for v in g.inputs)}), got {len(inputs)}")
     out = []
     for v, x in zip(g.inputs, inputs, strict=True):
         t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
         if tuple(t.shape) != v.shape:
-            raise InterpreterError(f"input {v.name}: expected shape {list(v.shape)}, got {list(t.shape)}")
+            raise InputError(f"input {v.name}: expected shape {list(v.shape)}, got {list(t.shape)}")
         want = to_torch_dtype(v.dtype)
         if t.dtype != want:
-            raise InterpreterError(f"input {v.name}: expected dtype {v.dtype}, got {str(t.dtype).removeprefix('torch.')}")
+            raise InputError(f"input {v.name}: expected dtype {v.dtype}, got {str(t.dtype).removeprefix('torch.')}")
         out.append(t)
     return out
 

@@ -136,7 +136,7 @@ for _n, _f in {
     "sub": torch.sub,
     "mul": torch.mul,
     "div": torch.div,
-    "pow": torch.pow,
+    "pow": lambda a, b: torch.pow(a, b.item()) if b.ndim == 0 and b.device.type != "meta" and a.is_floating_point() else torch.pow(a, b),
     "maximum": torch.maximum,
     "minimum": torch.minimum,
     "eq": torch.eq,
@@ -446,6 +446,16 @@ def _index_select(x: torch.Tensor, idx: torch.Tensor, dim: int = 0) -> torch.Ten
 @register_op("gather", ("x", "idx"))
 def _gather(x: torch.Tensor, idx: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.gather(x, dim, idx)
+
+
+@register_op("index", ("x", "*idx"))
+def _index(x: torch.Tensor, *idx: torch.Tensor, dims: Any = None) -> torch.Tensor:
+    """y = x[..., idx_0, ..., idx_k]   (advanced indexing; `dims` says which axis each index tensor indexes)"""
+    dims = list(range(len(idx))) if dims is None else list(dims)
+    key: list[Any] = [slice(None)] * (max(dims) + 1 if dims else 0)
+    for d, t in zip(dims, idx, strict=True):
+        key[d] = t
+    return x[tuple(key)]
 
 
 @register_op("tril", ("x",))

@@ -439,14 +439,14 @@ class _Importer:
             if beta != 1:
                 bias = g.call("mul", [bias, self.value(float(beta), hint + ".c")], name=hint)
             return self.check(node, g.call("add", [mm, bias], name=hint))
-        if pkt == "index" and len(args.get("indices", [])) >= 1:
-            idx = args["indices"]
-            lead = [i for i in idx if i is None]
-            if len(idx) - len(lead) == 1 and idx[-1] is not None:
-                dim = len(idx) - 1
-                iv = self.value(idx[-1], hint + ".idx")
-                if iv is not None and iv.ndim == 1:
-                    return self.check(node, call("index_select", [args["self"], iv], {"dim": dim}))
+        if pkt == "index":
+            idx = list(args["indices"])
+            dims = [d for d, i in enumerate(idx) if i is not None]
+            ivals = [self.value(idx[d], hint + ".idx") for d in dims]
+            if any(v is None or v.dtype not in ("int64", "int32") for v in ivals):
+                raise _Unsupported(f"aten.index with boolean masks at node {node.name} ({path or 'top level'})")
+            vals = [self.value(args["self"], hint + ".c"), *ivals]
+            return self.check(node, g.call("index", vals, {"dims": dims}, name=hint))
         raise _Unsupported(f"aten.{pkt} ({target}) at node {node.name} ({path or 'top level'})")
 
     def check(self, node: torch.fx.Node, out: Value) -> Value:
