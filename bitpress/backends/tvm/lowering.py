@@ -1,0 +1,206 @@
+"""Per-op lowering registry for the TVM backend: bitpress op -> Relax expression.
+
+A lowering is a function `fn(ctx, node, args) -> relax.Expr | list[relax.Expr]`
+registered per op and per target (JAX `register_lowering` style):
+
+    @register_lowering("relu")
+    def _relu(ctx: LowerContext, node: Node, args: list[relax.Expr | None]) -> relax.Expr:
+        return ctx.emit(relax.op.nn.relu(args[0]))
+
+`args` are the node's inputs in slot order (None for an absent optional input).  Graph
+constants arrive as bound parameters; `ctx.value(node.inputs[i])` gives their torch
+tensor, so a lowering can re-lay a weight out at build time with `ctx.const(...)`.
+Packed constants (int4/uint4/int2/...) arrive as flat uint8 byte arrays; their logical
+shape is on `node.inputs[i].type` (and in the op's attrs).  Custom TE kernels go through
+`ctx.emit_te(fn, *args, primfunc_name_hint=...)` and may ask for a schedule with
+`ctx.schedule_hint(name, **kw)` (see bitpress/schedules).
+
+Every module named `bitpress/backends/tvm/lower_*.py` is imported when the backend builds
+or lists its ops, so adding a lowering is adding a file.  This module imports no TVM at
+import time (tvm takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from bitpress.compiler.ir import Graph, Node, Value
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tvm import relax
+
+__all__ = [
+    "TARGETS",
+    "LowerContext",
+    "LowerFn",
+    "ParamRef",
+    "get_lowering",
+    "load_lowering_modules",
+    "lowered_ops",
+    "register_lowering",
+]
+
+TARGETS: tuple[str, ...] = ("llvm", "cuda")
+LowerFn = Callable[["LowerContext", Node, list[Any]], Any]
+_LOWERINGS: dict[str, dict[str, LowerFn]] = {}
+_LOADED = False
+
+# Constants at or below this many elements are embedded in the module (foldable);
+# larger ones are passed to the VM as parameters so the library stays small and
+# saved weights are not duplicated.
+EMBED_MAX_NUMEL = 64
+
+
+def register_lowering(op: str, targets: tuple[str, ...] = TARGETS) -> Callable[[LowerFn], LowerFn]:
+    """Register `fn` as the lowering of bitpress op `op` on `targets` ("llvm", "cuda")."""
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        raise ValueError(f"register_lowering({op!r}): unknown TVM target(s) {bad}; known: {list(TARGETS)}")
+
+    def deco(fn: LowerFn) -> LowerFn:
+        per = _LOWERINGS.setdefault(op, {})
+        for t in targets:
+            per[t] = fn
+        return fn
+
+    return deco
+
+
+def load_lowering_modules() -> None:
+    """Import every `bitpress.backends.tvm.lower_*` module (they register lowerings)."""
+    global _LOADED
+    if _LOADED:
+        return
+    import bitpress.backends.tvm as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("lower_"):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    _LOADED = True
+
+
+def lowered_ops(target: str) -> set[str]:
+    load_lowering_modules()
+    return {op for op, per in _LOWERINGS.items() if target in per}
+
+
+def get_lowering(op: str, target: str) -> LowerFn:
+    load_lowering_modules()
+    per = _LOWERINGS.get(op, {})
+    if target not in per:
+        have = sorted(per)
+        raise ValueError(f"op {op!r} has no TVM lowering for target {target!r}" + (f"; it has one for {have}" if have else ""))
+    return per[target]
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """Where a VM parameter's data comes from: a graph store entry, or a tensor made at build time."""
+
+    kind: str  # "store" | "derived"
+    key: str
+
+
+@dataclass
+class LowerContext:
+    """What a lowering sees: the BlockBuilder, the target, constants and schedule hints.
+
+    Attributes:
+        bb: the tvm.relax.BlockBuilder emitting the main function's dataflow block.
+        target: "llvm" or "cuda".
+        graph: the bitpress Graph being lowered.
+        params: the VM parameters in order, as (relax.Var, ParamRef).
+        derived: tensors made at build time (re-laid-out weights), by ParamRef key.
+        hints: schedule hints per PrimFunc name hint (read by bitpress.schedules).
+    """
+
+    bb: Any
+    target: str
+    graph: Graph
+    params: list[tuple[Any, ParamRef]] = field(default_factory=list)
+    derived: dict[str, torch.Tensor] = field(default_factory=dict)
+    hints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _store_vars: dict[str, Any] = field(default_factory=dict)
+    _counter: int = 0
+
+    # -- constants
+    def value(self, v: Value | None) -> torch.Tensor | None:
+        """The torch tensor of a graph constant (None for non-constants)."""
+        if v is None or not v.is_const:
+            return None
+        return self.graph.store[v.name]
+
+    def const(self, tensor: torch.Tensor | np.ndarray, name: str | None = None) -> relax.Expr:
+        """A constant made at build time: embedded when tiny, else a bound VM parameter."""
+        from tvm import relax
+
+        t = torch.as_tensor(tensor).detach().contiguous()
+        if t.numel() <= EMBED_MAX_NUMEL:
+            return relax.const(_to_numpy(t), _tvm_dtype(t.dtype))
+        self._counter += 1
+        key = f"{name or 'derived'}#{self._counter}"
+        self.derived[key] = t
+        var = relax.Var(f"p{len(self.params)}", relax.TensorType(tuple(t.shape), _tvm_dtype(t.dtype)))
+        self.params.append((var, ParamRef("derived", key)))
+        return var
+
+    def store_param(self, v: Value) -> relax.Expr:
+        """The relax expression for graph constant `v` (a VM parameter, or embedded when tiny)."""
+        from tvm import relax
+
+        if v.name in self._store_vars:
+            return self._store_vars[v.name]
+        t = self.graph.store[v.name]
+        if t.numel() <= EMBED_MAX_NUMEL:
+            e: Any = relax.const(_to_numpy(t), _tvm_dtype(t.dtype))
+        else:
+            e = relax.Var(f"p{len(self.params)}", relax.TensorType(tuple(t.shape), _tvm_dtype(t.dtype)))
+            self.params.append((e, ParamRef("store", v.name)))
+        self._store_vars[v.name] = e
+        return e
+
+    # -- emission
+    def emit(self, expr: Any, name_hint: str = "") -> relax.Expr:
+        return self.bb.emit(expr, name_hint=name_hint)
+
+    def emit_te(self, fn: Callable[..., Any], *args: Any, primfunc_name_hint: str | None = None, **kwargs: Any) -> relax.Expr:
+        """bb.emit_te: a TE compute becomes a PrimFunc called with call_tir."""
+        if primfunc_name_hint is not None:
+            kwargs["primfunc_name_hint"] = primfunc_name_hint
+        return self.bb.emit_te(fn, *args, **kwargs)
+
+    def schedule_hint(self, name: str, **kw: Any) -> None:
+        """Ask bitpress.schedules for a schedule for the PrimFunc named `name` (e.g. rule="gemv")."""
+        self.hints[name] = dict(kw)
+
+    def shape(self, e: Any) -> tuple[int, ...]:
+        return tuple(int(d) for d in e.ty.shape)
+
+    def dtype(self, e: Any) -> str:
+        return str(e.ty.dtype)
+
+
+def _tvm_dtype(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def param_tensors(
+    params: Sequence[tuple[Any, ParamRef]], store: dict[str, torch.Tensor], derived: dict[str, torch.Tensor]
+) -> list[torch.Tensor]:
+    """The VM parameter tensors in order."""
+    return [store[r.key] if r.kind == "store" else derived[r.key] for _, r in params]

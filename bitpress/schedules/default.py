@@ -1,0 +1,339 @@
+"""Default (untuned) schedules: one rule per kernel shape, first match wins.
+
+CPU (llvm) rules, in order:
+  cpu-gemm         a single reduction block S..S R..R (matmul, batched matmul, conv, dense
+                   with fused prologue/epilogue): register tile mi x ni of the output with
+                   ni a multiple of the vector width, reduction loops between the tile and
+                   the parallel outer loops, accumulate in a tile-sized buffer, write back
+                   through the fused epilogue; inner axis vectorized, outer axes parallel.
+  dlight-cpu-reduction  softmax / norms (DLight's CPU rule).
+  cpu-injective    elementwise / layout kernels: inline, fuse, parallel outer, vectorize inner.
+  cpu-fallback     anything else: parallelize the leading spatial loop of each block.
+CUDA rules: DLight GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback).
+
+A lowering may steer this with `ctx.schedule_hint(name, rule=..., schedule=fn)`: `rule`
+names one of the rules above (or "none" to leave the kernel as written), `schedule` is a
+callable `fn(sch: s_tir.Schedule, target) -> None` applied to the kernel instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["CPU_RULES", "apply_default_schedules"]
+
+VEC_BITS = 256  # AVX2; the rule reads the target's width when it can
+
+
+def _vec_lanes(target: Any, dtype_bits: int) -> int:
+    try:
+        from tvm.target.codegen import llvm_get_vector_width
+
+        bits = int(llvm_get_vector_width(target))
+    except Exception:
+        bits = VEC_BITS
+    if bits <= 0:
+        bits = 128
+    return max(bits // max(dtype_bits, 8), 1)
+
+
+def _largest_divisor(n: int, candidates: tuple[int, ...]) -> int:
+    for c in candidates:
+        if c <= n and n % c == 0:
+            return c
+    return 1
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    from tvm import tirx
+
+    e = sch.get(loop).extent
+    return int(e) if isinstance(e, tirx.IntImm) else None
+
+
+def _out_bits(sch: Any, block: Any) -> int:
+    st = sch.get(block)
+    return int(st.writes[0].source.dtype.bits) if st.writes else 32
+
+
+def _vectorize_inner(sch: Any, block: Any, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    ext = _extent(sch, loops[-1])
+    if ext is None or ext < 2:
+        return
+    f = _largest_divisor(ext, (lanes * 2, lanes, lanes // 2, 4, 2))
+    if f < 2:
+        return
+    if f < ext:
+        _, inner = sch.split(loops[-1], factors=[None, f])
+    else:
+        inner = loops[-1]
+    with contextlib.suppress(Exception):
+        sch.vectorize(inner)
+
+
+def _try_parallel(sch: Any, loop: Any) -> bool:
+    try:
+        sch.parallel(loop)
+        return True
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------- CPU rules
+
+
+def cpu_gemm(func: Any, target: Any) -> Any:
+    """C[s..] = sum_r A[..] * B[..]  ->  parallel(s_outer, mo, no) . r . unroll(mi) . vectorize(ni)"""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos:
+        return None
+    reds = [b for b in infos if not b.is_injective()]
+    if len(reds) != 1:
+        return None
+    main = reds[0]
+    dk = main.dom_kind()
+    p = len(dk) - len(dk.lstrip("S"))
+    if p < 1 or dk[p:] != "R" * (len(dk) - p) or len(dk) == p:
+        return None
+    if len(sch.get(main.block_rv).reads) < 2:
+        return None  # a plain reduction (sum/mean), not a contraction
+    idx = infos.index(main)
+    # prologue (padding, transposes): inline into the contraction
+    for b in reversed(infos[:idx]):
+        try:
+            sch.compute_inline(b.block_rv)
+        except Exception:
+            return None
+    # epilogue chain: inline into its last block, then into the write-back
+    epi = infos[idx + 1 :]
+    if any(not b.is_injective() for b in epi):
+        return None
+    for b in epi[:-1]:
+        try:
+            sch.compute_inline(b.block_rv)
+        except Exception:
+            return None
+    loops = sch.get_loops(main.block_rv)
+    if len(loops) != len(dk):
+        return None
+    exts = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in exts):
+        return None
+    lanes = _vec_lanes(target, _out_bits(sch, main.block_rv))
+    wb = sch.cache_write(main.block_rv, 0, "global")
+    if epi:
+        # if it cannot be inlined, the epilogue stays a separate (injective) loop nest
+        with contextlib.suppress(Exception):
+            sch.reverse_compute_inline(epi[-1].block_rv)
+    loops = sch.get_loops(main.block_rv)
+    spatial, reduce = loops[:p], loops[p:]
+    n_ext = exts[p - 1]
+    assert n_ext is not None
+    ni = _largest_divisor(n_ext, (lanes * 2, lanes, lanes // 2, 4, 2))
+    no, ni_l = sch.split(spatial[-1], factors=[None, ni])
+    if p >= 2:
+        m_ext = exts[p - 2]
+        assert m_ext is not None
+        mi = _largest_divisor(m_ext, (4, 6, 3, 2))
+        mo, mi_l = sch.split(spatial[-2], factors=[None, mi])
+        outer = [*spatial[:-2], mo, no]
+    else:
+        mi_l = None
+        outer = [no]
+    inner = [mi_l, ni_l] if mi_l is not None else [ni_l]
+    sch.reorder(*outer, *reduce, *inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(fused)
+    sch.reverse_compute_at(wb, fused, preserve_unit_loops=True)
+    if mi_l is not None:
+        sch.unroll(mi_l)
+    if ni > 1:
+        sch.vectorize(ni_l)
+    init = sch.decompose_reduction(main.block_rv, reduce[0])
+    if ni > 1:
+        _vectorize_inner(sch, init, lanes)
+    # the write-back (with the fused epilogue, if any)
+    _vectorize_inner(sch, wb, lanes)
+    # an epilogue that could not be inlined: give it the injective schedule
+    for b in _root_blocks(sch):
+        if len(sch.get_loops(b)) and not _is_scheduled_block(sch, b):
+            _schedule_injective_block(sch, b, lanes)
+    return sch
+
+
+def _root_blocks(sch: Any) -> list[Any]:
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    if root is None:
+        return []
+    return list(sch.get_child_blocks(root))
+
+
+def _has_root(sch: Any) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:
+        return False
+
+
+def _is_scheduled_block(sch: Any, block: Any) -> bool:
+    from tvm import tirx
+
+    for lp in sch.get_loops(block):
+        kind = sch.get(lp).kind
+        if kind in (tirx.ForKind.PARALLEL, tirx.ForKind.VECTORIZED):
+            return True
+    return False
+
+
+def _schedule_injective_block(sch: Any, block: Any, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ext = _extent(sch, fused)
+    if ext is None:
+        _try_parallel(sch, fused)
+        return
+    v = _largest_divisor(ext, (lanes * 2, lanes, lanes // 2, 4, 2))
+    if v > 1 and ext > v:
+        outer, inner = sch.split(fused, factors=[None, v])
+        if ext // v >= 2 and ext >= 4096:
+            _try_parallel(sch, outer)
+        sch.vectorize(inner)
+    elif v > 1:
+        sch.vectorize(fused)
+    elif ext >= 4096:
+        _try_parallel(sch, fused)
+
+
+def cpu_injective(func: Any, target: Any) -> Any:
+    """y[i..] = f(x[g(i..)])  ->  fuse . parallel(outer) . vectorize(inner)"""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base.common_schedules import try_inline
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos or any(not b.is_injective() for b in infos):
+        return None
+    rest = try_inline(sch, list(infos))
+    for b in rest:
+        _schedule_injective_block(sch, b.block_rv, _vec_lanes(target, _out_bits(sch, b.block_rv)))
+    return sch
+
+
+def cpu_fallback(func: Any, target: Any) -> Any:
+    """any kernel  ->  parallel(leading spatial loop) per block"""
+    from tvm import s_tir, tirx
+
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = _root_blocks(sch)
+    except Exception:
+        return None
+    done = False
+    for b in blocks:
+        loops = sch.get_loops(b)
+        if not loops:
+            continue
+        st = sch.get(b)
+        if not st.iter_vars or st.iter_vars[0].iter_type != tirx.IterVar.DataPar:
+            continue
+        ext = _extent(sch, loops[0])
+        if ext is not None and ext >= 2:
+            done = _try_parallel(sch, loops[0]) or done
+    return sch if done else None
+
+
+def _dlight_cpu_reduction(func: Any, target: Any) -> Any:
+    from tvm.s_tir import dlight as dl
+
+    return dl.cpu.Reduction().apply(func, target, False)
+
+
+CPU_RULES: list[tuple[str, Callable[[Any, Any], Any]]] = [
+    ("cpu-gemm", cpu_gemm),
+    ("dlight-cpu-reduction", _dlight_cpu_reduction),
+    ("cpu-injective", cpu_injective),
+    ("cpu-fallback", cpu_fallback),
+]
+
+
+def _gpu_rules() -> list[tuple[str, Callable[[Any, Any], Any]]]:
+    from tvm.s_tir import dlight as dl
+
+    out = []
+    for r in (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()):
+        name = "dlight-gpu-" + type(r).__name__.lower()
+
+        def fn(func: Any, target: Any, r: Any = r) -> Any:
+            res = r.apply(func, target, False)
+            return res[0] if isinstance(res, list) else res
+
+        out.append((name, fn))
+    return out
+
+
+def _hint_for(name: str, hints: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    for k, v in hints.items():
+        if k == name or k in name:
+            return v
+    return None
+
+
+def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, Any]] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Schedule every unscheduled PrimFunc in `mod`; returns (mod, {"schedules": {rule: count}})."""
+    from tvm import s_tir, tirx
+
+    hints = hints or {}
+    is_gpu = target.kind.name == "cuda"
+    rules = _gpu_rules() if is_gpu else CPU_RULES
+    by_name = dict(rules)
+    counts: dict[str, int] = {}
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if "tirx.is_scheduled" in func.attrs and int(func.attrs["tirx.is_scheduled"]) == 1:
+            counts["tuned"] = counts.get("tuned", 0) + 1
+            continue
+        hint = _hint_for(gv.name_hint, hints)
+        chosen = rules
+        if hint is not None:
+            if callable(hint.get("schedule")):
+                sch = s_tir.Schedule(func)
+                hint["schedule"](sch, target)
+                updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                counts["hint"] = counts.get("hint", 0) + 1
+                continue
+            rule = hint.get("rule")
+            if rule == "none":
+                counts["none"] = counts.get("none", 0) + 1
+                continue
+            if rule in by_name:
+                chosen = [(rule, by_name[rule])] + [r for r in rules if r[0] != rule]
+        with target:
+            for rname, fn in chosen:
+                try:
+                    sch = fn(func, target)
+                except Exception:
+                    sch = None
+                if sch is not None:
+                    updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    counts[rname] = counts.get(rname, 0) + 1
+                    break
+            else:
+                counts["unscheduled"] = counts.get("unscheduled", 0) + 1
+    for gv, f in updates.items():
+        mod[gv] = f
+    return mod, {"schedules": dict(sorted(counts.items()))}
