@@ -73,7 +73,7 @@ def _group_index(k: int, group_size: int) -> torch.Tensor:
 
 # qweight tensor -> (scales, zeros, key, dequantized weight): the store's tensors are immutable by
 # convention, so the interpreter need not unpack the same weight again on every call.
-_DEQ_CACHE: weakref.WeakKeyDictionary[torch.Tensor, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_DEQ_CACHE: dict[int, tuple[Any, ...]] = {}
 
 
 def dequantize_weight(
@@ -90,9 +90,9 @@ def dequantize_weight(
     if qweight.device.type == "meta":
         return torch.empty(tuple(shape), device="meta")
     key = (tuple(shape), bits, group_size, signed)
-    hit = _DEQ_CACHE.get(qweight)
-    if hit is not None and hit[0] is scales and hit[1] is zeros and hit[2] == key:
-        return hit[3]  # type: ignore[no-any-return]
+    hit = _DEQ_CACHE.get(id(qweight))
+    if hit is not None and hit[0]() is qweight and hit[1] is scales and hit[2] is zeros and hit[3] == key:
+        return hit[4]  # type: ignore[no-any-return]
     n = shape[0]
     k = math.prod(shape[1:])
     q = unpack_codes(qweight, bits, (n, k), signed).to(torch.float32)
@@ -104,7 +104,9 @@ def dequantize_weight(
     else:
         w = q * s
     w = w.reshape(tuple(shape)).contiguous()
-    _DEQ_CACHE[qweight] = (scales, zeros, key, w)
+    if hit is None:
+        weakref.finalize(qweight, _DEQ_CACHE.pop, id(qweight), None)
+    _DEQ_CACHE[id(qweight)] = (weakref.ref(qweight), scales, zeros, key, w)
     return w
 
 
