@@ -193,7 +193,7 @@ class OnnxExecutable:
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         feeds = {name: _np(t) for name, t in zip(self.input_names, inputs)}
         outs = self.session.run(self.output_names, feeds)
-        return [torch.from_numpy(np.ascontiguousarray(o)) for o in outs]
+        return [torch.from_numpy(o if o.flags.c_contiguous else o.copy()) for o in outs]
 
     def save(self, directory: Path) -> list[str]:
         if self.model.ByteSize() < _PROTO_LIMIT:

@@ -174,6 +174,8 @@ def _unary(onnx_op: str) -> Any:
         x = ctx.cast(_name(inputs[0]), _in_dtype(node, 0), dtype)
         if onnx_op in ("Floor", "Ceil", "Round") and not _is_float(dtype):
             return ctx.add_node("Identity", [x])  # integers are already whole
+        if onnx_op == "Relu" and not _is_float(dtype):
+            return ctx.add_node("Max", [x, ctx.scalar(0, dtype, "zero")])  # onnxruntime has no integer Relu
         return ctx.add_node(onnx_op, [x])
 
     return lower
@@ -700,3 +702,38 @@ def lower_pad(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     value = node.attrs.get("value", 0.0) or 0.0
     cval = ctx.scalar(value if _is_float(dtype) else int(value), dtype, "pad_value") if onnx_mode == "constant" else None
     return ctx.add_node("Pad", [_name(inputs[0]), ctx.ints(begin + end, "pads"), cval], mode=onnx_mode)
+
+
+@register_onnx_lowering("index")
+def lower_index(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
+    """x[..., i_0, ..., i_k] = GatherND(x with the indexed axes moved first, stack(broadcast(i)))
+
+    Like numpy, the broadcast index dims replace the indexed axes in place when those are
+    adjacent, and lead the result otherwise.
+    """
+    xs = _in_shape(node, 0)
+    nd = len(xs)
+    k = len(inputs) - 1
+    dims = [_axis(int(d), nd) for d in (node.attrs.get("dims") or range(k))]
+    for i in range(k):
+        if _in_dtype(node, i + 1) == "bool":
+            raise ValueError("boolean-mask indexing has a data-dependent shape")
+    rest = [d for d in range(nd) if d not in dims]
+    x = _name(inputs[0])
+    if dims + rest != list(range(nd)):
+        x = ctx.add_node("Transpose", [x], perm=dims + rest)[0]
+    bshape = list(torch.broadcast_shapes(*[_in_shape(node, i + 1) for i in range(k)]))
+    parts = []
+    for i in range(k):
+        idx = ctx.cast(_name(inputs[i + 1]), _in_dtype(node, i + 1), "int64")
+        idx = ctx.add_node("Expand", [idx, ctx.ints(bshape, "shape")])[0]
+        parts.append(ctx.add_node("Unsqueeze", [idx, ctx.ints([len(bshape)], "axes")])[0])
+    idx = parts[0] if k == 1 else ctx.add_node("Concat", parts, axis=-1)[0]
+    y = ctx.add_node("GatherND", [x, idx])[0]  # shape: bshape + [xs[d] for d in rest]
+    nb = len(bshape)
+    adjacent = sorted(dims) == list(range(min(dims), min(dims) + k))
+    if not adjacent or min(dims) == 0:
+        return [y]
+    lead = min(dims)  # axes of `rest` that come before the indexed block
+    perm = [nb + j for j in range(lead)] + list(range(nb)) + [nb + j for j in range(lead, len(rest))]
+    return ctx.add_node("Transpose", [y], perm=perm)

@@ -222,7 +222,7 @@ def make_tensor(
             raise ValueError(f"ONNX has no {dtype} element type; unpack it or lower to int8/uint8")
         if shape is None:
             raise ValueError(f"initializer {name}: packed {dtype} needs its logical shape")
-        data = array.detach().cpu().contiguous().numpy() if isinstance(array, torch.Tensor) else np.ascontiguousarray(array)
+        data = array.detach().cpu().contiguous().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
         want = TensorType(tuple(shape), dtype).nbytes
         if data.dtype != np.uint8 or data.size != want:
             raise ValueError(f"initializer {name}: packed {dtype}{list(shape)} needs {want} uint8 bytes, got {data.dtype}[{data.size}]")
@@ -244,4 +244,4 @@ def make_tensor(
         arr = arr.astype(helper.tensor_dtype_to_np_dtype(onnx_dtype(dtype)))
     if shape is not None:
         arr = arr.reshape(tuple(shape))
-    return numpy_helper.from_array(np.ascontiguousarray(arr), name)
+    return numpy_helper.from_array(arr if arr.flags.c_contiguous else arr.copy(), name)
