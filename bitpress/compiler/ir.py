@@ -361,7 +361,10 @@ class Graph:
                 raise IRError(f"value %{v.name} belongs to another graph")
         if types is None:
             types = opdef.infer([None if v is None else v.type for v in ins], attrs)
-        node = Node(self, op, ins, attrs, self._fresh(name or op))
+        want = name or op
+        node = Node(self, op, ins, attrs, self._fresh(want))
+        if node.name != want:
+            node.meta["_want_name"] = want  # the rewrite driver renames once the old holder is gone
         for i, t in enumerate(types):
             node.outputs.append(Value(self, node.name if i == 0 else f"{node.name}#{i}", t, "node", node, i))
         for v in ins:
@@ -388,6 +391,17 @@ class Graph:
                 before.prev.next = node
             before.prev = node
         self._len += 1
+        self.version += 1
+
+    def rename(self, node: Node, name: str) -> None:
+        """Give `node` (and its outputs) a name that is free."""
+        if name in self._names:
+            raise IRError(f"name {name!r} is taken")
+        self._names.discard(node.name)
+        self._names.add(name)
+        node.name = name
+        for i, o in enumerate(node.outputs):
+            o.name = name if i == 0 else f"{name}#{i}"
         self.version += 1
 
     def inserting_before(self, node: Node | None) -> _InsertionPoint:
@@ -424,6 +438,7 @@ class Graph:
         else:
             node.next.prev = node.prev
         node._erased = True
+        self._names.discard(node.name)
         self._len -= 1
         self.version += 1
 

@@ -155,6 +155,10 @@ def rewrite(
                 users.extend(old.users)
                 g.replace_all_uses(old, new)
             _erase_dead(g, [node])
+            for n in new_nodes:
+                want = n.meta.pop("_want_name", None)
+                if want is not None and not n._erased and want not in g._names:
+                    g.rename(n, want)
             count += 1
             fired_by[r.name] = fired_by.get(r.name, 0) + 1
             if explain is not None:
