@@ -113,12 +113,12 @@ class Report:
         )
 
     def __str__(self) -> str:
-        def fmt_db(x: Any) -> str:
+        def fmt_db(x: Any, unit: str = "") -> str:
             if x is None:
                 return "-"
             if isinstance(x, str) or math.isinf(x):
                 return "exact" if (x == "inf" or (isinstance(x, float) and x > 0)) else "-inf"
-            return f"{x:.1f}"
+            return f"{x:.1f}{unit}"
 
         head = f"{'layer':<40} {'op':<14} {'params':>10} {'bits':>5} {'sparse':>7} {'rank':>5} {'bytes':>11} {'SQNR dB':>8}"
         lines = [head, "-" * len(head)]
@@ -132,11 +132,11 @@ class Report:
         lines.append("-" * len(head))
         lines.append(
             f"total: {self.total_bytes:,} bytes stored (was {self.original_bytes:,}; {self.compression_ratio:.2f}x smaller); "
-            f"target {self.target}; output SQNR {fmt_db(self.output_sqnr_db)} dB"
+            f"target {self.target}; output SQNR {fmt_db(self.output_sqnr_db, ' dB')}"
         )
         for p in self.passes:
             lines.append(
-                f"  pass {p.name:<24} {p.seconds * 1000:9.1f} ms  modified={p.modified!s:<5}  SQNR {fmt_db(p.sqnr_db):>6} dB  {p.weight_bytes:,} B"
+                f"  pass {p.name:<24} {p.seconds * 1000:9.1f} ms  modified={p.modified!s:<5}  SQNR {fmt_db(p.sqnr_db, ' dB'):>9}  {p.weight_bytes:,} B"
             )
         if self.build_seconds:
             lines.append(f"  build ({self.target}) {self.build_seconds * 1000:9.1f} ms")
