@@ -54,9 +54,9 @@ def run(g: Graph, inputs: Sequence[Any], *, observer: Observer | None = None, ch
     # last use of each value, to free intermediates
     last: dict[int, Node] = {}
     for n in g.nodes:
-        for v in n.inputs:
-            if v is not None:
-                last[id(v)] = n
+        for iv in n.inputs:
+            if iv is not None:
+                last[id(iv)] = n
     keep = {id(o) for o in g.outputs} | {id(v) for v in g.consts.values()} | {id(v) for v in g.inputs}
     for n in g.nodes:
         args = [None if v is None else env[id(v)] for v in n.inputs]
@@ -74,7 +74,7 @@ def run(g: Graph, inputs: Sequence[Any], *, observer: Observer | None = None, ch
             observer(n, args, outs)
         for o, t in zip(n.outputs, outs, strict=True):
             env[id(o)] = t
-        for v in n.inputs:
-            if v is not None and last.get(id(v)) is n and id(v) not in keep:
-                env.pop(id(v), None)
+        for iv in n.inputs:
+            if iv is not None and last.get(id(iv)) is n and id(iv) not in keep:
+                env.pop(id(iv), None)
     return [env[id(o)] for o in g.outputs]

@@ -510,13 +510,13 @@ class Graph:
                 raise IRError(f"node {node.name} appears twice")
             seen.add(id(node))
             opdef = get_op(node.op)
-            for i, v in enumerate(node.inputs):
-                if v is None:
+            for i, iv in enumerate(node.inputs):
+                if iv is None:
                     continue
-                if id(v) not in defined:
-                    raise IRError(f"node {node.name} ({node.op}) input {i} %{v.name} is used before it is defined")
-                if node not in v.users:
-                    raise IRError(f"use list of %{v.name} misses {node.name}")
+                if id(iv) not in defined:
+                    raise IRError(f"node {node.name} ({node.op}) input {i} %{iv.name} is used before it is defined")
+                if node not in iv.users:
+                    raise IRError(f"use list of %{iv.name} misses {node.name}")
             try:
                 want = opdef.infer([None if v is None else v.type for v in node.inputs], node.attrs)
             except Exception as e:
@@ -561,9 +561,9 @@ class Graph:
                 no = Value(g, o.name, o.type, "node", nn, o.index)
                 nn.outputs.append(no)
                 vmap[id(o)] = no
-            for v in nn.inputs:
-                if v is not None:
-                    v.users[nn] = None
+            for iv in nn.inputs:
+                if iv is not None:
+                    iv.users[nn] = None
             g._link(nn, None)
         g.outputs = [vmap[id(o)] for o in self.outputs]
         return g

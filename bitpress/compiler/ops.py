@@ -131,7 +131,7 @@ def _binary(name: str, fn: Callable[[Any, Any], Any]) -> None:
     register_op(name, ("a", "b"))(lambda a, b: fn(a, b))
 
 
-for _n, _f in {
+_BINARY_FNS: dict[str, Callable[[Any, Any], Any]] = {
     "add": torch.add,
     "sub": torch.sub,
     "mul": torch.mul,
@@ -151,7 +151,8 @@ for _n, _f in {
     "bitwise_or": torch.bitwise_or,
     "floor_divide": torch.floor_divide,
     "remainder": torch.remainder,
-}.items():
+}
+for _n, _f in _BINARY_FNS.items():
     _binary(_n, _f)
 
 
@@ -159,7 +160,7 @@ def _unary(name: str, fn: Callable[[Any], Any]) -> None:
     register_op(name, ("x",))(lambda x: fn(x))
 
 
-for _n, _f in {
+_UNARY_FNS: dict[str, Callable[[Any], Any]] = {
     "neg": torch.neg,
     "exp": torch.exp,
     "log": torch.log,
@@ -182,8 +183,9 @@ for _n, _f in {
     "ceil": torch.ceil,
     "round": torch.round,
     "identity": lambda x: x,
-}.items():
-    _unary(_n, _f)
+}
+for _n, _f1 in _UNARY_FNS.items():
+    _unary(_n, _f1)
 
 
 @register_op("gelu", ("x",))

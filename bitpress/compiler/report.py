@@ -95,7 +95,7 @@ class Report:
                 return math.inf
             if x == "-inf":
                 return -math.inf
-            return x  # type: ignore[no-any-return]
+            return float(x) if x is not None else None
 
         recs = [
             PassRecord(p["name"], p["seconds"], p["modified"], f(p["sqnr_db"]), p["weight_bytes"], p.get("stats", {})) for p in d["passes"]

@@ -98,9 +98,9 @@ def graph_from_json(d: dict[str, Any], store: dict[str, torch.Tensor]) -> Graph:
             ov = Value(g, o["name"], TensorType(tuple(o["shape"]), o["dtype"]), "node", node, k)
             node.outputs.append(ov)
             env[ov.name] = ov
-        for v in ins:
-            if v is not None:
-                v.users[node] = None
+        for iv in ins:
+            if iv is not None:
+                iv.users[node] = None
         g._link(node, None)
     g.outputs = [env[n] for n in d["outputs"]]
     g.verify()

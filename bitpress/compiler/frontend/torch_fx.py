@@ -263,19 +263,21 @@ class _Importer:
 
     def convert(self, node: torch.fx.Node) -> Any:
         target = node.target
-        for a in _flat_nodes(node):
-            if isinstance(self.env[a], _Poison):
+        for arg in _flat_nodes(node):
+            if isinstance(self.env[arg], _Poison):
                 return _Poison()
         if target is operator.getitem:
-            src, idx = node.args
+            src: Any = node.args[0]
+            idx: Any = node.args[1]
             v = self.env[src]
             if isinstance(v, (list, tuple)):
                 return v[idx]
             raise _Unsupported(f"getitem on {type(v).__name__} at {node.name}")
         if not isinstance(target, torch._ops.OpOverload):
             # python arithmetic on sizes (sym ints) and similar: evaluate
+            fn: Any = target
             try:
-                return target(*self.concrete(node.args), **self.concrete(node.kwargs))
+                return fn(*self.concrete(node.args), **self.concrete(node.kwargs))
             except Exception as e:
                 raise _Unsupported(
                     f"{getattr(target, '__name__', target)} at node {node.name} ({_module_path(node) or 'top level'}): {e}"
@@ -301,6 +303,8 @@ class _Importer:
             vals = [self.value(a, hint + ".c") for a in ins]
             return g.call(op, vals, attrs or {}, name=hint)
 
+        a: Any
+        b: Any
         if pkt in _BINARY:
             a, b = (args.get("self", args.get("input")), args.get("other", args.get("exponent")))
             if pkt == "pow" and "self" in args and not isinstance(args["self"], torch.fx.Node):
@@ -403,7 +407,7 @@ class _Importer:
             start, end, step = args.get("start"), args.get("end"), int(args.get("step", 1))
             start = 0 if start is None else int(start)
             end = size if end is None or (size is not None and end >= size) else int(end)
-            if isinstance(src, Value) and start in (0, -size) and end == size and step == 1:
+            if isinstance(src, Value) and size is not None and start in (0, -size) and end == size and step == 1:
                 return src
             return self.check(node, call("slice", [args["self"]], {"dim": dim, "start": start, "end": end, "step": step}))
         if pkt in ("cat", "concat", "stack"):
@@ -413,7 +417,7 @@ class _Importer:
             out = g.call("cat" if pkt != "stack" else "stack", ins, {"dim": int(args.get("dim", 0))}, name=hint)
             return self.check(node, out)
         if pkt in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
-            vals = node.meta.get("val")
+            vals: Any = node.meta.get("val")
             dim = int(args.get("dim", 0))
             sizes = [int(v.shape[dim]) for v in vals] if pkt != "unbind" else [1] * len(vals)
             node_ir = g.create_node("split", [self.value(args["self"], hint)], {"sizes": sizes, "dim": dim}, name=hint)
@@ -425,11 +429,11 @@ class _Importer:
             if args.get("transposed"):
                 raise _Unsupported(f"aten.convolution (transposed) at node {node.name} ({path})")
             w = self.env[args["weight"]]
-            op = {3: "conv1d", 4: "conv2d"}.get(w.ndim)
-            if op is None:
+            conv_op = {3: "conv1d", 4: "conv2d"}.get(w.ndim)
+            if conv_op is None:
                 raise _Unsupported(f"aten.convolution with {w.ndim - 2}-d kernels at node {node.name} ({path})")
             attrs = {k: _py(args[k]) for k in ("stride", "padding", "dilation", "groups")}
-            return self.check(node, call(op, [args["input"], args["weight"], args["bias"]], attrs))
+            return self.check(node, call(conv_op, [args["input"], args["weight"], args["bias"]], attrs))
         if pkt == "addmm":
             mm = call("matmul", [args["mat1"], args["mat2"]])
             beta, alpha = args.get("beta", 1), args.get("alpha", 1)
@@ -472,7 +476,8 @@ class _Importer:
         kwargs = torch.fx.node.map_arg(node.kwargs, sub)
         try:
             with torch.no_grad():
-                res = node.target(*args, **kwargs)
+                target: Any = node.target
+                res = target(*args, **kwargs)
         except Exception as e:
             raise _Unsupported(f"aten.{pkt} at node {node.name}: could not fold constant ({e})") from None
         if isinstance(res, torch.Tensor) and res.numel() > _MAX_FOLD:
@@ -496,7 +501,12 @@ def _dtype(name: str) -> torch.dtype:
 
 def _flat_nodes(node: torch.fx.Node) -> list[torch.fx.Node]:
     out: list[torch.fx.Node] = []
-    torch.fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
+
+    def visit(n: torch.fx.Node) -> torch.fx.Node:
+        out.append(n)
+        return n
+
+    torch.fx.node.map_arg((node.args, node.kwargs), visit)
     return out
 
 
