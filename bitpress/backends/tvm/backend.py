@@ -84,7 +84,6 @@ class Lowered:
 
 def lower_graph(g: Graph, target: str) -> Lowered:
     """bitpress Graph -> Relax IRModule: `main(*inputs, *params)` returning a tuple of outputs."""
-    import tvm
     from tvm import relax
 
     bb = relax.BlockBuilder()
@@ -114,9 +113,11 @@ def lower_graph(g: Graph, target: str) -> Lowered:
                     res = fn(ctx, n, args)
                 except (LoweringError, ValueError) as e:
                     raise LoweringError(f"node {n.name} ({n.op}): {e}") from None
-                except tvm.TVMError as e:  # type: ignore[attr-defined]
-                    first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                    raise LoweringError(f"node {n.name} ({n.op}): TVM rejected the lowering: {first}") from None
+                except Exception as e:  # TVM raises its own error types from C++
+                    lines = str(e).strip().splitlines()
+                    raise LoweringError(
+                        f"node {n.name} ({n.op}): TVM rejected the lowering: {lines[-1] if lines else type(e).__name__}"
+                    ) from None
                 outs = list(res) if isinstance(res, (list, tuple)) else [res]
                 if len(outs) != len(n.outputs):
                     raise LoweringError(f"node {n.name} ({n.op}): lowering gave {len(outs)} outputs, node has {len(n.outputs)}")

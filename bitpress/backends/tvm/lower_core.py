@@ -515,9 +515,9 @@ def _argmax(ctx: LowerContext, node: Node, args: Args) -> Any:
     dim = node.attrs.get("dim")
     x = args[0]
     if dim is None:
-        y = R.argmax(R.reshape(x, (-1,)), axis=0)
+        y = ctx.emit(R.argmax(R.reshape(x, (-1,)), axis=0))
         return ctx.emit(R.reshape(_cast(y, _dt(node)), _out_shape(node)))
-    y = R.argmax(x, axis=int(dim), keepdims=bool(node.attrs.get("keepdim", False)))
+    y = ctx.emit(R.argmax(x, axis=int(dim), keepdims=bool(node.attrs.get("keepdim", False))))
     return ctx.emit(_cast(y, _dt(node)))
 
 
@@ -652,5 +652,49 @@ def _pad(ctx: LowerContext, node: Node, args: Args) -> Any:
         raise ValueError("negative padding (cropping) is not supported")
     if mode not in ("constant", "reflect", "replicate"):
         raise ValueError(f"pad mode {mode!r} is not supported (constant, reflect, replicate)")
-    mode = "edge" if mode == "replicate" else mode
+    if mode == "replicate":
+        shape = node.inputs[0].shape
+
+        def edge(x: Any) -> Any:
+            def at(*i: Any) -> Any:
+                src = [tirx.max(tirx.min(i[a] - width[2 * a], shape[a] - 1), 0) for a in range(nd)]
+                return x(*src)
+
+            return te.compute(_out_shape(node), at, name="pad_replicate")
+
+        return ctx.emit_te(edge, args[0], primfunc_name_hint="pad_replicate")
     return ctx.emit(R.nn.pad(args[0], width, pad_mode=mode, pad_value=float(node.attrs.get("value", 0.0) or 0.0)))
+
+
+@register_lowering("index")
+def _index(ctx: LowerContext, node: Node, args: Args) -> Any:
+    """y = x[..., idx_0, ..., idx_k]   (numpy advanced indexing: indices broadcast; their dims go
+    where the first indexed axis was when the indexed axes are adjacent, else in front)"""
+    xs = node.inputs[0].shape
+    nd = len(xs)
+    idx_shapes = [v.shape for v in node.inputs[1:]]
+    dims = [_axis(int(d), nd) for d in (node.attrs.get("dims") or range(len(idx_shapes)))]
+    if any(v.dtype == "bool" for v in node.inputs[1:]):
+        raise ValueError("boolean-mask indexing has a data-dependent shape and is not supported")
+    nb = max(len(s) for s in idx_shapes)
+    adjacent = dims == list(range(dims[0], dims[0] + len(dims)))
+    first = dims[0] if adjacent else 0
+    rest = [a for a in range(nd) if a not in dims]
+
+    def compute(x: Any, *idx: Any) -> Any:
+        def at(*o: Any) -> Any:
+            b = o[first : first + nb]
+            others = list(o[:first]) + list(o[first + nb :])
+            src: list[Any] = [None] * nd
+            for a, v in zip(rest, others, strict=True):
+                src[a] = v
+            for k, (a, t) in enumerate(zip(dims, idx, strict=True)):
+                s = idx_shapes[k]
+                sub = [0 if s[j] == 1 else b[nb - len(s) + j] for j in range(len(s))]
+                i = t(*sub).astype("int64")
+                src[a] = tirx.Select(i < 0, i + xs[a], i)
+            return x(*src)
+
+        return te.compute(_out_shape(node), at, name="index")
+
+    return ctx.emit_te(compute, args[0], *args[1:], primfunc_name_hint="index")
