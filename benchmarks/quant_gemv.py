@@ -1,0 +1,77 @@
+"""W4A16 GEMV speed at SmolLM2 MLP shapes: bitpress TVM int4 (g128) vs TVM fp32 vs torch fp32.
+
+Run: .venv/bin/python benchmarks/quant_gemv.py [--threads 2] [--repeat 200]
+
+Cold-weight variant: cycles through `--layers` distinct copies of the layer (a working set
+larger than the last-level cache), like decoding through every layer of a model in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import bitpress as bp
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, k: int, n: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(k, n, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def timeit(fn, xs, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    for x in xs[:3]:
+        fn(x)
+    t = time.perf_counter()
+    for i in range(repeat):
+        fn(xs[i % len(xs)])
+    return (time.perf_counter() - t) / repeat * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=300)
+    ap.add_argument("--layers", type=int, default=24, help="distinct weight copies for the cold-cache run")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        "| shape (N x K) | batch | torch fp32 ms | TVM fp32 ms | TVM W4 g128 ms | W4 vs TVM fp32 | W4 vs torch | cold: torch | cold: TVM fp32 | cold: W4 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, k in [(1536, 576), (576, 1536)]:
+        for batch in (1, 16):
+            x = torch.randn(batch, k)
+            hot = {}
+            cold = {}
+            mods = [Layer(k, n).eval() for _ in range(args.layers)]
+            fp = [bp.compile(m, (x,), target="llvm", quiet=True) for m in mods]
+            q4 = [
+                bp.compile(m, (x,), passes=[bp.passes.Quantize(bits=4, group_size=128, weight_clip="minmax")], target="llvm", quiet=True)
+                for m in mods
+            ]
+            with torch.no_grad():
+                hot["torch"] = timeit(lambda v: mods[0](v), [x], args.repeat)
+                hot["fp"] = timeit(lambda v: fp[0](v), [x], args.repeat)
+                hot["q4"] = timeit(lambda v: q4[0](v), [x], args.repeat)
+                idx = iter(range(10**9))
+                cold["torch"] = timeit(lambda v: mods[next(idx) % len(mods)](v), [x], args.repeat)
+                idx = iter(range(10**9))
+                cold["fp"] = timeit(lambda v: fp[next(idx) % len(fp)](v), [x], args.repeat)
+                idx = iter(range(10**9))
+                cold["q4"] = timeit(lambda v: q4[next(idx) % len(q4)](v), [x], args.repeat)
+            print(
+                f"| {n} x {k} | {batch} | {hot['torch']:.3f} | {hot['fp']:.3f} | {hot['q4']:.3f} | {hot['fp'] / hot['q4']:.2f}x | "
+                f"{hot['torch'] / hot['q4']:.2f}x | {cold['torch']:.3f} | {cold['fp']:.3f} | {cold['q4']:.3f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
