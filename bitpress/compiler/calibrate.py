@@ -12,6 +12,8 @@ linear/conv) and its output:
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +80,7 @@ def collect(
     *,
     hessian: bool = False,
     keep_inputs: int = 0,
-    quiet: bool = True,
+    quiet: bool | None = None,
 ) -> dict[str, NodeStats]:
     """Run `batches` through `g` and gather statistics for the selected nodes (default: linear/conv)."""
     if nodes is None:
@@ -118,6 +120,8 @@ def collect(
             st.samples.append(x.clone())
 
     it: Iterable[Sequence[torch.Tensor]] = batches
+    if quiet is None:
+        quiet = os.environ.get("BITPRESS_QUIET", "") not in ("", "0") or not sys.stderr.isatty()
     if not quiet:
         from tqdm import tqdm
 
