@@ -9,7 +9,7 @@ from bitpress.compiler.frontend import import_module
 
 def test_linear_statistics_and_hessian() -> None:
     m = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
-    batches = [(torch.randn(5, 6),), (torch.randn(7, 6),)]
+    batches = [(torch.randn(6, 6),), (torch.randn(6, 6),)]  # shapes are static: one batch size
     g = import_module(m, batches[0])
     st = collect(g, batches, hessian=True)
     assert set(st) == {"0", "2"}
