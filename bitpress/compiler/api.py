@@ -144,7 +144,7 @@ def _import_model(model: Any, example_inputs: Sequence[Any]) -> Graph:
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
         from bitpress.compiler.frontend.onnx_import import import_onnx
 
-        return import_onnx(model)
+        return import_onnx(model, tuple(example_inputs) or None)  # example inputs fix symbolic dims
     raise TypeError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, an ONNX model or path, or a bitpress Graph")
 
 
