@@ -232,8 +232,8 @@ def _compensate(x: Value, *, node: Node, cfg: CompensatePlan) -> Value | Reject 
     assert main.producer is not None
     main.producer.meta.update(node.meta)
     main.producer.meta.update(compensated=r, sqnr_db=after, sqnr_db_uncompensated=before)
-    corr = F.linear(x, const(a.to(torch.float32), node.name + ".comp_a"), None, name=node.name + ".comp_a")
-    corr = F.linear(corr, const(bm.to(torch.float32), node.name + ".comp_b"), None, name=node.name + ".comp_b")
+    corr = F.linear(x, const(a.to(torch.float32), node.name + ".comp_a.weight"), None, name=node.name + ".comp_a")
+    corr = F.linear(corr, const(bm.to(torch.float32), node.name + ".comp_b.weight"), None, name=node.name + ".comp_b")
     _set_meta(corr, rank=r)
     assert corr.producer is not None and corr.producer.inputs[0] is not None and corr.producer.inputs[0].producer is not None
     corr.producer.inputs[0].producer.meta["rank"] = r
