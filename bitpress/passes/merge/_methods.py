@@ -15,6 +15,9 @@ Sparsification works per tensor (as mergekit does): `trim` keeps the round(densi
 largest magnitudes of each tensor; `crumbs` drops the round(outliers * n) largest and keeps
 the next round(density * n).  `disjoint_mean` elects a sign per entry from the total mass
 sign(sum_i tau_i) and averages only the nonzero entries that agree with it (TIES step 3).
+Batch-norm statistics (`running_mean`, `running_var`) are not learned weights: sparsifying
+or extrapolating their task vectors can make a variance negative.  Every method merges them
+as the (weighted, when the weights are non-negative) average of the models' statistics.
 DARE masks come from a generator seeded by (seed, parameter name, model index), so a
 parameter's mask does not depend on which other parameters are merged.
 """
@@ -22,6 +25,7 @@ parameter's mask does not depend on which other parameters are merged.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 
@@ -42,6 +46,12 @@ __all__ = [
 METHODS: tuple[str, ...] = ("average", "greedy-soup", "task-arithmetic", "ties", "dare", "dare-ties", "breadcrumbs", "slerp")
 NEEDS_BASE: frozenset[str] = frozenset({"task-arithmetic", "ties", "dare", "dare-ties", "breadcrumbs"})
 StateDict = dict[str, torch.Tensor]
+_STATISTICS = re.compile(r"(^|\.)running_(mean|var)$")
+
+
+def is_statistic(name: str) -> bool:
+    """Batch-norm running statistics, merged by averaging whatever the method."""
+    return bool(_STATISTICS.search(name))
 
 
 def _k(density: float, n: int) -> int:
@@ -137,6 +147,8 @@ def merge_tensor(
     th = [x.detach().to(torch.float64) for x in thetas]
     if method in ("average", "greedy-soup"):
         out = average(th, weights)
+    elif is_statistic(name):
+        out = average(th, weights if min(weights) >= 0 and sum(weights) > 0 else [1.0] * len(th))
     elif method == "slerp":
         out = slerp(th[0], th[1], t)
     else:

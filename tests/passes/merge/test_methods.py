@@ -217,3 +217,12 @@ def test_sparsifiers_properties(n: int, density: float, outliers: float, seed: i
     ck = c != 0
     assert torch.equal(c[ck], tau[ck])
     assert int(ck.sum()) == min(round(min(density, 1 - outliers) * n), n - round(outliers * n))
+
+
+@pytest.mark.parametrize("method", ["task-arithmetic", "ties", "dare", "breadcrumbs"])
+def test_batch_norm_statistics_are_averaged(method: str) -> None:
+    """A sparsified or extrapolated variance could go negative: statistics are averaged whatever the method."""
+    base = {"bn.running_var": torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)}
+    models = [{"bn.running_var": torch.tensor(v, dtype=torch.float64)} for v in ([0.1, 2.0, 0.5], [0.3, 4.0, 0.5])]
+    out, _ = merge_state_dicts(models, base, method=method, density=0.5, scale=3.0)
+    torch.testing.assert_close(out["bn.running_var"], torch.tensor([0.2, 3.0, 0.5], dtype=torch.float64))
