@@ -171,7 +171,7 @@ def merge_tensor(
             delta = sum(w * breadcrumbs_mask(tau, density, outliers) for w, tau in zip(weights, taus, strict=True))
         else:
             raise ValueError(f"unknown merge method {method!r}; known: {', '.join(METHODS)}")
-        out = b + scale * delta  # type: ignore[operator]
+        out = b + scale * delta
     return out.to(dtype)
 
 

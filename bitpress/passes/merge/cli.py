@@ -45,8 +45,9 @@ def run(a: argparse.Namespace) -> int:
     if a.lora:
         if a.models or not a.base:
             raise ValueError("--lora folds one adapter into --base; do not pass --models")
-        base = load_state_dict(a.base, a.base)
-        out = fold_lora_state_dict(base, parse_lora(load_state_dict(a.lora, a.lora), scale=a.lora_scale, alpha=a.lora_alpha))
+        out = fold_lora_state_dict(
+            load_state_dict(a.base, a.base), parse_lora(load_state_dict(a.lora, a.lora), scale=a.lora_scale, alpha=a.lora_alpha)
+        )
         meta = {"bitpress": json.dumps({"lora": a.lora, "base": a.base})}
         dest = save_state_dict_atomic(out, a.output, meta)
         print(f"folded {a.lora} into {a.base} -> {dest}")
