@@ -8,8 +8,8 @@
 - `merge_state_dicts`, `fold_lora_state_dict`: the same maths on state dicts (the CLI's
   `bitpress merge` uses them).
 
-Does not handle: permutation alignment (Git Re-Basin), Fisher merging, LoRA on embeddings
-or convolutions other than 1x1.
+Does not handle: permutation alignment (Git Re-Basin), Fisher merging, LoRA adapters on
+embeddings or convolutions (FoldLoRA folds linear layers; it names any adapter it cannot use).
 """
 
 from bitpress.passes.merge._lora import fold_lora_state_dict, parse_lora
