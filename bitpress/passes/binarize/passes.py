@@ -266,6 +266,8 @@ class Binarize:
         if self.activations == "sign" and self.method == "partial":
             raise ValueError("binarize: activations='sign' is not supported with method 'partial'")
         object.__setattr__(self, "exclude", _check_common("binarize", self.group_size, self.exclude))
+        if self.activations == "sign" and self.group_size % 32:
+            raise ValueError(f"binarize: binary activations need group_size 0 or a multiple of 32 (XNOR words), got {self.group_size}")
 
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
         stats = _calibrate(g, ctx, self.exclude, hessian=self.method == "partial")
