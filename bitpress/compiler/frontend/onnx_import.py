@@ -298,7 +298,7 @@ class _Importer:
             if all(o.numel() <= _MAX_FOLD for o in outs):
                 return outs
         hint = (self.path if op in _LAYER_OPS else f"{self.path}.{op}") if self.path else op
-        vals = [self.as_value(x, f"{self.path}.c{i}") for i, x in enumerate(inputs)]
+        vals = [self.as_value(x, f"{self.path}.c{i}" if self.path else f"c{i}") for i, x in enumerate(inputs)]
         try:
             node = self.g.create_node(op, vals, attrs, name=hint)
         except (IRError, RuntimeError, TypeError, ValueError, IndexError) as e:
@@ -484,14 +484,14 @@ def _identity(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
 
 @_converter("Div")
 def _div(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
-    """floats: a / b;  integers: ONNX truncates, so trunc(a / b) = floor(a / b) + 1 where the remainder and b differ in sign"""
+    """floats: a / b;  integers: ONNX truncates, so trunc(a / b) = floor(a / b) + 1 where a % b != 0 and a, b differ in sign"""
     a, b = ins
     if imp.dtype(a).startswith(("float", "bfloat")):
         return [imp.op("div", [a, b])]
     fd = imp.op("floor_divide", [a, b])
     rem = imp.op("remainder", [a, b])
     zero = torch.tensor(0, dtype=torch.int64)
-    fix = imp.op("logical_and", [imp.op("ne", [rem, zero]), imp.op("ne", [imp.op("lt", [rem, zero]), imp.op("lt", [b, zero])])])
+    fix = imp.op("logical_and", [imp.op("ne", [rem, zero]), imp.op("ne", [imp.op("lt", [a, zero]), imp.op("lt", [b, zero])])])
     return [imp.op("where", [fix, imp.op("add", [fd, torch.tensor(1, dtype=torch.int64)]), fd])]
 
 
