@@ -40,7 +40,10 @@ def _matmul_bias(ctx: OnnxLowerContext, node: Node, x: str, w: str, b: str | Non
 
 def _scatter_dense(ctx: OnnxLowerContext, node: Node, values: str, cols: str, out: int, k_in: int, reduction: str | None) -> str:
     zeros = ctx.add_node(
-        "ConstantOfShape", [ctx.ints([out, k_in], f"{node.name}.shape")], name_hint=f"{node.name}.zeros", value=torch.zeros(1, dtype=torch.float32)
+        "ConstantOfShape",
+        [ctx.ints([out, k_in], f"{node.name}.shape")],
+        name_hint=f"{node.name}.zeros",
+        value=torch.zeros(1, dtype=torch.float32),
     )[0]
     return ctx.add_node("ScatterElements", [zeros, cols, values], axis=1, reduction=reduction, name_hint=f"{node.name}.W")[0]
 

@@ -151,6 +151,8 @@ def nm_linear(
 
 
 @register_op("sparse_linear", ("x", "values", "cols", "b?"), infer=_infer_sparse_linear)
-def sparse_linear(x: torch.Tensor, values: torch.Tensor, cols: torch.Tensor, b: torch.Tensor | None = None, *, in_features: int) -> torch.Tensor:
+def sparse_linear(
+    x: torch.Tensor, values: torch.Tensor, cols: torch.Tensor, b: torch.Tensor | None = None, *, in_features: int
+) -> torch.Tensor:
     """y = x @ W^T + b   with W[o, cols[o, k]] += values[o, k]   (row-padded CSR)"""
     return F.linear(x, decode_ell(values, cols, in_features), b)

@@ -458,7 +458,9 @@ def prune_structured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         for t in grp.segments:
             removed.setdefault((t.value, t.dim), set()).update(t.indices(gone))
         summary[grp.segments[0].value] = {"units": grp.count, "removed": drop, "unit": structure}
-        ctx.explain.add(ExplainEvent("prune", f"prune-{structure}-group", grp.segments[0].value, "group", "fired", f"removed {drop} of {grp.count}"))
+        ctx.explain.add(
+            ExplainEvent("prune", f"prune-{structure}-group", grp.segments[0].value, "group", "fired", f"removed {drop} of {grp.count}")
+        )
     if not removed:
         return summary
     _shrink(g, removed, consumers, stats if needs_h else {}, cfg)

@@ -245,7 +245,9 @@ def pack_nm_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Pack
     if not is_nm_sparse(w.value, n, m):
         return Reject(f"weight is not {n}:{m} sparse")
     values, idx, itype = encode_nm(w.value, n, m)
-    y = F.nm_linear(x, const(values, w.name + ".values"), const(idx, w.name + ".indices", itype), b, name=node.name, n=n, m=m, in_features=w.shape[1])
+    y = F.nm_linear(
+        x, const(values, w.name + ".values"), const(idx, w.name + ".indices", itype), b, name=node.name, n=n, m=m, in_features=w.shape[1]
+    )
     assert y.producer is not None
     y.producer.meta = dict(node.meta, format=f"{n}:{m}", params=int(values.numel()))
     return y
