@@ -232,10 +232,13 @@ def awq_search(
     specs: list[tuple[int, int, bool]],
     *,
     grid: int = 20,
+    weight_clip: str = "mse",
 ) -> tuple[torch.Tensor, float]:
     """AWQ (Lin et al. 2023): per-input-channel scale s = mean|x|^a (a on a grid in [0, 1)),
     W' = W * s quantized, x' = x / s; pick a minimising sum_i ||x W_i^T - x (Q(W_i s) / s)^T||^2.
 
+    The search quantizes exactly as the final step does (same clipping), so a = 0 is plain
+    RTN and the chosen scales never do worse than RTN on the calibration rows.
     Returns (s, relative error at the best a).
     """
     xf = x.float()
@@ -249,7 +252,7 @@ def awq_search(
         s = s / (s.max() * s.min()).sqrt()
         err = 0.0
         for w, r, (bits, gs, sym) in zip(weights, refs, specs):
-            qw = rtn(w.float() * s, bits, gs, sym, observer="minmax")
+            qw = rtn(w.float() * s, bits, gs, sym, observer=weight_clip)
             err += float((xf @ (qw.dequantize() / s).t() - r).pow(2).sum())
         if err < best_err:
             best_err, best_s = err, s

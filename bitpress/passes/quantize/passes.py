@@ -366,7 +366,7 @@ class Quantize:
                 if xr is None:
                     continue
                 specs = [(self._bits(n, bits_of), self._gs(n.inputs[1].shape[1]), self._sym(self._bits(n, bits_of))) for n in grp]  # type: ignore[union-attr]
-                s, rel = nq.awq_search(ws, xr, st.mean_abs, specs)
+                s, rel = nq.awq_search(ws, xr, st.mean_abs, specs, weight_clip=self.weight_clip)
                 why = f"s = mean|x|^a searched on calibration rows (rel. error {rel:.3g})"
             where = _scale_inputs(g, x, grp, s)
             for n in grp:
