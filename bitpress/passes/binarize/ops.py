@@ -23,6 +23,7 @@ Groups run along in-features: `group_size = 0` means one group per output row.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,35 @@ def expand_groups(s: torch.Tensor, in_features: int, group_size: int) -> torch.T
 
 def _pm1(signs: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return unpack_bits(signs, 1, shape).to(torch.float32) * 2.0 - 1.0
+
+
+# packed tensor -> (other inputs, attrs, dense weight): store tensors are immutable by convention, so the
+# interpreter (the oracle, also used to evaluate big models) need not unpack a weight on every call.
+# Keyed by id() with a weak reference to check identity (tensors compare elementwise, so they
+# cannot be dict keys); an entry goes when its packed tensor does.
+_DENSE_CACHE: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], tuple[Any, ...], torch.Tensor]] = {}
+_CACHE_MAX = 4096
+
+
+def _cached(packed: torch.Tensor, others: tuple[torch.Tensor, ...], key: tuple[Any, ...], make: Any) -> torch.Tensor:
+    if packed.device.type == "meta":
+        return make()  # type: ignore[no-any-return]
+    hit = _DENSE_CACHE.get(id(packed))
+    if (
+        hit is not None
+        and hit[0]() is packed
+        and len(hit[1]) == len(others)
+        and all(a is b for a, b in zip(hit[1], others))
+        and hit[2] == key
+    ):
+        return hit[3]
+    w = make()
+    if len(_DENSE_CACHE) >= _CACHE_MAX:
+        _DENSE_CACHE.clear()
+    if hit is None or hit[0]() is not packed:
+        weakref.finalize(packed, _DENSE_CACHE.pop, id(packed), None)  # drop the entry with its weight
+    _DENSE_CACHE[id(packed)] = (weakref.ref(packed), others, key, w)
+    return w  # type: ignore[no-any-return]
 
 
 def binary_weight(
@@ -122,7 +152,8 @@ def _binary_linear(
     act: str = "none",
 ) -> torch.Tensor:
     """y = act(x) @ (sum_k s_k (2 B_k - 1))^T + b   (act: none | sign = mean|x| sign(x))"""
-    w = binary_weight(signs, scales, out_features, in_features, bases, group_size).to(x.dtype)
+    key = (out_features, in_features, bases, group_size)
+    w = _cached(signs, (scales,), key, lambda: binary_weight(signs, scales, *key)).to(x.dtype)
     xa = sign_activation(x) if act == "sign" else x
     return F.linear(xa, w, b)
 
@@ -142,7 +173,10 @@ def _partial_binary_linear(
     group_size: int = 0,
 ) -> torch.Tensor:
     """y = x @ (s (2 B - 1) + S)^T + b   with S[o, index[o, j]] += values[o, j] * value_scale[o]"""
-    w = partial_weight(signs, scales, values, index, value_scale, out_features, in_features, group_size).to(x.dtype)
+    key = (out_features, in_features, group_size)
+    w = _cached(
+        signs, (scales, values, index, value_scale), key, lambda: partial_weight(signs, scales, values, index, value_scale, *key)
+    ).to(x.dtype)
     return F.linear(x, w, b)
 
 
@@ -159,7 +193,8 @@ def _shiftadd_linear(
     group_size: int = 0,
 ) -> torch.Tensor:
     """y = x @ (sum_k 2^e_k (2 B_k - 1))^T + b"""
-    w = shiftadd_weight(signs, exponents, out_features, in_features, bases, group_size).to(x.dtype)
+    key = (out_features, in_features, bases, group_size)
+    w = _cached(signs, (exponents,), key, lambda: shiftadd_weight(signs, exponents, *key)).to(x.dtype)
     return F.linear(x, w, b)
 
 
@@ -176,7 +211,8 @@ def _shift_linear(
     group_size: int = 0,
 ) -> torch.Tensor:
     """y = x @ W^T + b   with W[o, i] = (-1)^s 2^(base[o, g] - c), (s, c) = codes[o, i]"""
-    w = shift_weight(codes, base, out_features, in_features, bits, group_size).to(x.dtype)
+    key = (out_features, in_features, bits, group_size)
+    w = _cached(codes, (base,), key, lambda: shift_weight(codes, base, *key)).to(x.dtype)
     return F.linear(x, w, b)
 
 

@@ -239,6 +239,8 @@ class Binarize:
         group_size: scales per `group_size` input columns (0: per output channel).
         salient_ratio: "partial": fraction of each row kept in int8.
         activations: "none" | "sign" (binary activations, XNOR-popcount; sign/multi-basis/ternary).
+        data_aware: fit scales to output error with calibration statistics (False: plain BWN/TWN fits,
+            e.g. to reproduce a model trained with straight-through estimation exactly).
         exclude: fnmatch patterns of node names to leave in float.
 
     Example:
@@ -251,6 +253,7 @@ class Binarize:
     group_size: int = 0
     salient_ratio: float = 0.05
     activations: str = "none"
+    data_aware: bool = True
     exclude: tuple[str, ...] = ()
     damp: float = 0.01
 
@@ -270,7 +273,7 @@ class Binarize:
             raise ValueError(f"binarize: binary activations need group_size 0 or a multiple of 32 (XNOR words), got {self.group_size}")
 
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
-        stats = _calibrate(g, ctx, self.exclude, hessian=self.method == "partial")
+        stats = _calibrate(g, ctx, self.exclude, hessian=self.method == "partial") if self.data_aware else {}
         plan = BinarizePlan(
             self.method, self.bases, self.group_size, self.salient_ratio, self.activations, 1, self.exclude, self.damp, stats
         )
