@@ -1,0 +1,288 @@
+"""MCU backend: firmware built with arm-none-eabi-gcc, run in QEMU, checked against the interpreter.
+
+Integer (W8A8) paths must be bit-exact, per layer and end to end; float paths allclose.
+Skipped only when the toolchain is absent (`make apt` installs it; CI has it).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bitpress as bp
+from bitpress.backends.mcu.legalize import legalize
+from bitpress.backends.mcu.plan import plan_memory
+from bitpress.compiler.interpreter import run
+from bitpress.compiler.ir import Graph, TensorType
+from bitpress.compiler.target import LoweringError
+from bitpress.schedules.mcu import SCHEDULES, gemv_schedule
+
+needs_toolchain = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed (make apt)",
+)
+W8A8 = {"bits": 8, "act_bits": 8, "group_size": None}
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(37, 52), torch.nn.ReLU(), torch.nn.Linear(52, 19), torch.nn.GELU(), torch.nn.Linear(19, 7))
+
+
+def _int8(model: torch.nn.Module, shape: tuple[int, ...], target: str, **options: object) -> bp.CompiledModel:
+    cal = [(torch.randn(shape),) for _ in range(12)]
+    return bp.compile(model, cal[0], passes=[bp.passes.Quantize(**W8A8)], target=target, calibration=cal, options=dict(options))
+
+
+def _bit_exact(cm: bp.CompiledModel, samples: list[torch.Tensor]) -> None:
+    outs = cm.executable.run_many([[s] for s in samples])
+    for s, (o,) in zip(samples, outs, strict=True):
+        ref = run(cm.graph, [s])[0]
+        assert o.dtype == ref.dtype and o.shape == ref.shape
+        assert torch.equal(o, ref), f"max diff {(o - ref).abs().max()}"
+
+
+# ----------------------------------------------------------------------------- int8 end to end
+
+
+@needs_toolchain
+@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4", "cortex-m55"])
+def test_int8_mlp_bit_exact(target: str) -> None:
+    cm = _int8(_mlp(), (2, 37), target)
+    info = cm.report.backend
+    assert info["integer_only"] and info["float_nodes"] == []
+    assert info["schedule"] == {"cortex-m3": "scalar", "cortex-m4": "dsp-4row", "cortex-m55": "mve-4row"}[target]
+    torch.manual_seed(1)
+    _bit_exact(cm, [torch.randn(2, 37) * 2 for _ in range(6)])
+    # the report: flash and RAM from arm-none-eabi-size and the plan, instructions from the QEMU trace
+    assert info["flash_bytes"] == info["text_bytes"] + info["rodata_bytes"] + info["data_bytes"]
+    assert info["rodata_bytes"] >= info["weight_array_bytes"] >= cm.graph.weight_bytes() * 0.9
+    assert info["bss_bytes"] >= info["arena_bytes"] > 0
+    layers = {r["name"]: r for r in info["layers"]}
+    assert sum(r["instructions"] for r in info["layers"]) <= info["instructions_per_inference"]
+    lin = [r for r in layers.values() if r["op"] == "qlinear_w8a8"]
+    assert len(lin) == 3 and all(r["instructions"] > 0 and r["macs"] > 0 for r in lin)
+    assert lin[0]["macs"] == 2 * 52 * 37
+
+
+@needs_toolchain
+@settings(max_examples=6, deadline=None)
+@given(
+    n=st.integers(1, 13),
+    k=st.integers(1, 40),
+    rows=st.integers(1, 3),
+    target=st.sampled_from(["cortex-m4", "cortex-m55", "cortex-m0"]),
+)
+def test_int8_linear_layer_bit_exact(n: int, k: int, rows: int, target: str) -> None:
+    """One layer at a time over ragged shapes (K % 4, K % 16, N % 4 tails of every schedule)."""
+    cm = _int8(torch.nn.Linear(k, n), (rows, k), target, profile=False)
+    _bit_exact(cm, [torch.randn(rows, k) * 3 for _ in range(3)])
+
+
+@needs_toolchain
+@settings(max_examples=5, deadline=None)
+@given(
+    c=st.integers(1, 5),
+    o=st.integers(1, 9),
+    ksize=st.sampled_from([1, 3]),
+    stride=st.sampled_from([1, 2]),
+    pad=st.sampled_from([0, 1]),
+    target=st.sampled_from(["cortex-m4", "cortex-m55", "cortex-m3"]),
+)
+def test_int8_conv_layer_bit_exact(c: int, o: int, ksize: int, stride: int, pad: int, target: str) -> None:
+    m = torch.nn.Sequential(torch.nn.Conv2d(c, o, ksize, stride=stride, padding=pad), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    cm = _int8(m, (1, c, 9, 8), target, profile=False)
+    assert cm.report.backend["integer_only"]
+    _bit_exact(cm, [torch.randn(1, c, 9, 8) for _ in range(3)])
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_fashion_cnn_int8_matches_interpreter() -> None:
+    from bitpress.models.fashion_mnist import load_fashion_cnn, load_fashion_mnist
+
+    x, y = load_fashion_mnist("test", limit=160)
+    cal = [(x[i : i + 1],) for i in range(128, 160)]
+    with pytest.raises(LoweringError, match=r"add \(add\).*allow_float"):
+        bp.compile(load_fashion_cnn(), cal[0], passes=[bp.passes.Quantize(**W8A8)], target="cortex-m55", calibration=cal)
+    cm = bp.compile(
+        load_fashion_cnn(),
+        cal[0],
+        passes=[bp.passes.Quantize(**W8A8)],
+        target="cortex-m4",
+        calibration=cal,
+        options={"allow_float": True},
+    )
+    info = cm.report.backend
+    # the residual add and the average pool stay in float32 (no integer lowering); they are named
+    assert set(info["float_nodes"]) == {"add", "avgpool.avg_pool2d", "fc1.quantize_in"}
+    outs = cm.executable.run_many([[x[i : i + 1]] for i in range(64)])
+    ref = [run(cm.graph, [x[i : i + 1]])[0] for i in range(64)]
+    assert all(torch.equal(a[0], b) for a, b in zip(outs, ref, strict=True))
+    acc_mcu = sum(int(o[0].argmax() == y[i]) for i, o in enumerate(outs)) / 64
+    acc_ref = sum(int(r.argmax() == y[i]) for i, r in enumerate(ref)) / 64
+    assert acc_mcu == acc_ref > 0.8
+    convs = [r for r in info["layers"] if r["op"] == "qconv2d_w8a8"]
+    assert [r["macs"] for r in convs] == [16 * 28 * 28 * 9, 32 * 14 * 14 * 144, 32 * 7 * 7 * 288]
+
+
+# ----------------------------------------------------------------------------- float, int4, binary
+
+
+class _Block(torch.nn.Module):
+    """A pre-norm transformer block with explicit attention (matmul + softmax)."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.h, self.d = heads, d
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.q, self.k, self.v = torch.nn.Linear(d, d), torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+        self.proj = torch.nn.Linear(d, d)
+        self.fc1, self.fc2 = torch.nn.Linear(d, 2 * d), torch.nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, d, h = x.shape[1], self.d, self.h
+        a = self.ln1(x)
+        q, k, v = (f(a).reshape(1, t, h, d // h).transpose(1, 2) for f in (self.q, self.k, self.v))
+        att = torch.softmax(q @ k.transpose(-1, -2) * (d // h) ** -0.5, dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(1, t, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_transformer_block_float_and_int8() -> None:
+    torch.manual_seed(0)
+    m = _Block().eval()
+    x = torch.randn(1, 6, 16)
+    with pytest.raises(LoweringError, match="allow_float"):
+        bp.compile(m, (x,), target="cortex-m4")
+    cm = bp.compile(m, (x,), target="cortex-m4", options={"allow_float": True})
+    assert cm.report.backend["float"] == "hardware FPU" and not cm.report.backend["integer_only"]
+    torch.testing.assert_close(cm(x), m(x), rtol=1e-4, atol=1e-5)
+    # W8A8 linears, the rest (layer norm, softmax, attention matmuls) in float32
+    cal = [(torch.randn(1, 6, 16),) for _ in range(8)]
+    cq = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**W8A8)], target="cortex-m55", calibration=cal, options={"allow_float": True})
+    assert any(r["op"] == "qlinear_w8a8" for r in cq.report.backend["layers"])
+    torch.testing.assert_close(cq(x), run(cq.graph, [x])[0], rtol=1e-4, atol=1e-4)
+
+
+@needs_toolchain
+def test_int4_and_binary_weights_run() -> None:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    x = torch.randn(2, 64)
+    for p in (bp.passes.Quantize(bits=4, group_size=32), bp.passes.Binarize(method="sign")):
+        cm = bp.compile(m, (x,), passes=[p], target="cortex-m4", options={"allow_float": True, "profile": False})
+        packed = [v for v in cm.graph.consts.values() if v.dtype in ("int4", "uint4", "uint1")]
+        assert packed, "the pass should leave packed weights"
+        # packed bytes go to flash as they are: the const arrays hold no expanded weights
+        assert cm.report.backend["weight_array_bytes"] <= cm.graph.weight_bytes() + 64
+        torch.testing.assert_close(cm(x), run(cm.graph, [x])[0], rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- errors, save/load
+
+
+@needs_toolchain
+def test_errors_name_the_problem(tmp_path: object) -> None:
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    x = torch.randn(1, 8)
+    with pytest.raises(LoweringError, match=r"0 \(linear\).*allow_float"):
+        bp.compile(m, (x,), target="cortex-m4")
+    with pytest.raises(ValueError, match="unknown MCU option.*alow_float"):
+        bp.compile(m, (x,), target="cortex-m4", options={"alow_float": True})
+    with pytest.raises(ValueError, match="dsp-4row.*DSP"):
+        bp.compile(m, (x,), target="cortex-m3", options={"allow_float": True, "schedule": "dsp-4row"})
+    big = torch.nn.Sequential(torch.nn.Linear(8, 8192))
+    with pytest.raises(ValueError, match="arena.*microbit"):
+        bp.compile(big, (x,), target="cortex-m0", options={"allow_float": True})
+    emb = torch.nn.Embedding(10, 4)
+    with pytest.raises(LoweringError, match="embedding"):
+        bp.compile(emb, (torch.tensor([[1, 2]]),), target="cortex-m4", options={"allow_float": True})
+
+
+@needs_toolchain
+def test_save_load_round_trip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    cm = _int8(_mlp(), (1, 37), "cortex-m4", profile=False)
+    out = cm.save(Path(str(tmp_path)) / "art")
+    for f in ("model.c", "model.h", "bp_kernels.h", "startup.c", "link.ld", "Makefile", "README.md", "model.elf"):
+        assert (out / "mcu" / f).is_file(), f
+    assert "bp_model_run" in (out / "mcu" / "README.md").read_text()
+    loaded = bp.load(out)
+    x = torch.randn(1, 37)
+    assert torch.equal(loaded(x), cm(x))
+    assert loaded.report.backend["schedule"] == "dsp-4row"
+
+
+# ----------------------------------------------------------------------------- pure-Python parts
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 11), k=st.integers(1, 23))
+def test_dsp_layout_is_a_permutation(n: int, k: int) -> None:
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    lay = SCHEDULES["dsp-4row"].layout(w)
+    assert lay.numel() == w.numel()
+    assert torch.equal(lay.sort().values, w.reshape(-1).sort().values)
+    if n >= 4 and k >= 4:  # first chunk: row 0 bytes 0..3, then row 1 bytes 0..3
+        assert torch.equal(lay[:8], torch.cat([w[0, :4], w[1, :4]]))
+
+
+def test_schedule_choice() -> None:
+    assert gemv_schedule(dsp=False, mve=False).name == "scalar"
+    assert gemv_schedule(dsp=True, mve=False).name == "dsp-4row"
+    assert gemv_schedule(dsp=True, mve=True).name == "mve-4row"
+    with pytest.raises(ValueError, match="unknown MCU schedule"):
+        gemv_schedule(dsp=True, mve=False, override="avx")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    chain=st.lists(st.sampled_from(["relu", "gelu", "sigmoid", "tanh", "maxpool", "flatten"]), min_size=1, max_size=4),
+    scale=st.floats(0.01, 0.5),
+    zp=st.integers(-20, 20),
+    seed=st.integers(0, 100),
+)
+def test_legalize_keeps_every_bit(chain: list[str], scale: float, zp: int, seed: int) -> None:
+    """dequantize -> unary/pool/layout chain -> quantize becomes int8 tables and pools, bit for bit."""
+    g = Graph()
+    x = g.add_input("x", TensorType((1, 2, 8, 8), "int8"))
+    v = g.call("dequantize_act", [x], {"scale": scale, "zero_point": zp})
+    for op in chain:
+        if op == "maxpool" and v.ndim == 4:
+            v = g.call(
+                "max_pool2d", [v], {"kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
+            )
+        elif op == "flatten":
+            v = g.call("flatten", [v], {"start_dim": 1, "end_dim": -1})
+        elif op != "maxpool":
+            v = g.call(op, [v], {})
+    q = g.call("quantize_act", [v], {"scale": 0.03, "zero_point": -5})
+    g.outputs = [q, v]
+    lg = legalize(g)
+    assert "quantize_act" not in {n.op for n in lg.nodes}
+    torch.manual_seed(seed)
+    inp = torch.randint(-128, 128, (1, 2, 8, 8), dtype=torch.int8)
+    for a, b in zip(run(g, [inp]), run(lg, [inp]), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_memory_plan_reuses_and_never_overlaps_live_buffers() -> None:
+    cal = [(torch.randn(1, 37),) for _ in range(8)]
+    cm = bp.compile(_mlp(), cal[0], passes=[bp.passes.Quantize(**W8A8)], target="torch", calibration=cal)
+    g = legalize(cm.graph)
+    plan = plan_memory(g, {n.name: [64] for n in g.nodes if n.op == "qlinear_w8a8"})
+    bufs = plan.buffers
+    for i, a in enumerate(bufs):
+        for b in bufs[i + 1 :]:
+            if a.start <= b.end and b.start <= a.end:  # live at the same time -> disjoint bytes
+                assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset, (a, b)
+    assert plan.peak < sum(b.size for b in bufs)  # something was reused
+    assert any(len(b.values) > 1 for b in bufs)  # in place / aliased
