@@ -194,12 +194,12 @@ def test_errors_name_the_problem(tmp_path: object) -> None:
     x = torch.randn(1, 8)
     with pytest.raises(LoweringError, match=r"0 \(linear\).*allow_float"):
         bp.compile(m, (x,), target="cortex-m4")
-    with pytest.raises(ValueError, match="unknown MCU option.*alow_float"):
+    with pytest.raises(ValueError, match=r"unknown MCU option.*alow_float"):
         bp.compile(m, (x,), target="cortex-m4", options={"alow_float": True})
-    with pytest.raises(ValueError, match="dsp-4row.*DSP"):
+    with pytest.raises(ValueError, match=r"dsp-4row.*DSP"):
         bp.compile(m, (x,), target="cortex-m3", options={"allow_float": True, "schedule": "dsp-4row"})
     big = torch.nn.Sequential(torch.nn.Linear(8, 8192))
-    with pytest.raises(ValueError, match="arena.*microbit"):
+    with pytest.raises(ValueError, match=r"arena.*microbit"):
         bp.compile(big, (x,), target="cortex-m0", options={"allow_float": True})
     emb = torch.nn.Embedding(10, 4)
     with pytest.raises(LoweringError, match="embedding"):
