@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import pkgutil
 import tempfile
 from collections.abc import Sequence
@@ -116,16 +117,10 @@ def lower_to_onnx(g: Graph, *, opset: int = OPSET) -> onnx.ModelProto:
 
 
 def initializer_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the model's initializers as stored (int4 counts half a byte per element)."""
+    """Bytes of the model's initializers as stored (INT4/UINT4 pack two elements per byte)."""
     total = 0
     for t in model.graph.initializer:
-        if t.HasField("raw_data") or t.data_location == onnx.TensorProto.EXTERNAL:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                total += int({e.key: e.value for e in t.external_data}.get("length", 0))
-            else:
-                total += len(t.raw_data)
-            continue
-        n = int(np.prod(t.dims)) if t.dims else 1
+        n = math.prod(t.dims)
         if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
             total += (n + 1) // 2
         else:
@@ -133,14 +128,27 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _check(model: onnx.ModelProto) -> None:
+def _save_external(model: onnx.ModelProto, path: Path) -> None:
+    """Save with weights in DATA_FILE next to `path` (onnx converts the proto in place, so a copy goes)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE)
+
+
+def _is_large(model: onnx.ModelProto) -> bool:
+    """Too big for one protobuf message (weights must go to an external data file)."""
+    return initializer_bytes(model) >= _PROTO_LIMIT
+
+
+def _check(model: onnx.ModelProto, data: bytes | None) -> None:
+    """onnx.checker on the serialized model (or, when large, on a saved copy with external data)."""
     try:
-        if model.ByteSize() < _PROTO_LIMIT:
-            onnx.checker.check_model(model, full_check=False)
+        if data is not None:
+            onnx.checker.check_model(data)
         else:
             with tempfile.TemporaryDirectory() as d:
                 p = Path(d) / MODEL_FILE
-                onnx.save_model(model, str(p), save_as_external_data=True, location=DATA_FILE)
+                _save_external(model, p)
                 onnx.checker.check_model(str(p))
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
@@ -150,7 +158,14 @@ def _check(model: onnx.ModelProto) -> None:
 class OnnxExecutable:
     """An ONNX model and the onnxruntime session that runs it."""
 
-    def __init__(self, model: onnx.ModelProto, g: Graph, options: dict[str, Any] | None = None, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        g: Graph,
+        options: dict[str, Any] | None = None,
+        path: Path | None = None,
+        data: bytes | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.model = model
@@ -171,12 +186,15 @@ class OnnxExecutable:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if path is not None:
             src: Any = str(path)
-        elif model.ByteSize() < _PROTO_LIMIT:
-            src = model.SerializeToString()
+            size = path.stat().st_size + (path.with_name(DATA_FILE).stat().st_size if path.with_name(DATA_FILE).is_file() else 0)
+        elif data is not None or not _is_large(model):
+            src = data if data is not None else model.SerializeToString()
+            size = len(src)
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="bitpress-onnx-")
             src = str(Path(self._tmp.name) / MODEL_FILE)
-            onnx.save_model(model, src, save_as_external_data=True, location=DATA_FILE)
+            _save_external(model, Path(src))
+            size = sum(f.stat().st_size for f in Path(self._tmp.name).iterdir())
         self.session = ort.InferenceSession(src, so, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -187,7 +205,7 @@ class OnnxExecutable:
             "onnx_nodes": len(model.graph.node),
             "onnx_ops": sorted({n.op_type for n in model.graph.node}),
             "initializer_bytes": initializer_bytes(model),
-            "model_bytes": model.ByteSize(),
+            "model_bytes": size,
         }
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -196,10 +214,10 @@ class OnnxExecutable:
         return [torch.from_numpy(o if o.flags.c_contiguous else o.copy()) for o in outs]
 
     def save(self, directory: Path) -> list[str]:
-        if self.model.ByteSize() < _PROTO_LIMIT:
+        if not _is_large(self.model):
             onnx.save_model(self.model, str(directory / MODEL_FILE))
             return [MODEL_FILE]
-        onnx.save_model(self.model, str(directory / MODEL_FILE), save_as_external_data=True, location=DATA_FILE)
+        _save_external(self.model, directory / MODEL_FILE)
         return [MODEL_FILE, DATA_FILE]
 
 
@@ -221,8 +239,9 @@ class OnnxBackend:
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> OnnxExecutable:
         model = lower_to_onnx(g)
-        _check(model)
-        return OnnxExecutable(model, g, options.extra)
+        data = None if _is_large(model) else model.SerializeToString()
+        _check(model, data)
+        return OnnxExecutable(model, g, options.extra, data=data)
 
     def load(self, directory: Path, g: Graph, target: str) -> OnnxExecutable:
         path = Path(directory) / MODEL_FILE
