@@ -8,6 +8,8 @@ once at compile time, same bytes as the pass left them, only reordered) and the 
   sign-extended once per layer into int16 pairs in SXTB16 order [x0 x2 x1 x3]; weights are
   stored in blocks of four rows with the rows' 4-byte chunks interleaved, so one pass over K
   loads x once for four output channels and each weight word costs 2 SXTB16 + 2 SMLAD.
+- `dsp-2x2`  (conv on M4, M7, M33): two output pixels per pass share each weight word (2-row
+  blocks, chunks interleaved), so 4 SXTB16 + 8 SMLAD cover 16 MACs.
 - `mve-4row` (M55): Helium's VMLADAVA.S8 does 16 int8 MACs; four rows share each x load and
   the K % 16 tail uses a tail-predicated load (no weight padding).
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SCHEDULES", "GemvSchedule", "gemv_schedule"]
+__all__ = ["SCHEDULES", "GemvSchedule", "conv_schedule", "gemv_schedule"]
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,18 @@ class GemvSchedule:
     def layout(self, w: torch.Tensor) -> torch.Tensor:
         """Weights [N, K] int8 -> the flat int8 array the kernel reads (a permutation of w)."""
         w = w.contiguous()
-        if self.name != "dsp-4row":
+        if not self.name.startswith("dsp"):
             return w.reshape(-1)
+        r = self.rows
         n, k = w.shape
-        nb, k4 = n // 4, k - k % 4
+        nb, k4 = n // r, k - k % 4
         parts = []
         if nb:
-            blocks = w[: nb * 4].reshape(nb, 4, k)
-            chunks = blocks[:, :, :k4].reshape(nb, 4, k4 // 4, 4).permute(0, 2, 1, 3).reshape(nb, -1)
+            blocks = w[: nb * r].reshape(nb, r, k)
+            chunks = blocks[:, :, :k4].reshape(nb, r, k4 // 4, 4).permute(0, 2, 1, 3).reshape(nb, -1)
             tails = blocks[:, :, k4:].reshape(nb, -1)
             parts.append(torch.cat([chunks, tails], 1).reshape(-1))
-        parts.append(w[nb * 4 :].reshape(-1))
+        parts.append(w[nb * r :].reshape(-1))
         return torch.cat(parts)
 
     def x_scratch_bytes(self, k: int) -> int:
@@ -55,7 +58,13 @@ SCHEDULES: dict[str, GemvSchedule] = {
     "scalar": GemvSchedule("scalar", "bp_gemv_s8_scalar", 1, None),
     "dsp-4row": GemvSchedule("dsp-4row", "bp_gemv_s8_dsp4", 4, "bp_expand_s8_dsp"),
     "mve-4row": GemvSchedule("mve-4row", "bp_gemv_s8_mve4", 4, None),
+    "dsp-2x2": GemvSchedule("dsp-2x2", "bp_gemm_s8_dsp2x2", 2, "bp_expand_s8_dsp"),
 }
+
+
+def conv_schedule(gemv: GemvSchedule) -> GemvSchedule:
+    """Convolutions reuse each weight word over two pixels on DSP cores; otherwise the GEMV schedule."""
+    return SCHEDULES["dsp-2x2"] if gemv.name == "dsp-4row" else gemv
 
 
 def gemv_schedule(*, dsp: bool, mve: bool, override: str | None = None) -> GemvSchedule:

@@ -19,6 +19,7 @@ import torch
 from bitpress.backends.mcu.codegen import McuLowerContext, conv_geometry, register_mcu_lowering
 from bitpress.compiler.ir import PACKED_BITS, Node
 from bitpress.compiler.target import LoweringError
+from bitpress.schedules.mcu import GemvSchedule, conv_schedule
 
 
 def _fail(n: Node, why: str) -> LoweringError:
@@ -83,7 +84,7 @@ def _maxpool_s8(ctx: McuLowerContext, n: Node) -> str:
     return f"    bp_maxpool_s8({ctx.ptr(n.inputs[0])}, {ctx.ptr(n.output)}, {_pool_args(n)});"
 
 
-def _requant_consts(ctx: McuLowerContext, n: Node, w2: torch.Tensor) -> tuple[str, str, str, str]:
+def _requant_consts(ctx: McuLowerContext, n: Node, w2: torch.Tensor, sched: GemvSchedule | None = None) -> tuple[str, str, str, str]:
     """Arrays for weights (in the schedule's layout), folded bias, multiplier and shift."""
     _, w, m, r, b = (n.inputs + [None] * 5)[:5]
     assert w is not None and m is not None and r is not None
@@ -91,7 +92,8 @@ def _requant_consts(ctx: McuLowerContext, n: Node, w2: torch.Tensor) -> tuple[st
     bias = (b.value.to(torch.int64) if b is not None else torch.zeros(w2.shape[0], dtype=torch.int64)) - xzp * w2.to(torch.int64).sum(1)
     if bias.abs().max() >= 2**31:
         raise _fail(n, "folded bias does not fit in int32")
-    wsym = ctx.array(ctx.gemv.layout(w2), "int8_t", f"{w.name}.{ctx.gemv.name}")
+    sched = sched or ctx.gemv
+    wsym = ctx.array(sched.layout(w2), "int8_t", f"{w.name}.{sched.name}")
     nout = w2.shape[0]
     msym = ctx.array(m.value.reshape(-1).expand(nout) if m.value.numel() == 1 else m.value, "int32_t", m.name)
     rsym = ctx.array(r.value.reshape(-1).expand(nout) if r.value.numel() == 1 else r.value, "int32_t", r.name)
@@ -134,34 +136,46 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
     o, c, kh, kw = w.shape
     g = conv_geometry(n, x, (kh, kw))
     k = c * kh * kw
-    syms = _requant_consts(ctx, n, w.value.reshape(o, k))
+    sched = conv_schedule(ctx.gemv)
+    syms = _requant_consts(ctx, n, w.value.reshape(o, k), sched)
     yzp, xzp = int(n.attrs["out_zero_point"]), int(n.attrs["x_zero_point"])
     p = g["OH"] * g["OW"]
     n.meta["_mcu_macs"] = g["N"] * o * p * k
-    n.meta["_mcu_schedule"] = ctx.gemv.name
+    n.meta["_mcu_schedule"] = sched.name
     patch = ctx.new_scratch(k, "int8_t")
-    im2col = (
-        f"bp_im2col_s8(xb, patch, {c}, {g['H']}, {g['W']}, oy, ox, {kh}, {kw}, {g['sh']}, {g['sw']}, {g['ph']}, {g['pw']}, "
-        f"{g['dh']}, {g['dw']}, {xzp});"
-    )
-    if ctx.gemv.expand:
-        xs = ctx.new_scratch(ctx.gemv.x_scratch_bytes(k), "int16_t")
-        prep = f"int16_t *xs = {xs};"
-        call = f"{ctx.gemv.expand}(patch, {k}, xs);\n                " + _gemv_call(
-            ctx, "xs", k, syms, o, yzp, f"yb + oy * {g['OW']} + ox", p
-        )
-    else:
-        prep = ""
-        call = _gemv_call(ctx, "patch", k, syms, o, yzp, f"yb + oy * {g['OW']} + ox", p)
-    return (
-        f"    int8_t *patch = {patch}; {prep}\n"
+    geo = f"{c}, {g['H']}, {g['W']}, (P) / {g['OW']}, (P) % {g['OW']}, {kh}, {kw}, {g['sh']}, {g['sw']}, {g['ph']}, {g['pw']}, {g['dh']}, {g['dw']}"
+    im2col = f"bp_im2col_s8(xb, patch, {geo}, {xzp});"
+    head = (
+        f"    int8_t *patch = {patch};\n"
         f"    for (int b = 0; b < {g['N']}; b++) {{\n"
         f"        const int8_t *xb = {ctx.ptr(x)} + b * {c * g['H'] * g['W']}; int8_t *yb = {ctx.ptr(n.output)} + b * {o * p};\n"
-        f"        for (int oy = 0; oy < {g['OH']}; oy++)\n"
-        f"            for (int ox = 0; ox < {g['OW']}; ox++) {{\n"
-        f"                {im2col}\n"
-        f"                {call}\n"
-        f"            }}\n    }}"
+    )
+    if sched.name == "dsp-2x2":
+        xa, xs2 = ctx.new_scratch(2 * k, "int16_t"), ctx.new_scratch(2 * k, "int16_t")
+        wsym, bsym, msym, rsym = syms
+        return head + (
+            f"        int16_t *xa = {xa}, *xc = {xs2};\n"
+            f"        for (int p = 0; p < {p}; p += 2) {{\n"
+            f"            const int q = p + 1 < {p} ? p + 1 : p;\n"
+            f"            {im2col.replace('(P)', 'p')}\n"
+            f"            {sched.expand}(patch, {k}, xa);\n"
+            f"            if (q != p) {{ {im2col.replace('(P)', 'q')} {sched.expand}(patch, {k}, xc); }}\n"
+            f"            {sched.kernel}(xa, q != p ? xc : xa, {k}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});\n"
+            f"        }}\n    }}"
+        )
+    if sched.expand:
+        xs = ctx.new_scratch(sched.x_scratch_bytes(k), "int16_t")
+        prep = f"int16_t *xs = {xs};"
+        call = f"{sched.expand}(patch, {k}, xs); " + _gemv_call(ctx, "xs", k, syms, o, yzp, "yb + p", p)
+    else:
+        prep = ""
+        call = _gemv_call(ctx, "patch", k, syms, o, yzp, "yb + p", p)
+    return head + (
+        f"        {prep}\n"
+        f"        for (int p = 0; p < {p}; p++) {{\n"
+        f"            {im2col.replace('(P)', 'p')}\n"
+        f"            {call}\n"
+        f"        }}\n    }}"
     )
 
 

@@ -185,6 +185,65 @@ BP_INLINE void bp_gemv_s8_dsp4(const int16_t *xs, int K, const int8_t *w, int N,
         y[n * ys] = bp_requant(acc, mult[n], shift[n], yzp);
     }
 }
+
+/* conv schedule "dsp-2x2": two output pixels share every weight word (two rows at a time; weights in
+ * 2-row blocks with 4-byte chunks interleaved).  Per 4 k: 4 x loads, 2 w loads, 4 SXTB16, 8 SMLAD = 16 MACs.
+ * With xb == xa and yb == ya it computes one pixel (an odd last pixel writes the same bytes twice). */
+BP_INLINE void bp_gemm_s8_dsp2x2(const int16_t *xa, const int16_t *xb, int K, const int8_t *w, int N, const int32_t *bias,
+                                 const int32_t *mult, const int32_t *shift, int32_t yzp, int8_t *ya, int8_t *yb, int ys) {
+    const int K4 = K & ~3, T = K - K4;
+    int n = 0;
+    for (; n + 2 <= N; n += 2) {
+        int32_t a00 = bias[n], a01 = bias[n], a10 = bias[n + 1], a11 = bias[n + 1];
+        const int16_t *pa = xa, *pb = xb;
+        const int8_t *wp = w;
+        for (int c = K4 >> 2; c > 0; c--) {
+            uint32_t w0 = bp_ld32(wp), w1 = bp_ld32(wp + 4);
+            uint32_t pa0 = bp_ld32(pa), pa1 = bp_ld32(pa + 2), pb0 = bp_ld32(pb), pb1 = bp_ld32(pb + 2);
+            wp += 8;
+            pa += 4;
+            pb += 4;
+            uint32_t lo = __sxtb16(w0), hi = bp_sxtb16_ror8(w0);
+            a00 = __smlad(lo, pa0, a00);
+            a00 = __smlad(hi, pa1, a00);
+            a01 = __smlad(lo, pb0, a01);
+            a01 = __smlad(hi, pb1, a01);
+            lo = __sxtb16(w1);
+            hi = bp_sxtb16_ror8(w1);
+            a10 = __smlad(lo, pa0, a10);
+            a10 = __smlad(hi, pa1, a10);
+            a11 = __smlad(lo, pb0, a11);
+            a11 = __smlad(hi, pb1, a11);
+        }
+        for (int t = 0; t < T; t++) {
+            int32_t w0 = wp[t], w1 = wp[T + t];
+            a00 += xa[K4 + t] * w0;
+            a01 += xb[K4 + t] * w0;
+            a10 += xa[K4 + t] * w1;
+            a11 += xb[K4 + t] * w1;
+        }
+        w += 2 * K;
+        ya[n * ys] = bp_requant(a00, mult[n], shift[n], yzp);
+        yb[n * ys] = bp_requant(a01, mult[n], shift[n], yzp);
+        ya[(n + 1) * ys] = bp_requant(a10, mult[n + 1], shift[n + 1], yzp);
+        yb[(n + 1) * ys] = bp_requant(a11, mult[n + 1], shift[n + 1], yzp);
+    }
+    if (n < N) { /* an odd last row, stored row-major */
+        int32_t a0 = bias[n], a1 = bias[n];
+        int k = 0;
+        for (; k < K4; k += 4) {
+            uint32_t wv = bp_ld32(w + k), lo = __sxtb16(wv), hi = bp_sxtb16_ror8(wv);
+            a0 = __smlad(hi, bp_ld32(xa + k + 2), __smlad(lo, bp_ld32(xa + k), a0));
+            a1 = __smlad(hi, bp_ld32(xb + k + 2), __smlad(lo, bp_ld32(xb + k), a1));
+        }
+        for (; k < K; k++) {
+            a0 += xa[k] * w[k];
+            a1 += xb[k] * w[k];
+        }
+        ya[n * ys] = bp_requant(a0, mult[n], shift[n], yzp);
+        yb[n * ys] = bp_requant(a1, mult[n], shift[n], yzp);
+    }
+}
 #endif
 
 #if defined(__ARM_FEATURE_MVE)
