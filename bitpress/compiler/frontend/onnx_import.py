@@ -745,6 +745,19 @@ def _gather(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     return [imp.op("index", [data, imp.cast(idx, "int64")], dims=[axis])]
 
 
+@_converter("GatherND")
+def _gather_nd(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
+    """GatherND(x, idx) = x[idx[..., 0], ..., idx[..., k-1]]   (batch_dims=0)"""
+    data, idx = ins
+    if int(_attrs(node).get("batch_dims", 0)):
+        raise _Unsupported("batch_dims != 0")
+    ishape = imp.shape(idx)
+    k = ishape[-1]
+    nd = len(ishape)
+    parts = [imp.op("select", [imp.cast(idx, "int64")], dim=nd - 1, index=i) for i in range(k)]
+    return [imp.op("index", [data, *parts], dims=list(range(k)))]
+
+
 @_converter("GatherElements")
 def _gather_elements(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     data, idx = ins
