@@ -32,10 +32,10 @@ from bitpress.passes.prune.ops import index_bits
 Args = list[Any]
 
 
-def _gather_te(rows: int, out: int, k: int, col: Any, has_bias: bool) -> Any:
+def _gather_te(rows: int, out: int, k: int, xval: Any, has_bias: bool) -> Any:
     def fn(x: Any, vt: Any, ix: Any, *rest: Any) -> Any:
         r = te.reduce_axis((0, k), name="k")
-        y = te.compute((rows, out), lambda m, o: te.sum(vt[r, o] * x[m, col(ix, r, o)], axis=r), name="y")
+        y = te.compute((rows, out), lambda m, o: te.sum(vt[r, o] * xval(x, ix, m, r, o), axis=r), name="y")
         if has_bias:
             b = rest[0]
             y = te.compute((rows, out), lambda m, o: y[m, o] + b[o], name="y_bias")
@@ -44,14 +44,19 @@ def _gather_te(rows: int, out: int, k: int, col: Any, has_bias: bool) -> Any:
     return fn
 
 
-def _cpu_schedule(out: int, lanes: int = 8) -> Any:
+def _cpu_schedule(rows: int, out: int, lanes: int = 8) -> Any:
     def schedule(sch: Any, target: Any) -> None:
         blk = sch.get_sblock("y")
         m, o, k = sch.get_loops(blk)
         vec = next((f for f in (lanes * 2, lanes, 4) if out % f == 0), 1)
         oo, oi = sch.split(o, factors=[None, vec])
-        sch.reorder(oo, m, k, oi)
+        # a register tile of rows reuses each decoded (value, index) pair across mi rows
+        mt = next(f for f in (4, 2, 1) if rows % f == 0)
+        mo, mi = sch.split(m, factors=[None, mt])
+        sch.reorder(oo, mo, k, mi, oi)
         sch.parallel(oo)
+        if mt > 1:
+            sch.unroll(mi)
         if vec > 1:
             sch.vectorize(oi)
         init = sch.decompose_reduction(blk, k)
@@ -83,7 +88,7 @@ def _gpu_schedule(sch: Any, target: Any) -> None:
         sch.bind(tx, "threadIdx.x")
 
 
-def _emit(ctx: LowerContext, node: Node, args: Args, name: str, out: int, k: int, vt: torch.Tensor, ix: torch.Tensor, col: Any) -> Any:
+def _emit(ctx: LowerContext, node: Node, args: Args, name: str, out: int, k: int, vt: torch.Tensor, ix: torch.Tensor, xval: Any) -> Any:
     x, b = args[0], (args[3] if len(args) > 3 else None)
     if ctx.dtype(x) != "float32":
         x = ctx.emit(R.astype(x, "float32"))
@@ -94,8 +99,8 @@ def _emit(ctx: LowerContext, node: Node, args: Args, name: str, out: int, k: int
     ins = [x, ctx.const(vt, f"{node.name}.values_t"), ctx.const(ix, f"{node.name}.index_t")]
     if b is not None:
         ins.append(b if ctx.dtype(b) == "float32" else ctx.emit(R.astype(b, "float32")))
-    ctx.schedule_hint(name, schedule=_cpu_schedule(out) if ctx.target == "llvm" else _gpu_schedule)
-    y = ctx.emit_te(_gather_te(rows, out, k, col, b is not None), *ins, primfunc_name_hint=name)
+    ctx.schedule_hint(name, schedule=_cpu_schedule(rows, out) if ctx.target == "llvm" else _gpu_schedule)
+    y = ctx.emit_te(_gather_te(rows, out, k, xval, b is not None), *ins, primfunc_name_hint=name)
     if len(shp) != 2:
         y = ctx.emit(R.reshape(y, (*shp[:-1], out)))
     want = node.output.dtype
@@ -120,15 +125,23 @@ def _nm_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     ix = by.t().contiguous()
     vt = ctx.value(vv).to(torch.float32).t().contiguous()  # type: ignore[union-attr]
 
-    def col(ixb: Any, r: Any, o: Any) -> Any:
+    def xval(x: Any, ixb: Any, row: Any, r: Any, o: Any) -> Any:
         if per == 1:
             code = ixb[r, o].astype("int32")
         else:
             byte = ixb[tirx.floordiv(r, per), o].astype("int32")
             code = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(r, per) * bits), (1 << bits) - 1)
-        return tirx.floordiv(r, n) * m + code
+        base = tirx.floordiv(r, n) * m
+        if m > 4:
+            return x[row, base + code]
+        # small groups: the M candidates are the same for every output lane (broadcast loads),
+        # so a select chain replaces a per-lane gather
+        val = x[row, base + (m - 1)]
+        for c in reversed(range(m - 1)):
+            val = tirx.Select(code == c, x[row, base + c], val)
+        return val
 
-    return _emit(ctx, node, args, f"nm{n}x{m}_linear", out, k, vt, ix, col)
+    return _emit(ctx, node, args, f"nm{n}x{m}_linear", out, k, vt, ix, xval)
 
 
 @register_lowering("sparse_linear")
@@ -140,7 +153,7 @@ def _sparse_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     vt = ctx.value(vv).to(torch.float32).t().contiguous()  # type: ignore[union-attr]
     ct = ctx.value(cv).t().contiguous()  # type: ignore[union-attr]
 
-    def col(cols: Any, r: Any, o: Any) -> Any:
-        return cols[r, o].astype("int32")
+    def xval(x: Any, cols: Any, row: Any, r: Any, o: Any) -> Any:
+        return x[row, cols[r, o].astype("int32")]
 
-    return _emit(ctx, node, args, "csr_linear", out, k, vt, ct, col)
+    return _emit(ctx, node, args, "csr_linear", out, k, vt, ct, xval)
