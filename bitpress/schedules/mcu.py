@@ -9,7 +9,8 @@ once at compile time, same bytes as the pass left them, only reordered) and the 
   stored in blocks of four rows with the rows' 4-byte chunks interleaved, so one pass over K
   loads x once for four output channels and each weight word costs 2 SXTB16 + 2 SMLAD.
 - `dsp-2x2`  (conv on M4, M7, M33): two output pixels per pass share each weight word (2-row
-  blocks, chunks interleaved), so 4 SXTB16 + 8 SMLAD cover 16 MACs.
+  blocks, chunks interleaved, bytes [w0 w2 w1 w3] per chunk), so 4 SXTB16 + 8 SMLAD cover 16
+  MACs; im2col writes int16 activations in natural order, so no separate expansion pass.
 - `mve-4row` (M55): Helium's VMLADAVA.S8 does 16 int8 MACs; four rows share each x load and
   the K % 16 tail uses a tail-predicated load (no weight padding).
 """
@@ -40,6 +41,10 @@ class GemvSchedule:
         r = self.rows
         n, k = w.shape
         nb, k4 = n // r, k - k % 4
+        if self.name == "dsp-2x2":  # bytes [w0 w2 w1 w3] per chunk: SXTB16 then pairs with int16 x in natural order
+            perm = torch.arange(k)
+            perm[:k4] = perm[:k4].reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(-1)
+            w = w[:, perm]
         parts = []
         if nb:
             blocks = w[: nb * r].reshape(nb, r, k)
@@ -58,7 +63,7 @@ SCHEDULES: dict[str, GemvSchedule] = {
     "scalar": GemvSchedule("scalar", "bp_gemv_s8_scalar", 1, None),
     "dsp-4row": GemvSchedule("dsp-4row", "bp_gemv_s8_dsp4", 4, "bp_expand_s8_dsp"),
     "mve-4row": GemvSchedule("mve-4row", "bp_gemv_s8_mve4", 4, None),
-    "dsp-2x2": GemvSchedule("dsp-2x2", "bp_gemm_s8_dsp2x2", 2, "bp_expand_s8_dsp"),
+    "dsp-2x2": GemvSchedule("dsp-2x2", "bp_gemm_s8_dsp2x2", 2, "bp_im2col_s16"),
 }
 
 

@@ -54,7 +54,10 @@ def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path | None
     }
     if missing:
         per_task = max(1, -(-trials // len(missing)))
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(missing, work_dir=str(work / "logs"))
+        # Evolutionary search samples a population of thousands before its first trial: worth it
+        # for real budgets, minutes of overhead for a handful of trials.
+        strategy = "evolutionary" if per_task >= 32 else "replay-trace"
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(missing, work_dir=str(work / "logs"), strategy=strategy)
         ms.tune_tasks(
             tasks=contexts,
             task_weights=weights,

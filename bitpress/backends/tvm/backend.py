@@ -232,11 +232,16 @@ class TvmExecutable:
     _dev: Any = None
     _params: list[Any] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+    def _ensure_vm(self) -> None:
+        # Made on first run, so a CUDA build can be compiled and saved on a machine without a GPU.
+        if self._vm is not None:
+            return
         import tvm
         from tvm import relax
 
         self._dev = tvm.cpu(0) if self.target == "llvm" else tvm.cuda(0)
+        if not self._dev.exist:
+            raise RuntimeError(f"target {self.target}: no {self.target} device on this machine to run the compiled model")
         self._vm = relax.VirtualMachine(self.module, self._dev)
         self._params = [self._to_dev(t) for t in self.params_torch]
 
@@ -249,12 +254,15 @@ class TvmExecutable:
                 from bitpress.backends.tvm.lowering import _to_numpy
 
                 return tvm.runtime.tensor(_to_numpy(t), self._dev)
+            if t.data_ptr() % 64:  # TVM needs 64-byte aligned data; fresh torch allocations are
+                t = t.clone()
             return tvm.runtime.from_dlpack(t)
         from bitpress.backends.tvm.lowering import _to_numpy
 
         return tvm.runtime.tensor(_to_numpy(t), self._dev)
 
     def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self._ensure_vm()
         args = [self._to_dev(x) for x in inputs]
         res = self._vm["main"](*args, *self._params)
         outs = [res[i] for i in range(len(res))]
@@ -271,7 +279,7 @@ class TvmExecutable:
             files.append(DERIVED_FILE)
         meta = {
             "target": self.target,
-            "params": [[r.kind, r.key] for r in self.param_refs],
+            "params": [[r.kind, r.key, r.transform] for r in self.param_refs],
             "out_dtypes": self.out_dtypes,
             "info": {k: v for k, v in self.info.items() if isinstance(v, (str, int, float, bool))},
         }
@@ -317,12 +325,28 @@ class TvmBackend:
             from safetensors.torch import load_file
 
             derived = load_file(str(directory / DERIVED_FILE))
-        refs = [ParamRef(k, key) for k, key in meta["params"]]
+        refs = [ParamRef(*p) for p in meta["params"]]
         missing = [r.key for r in refs if (r.kind == "store" and r.key not in g.store) or (r.kind == "derived" and r.key not in derived)]
         if missing:
             raise ValueError(f"{directory}: artifact lacks parameters {missing[:5]}")
-        tensors = [g.store[r.key] if r.kind == "store" else derived[r.key] for r in refs]
+        tensors = [r.resolve(g.store, derived) for r in refs]
         lib = tvm.runtime.load_module(str(directory / LIB_FILE))
         info = dict(meta.get("info", {}))
         info["loaded_from"] = str(directory)
         return TvmExecutable(target, lib, refs, tensors, list(meta["out_dtypes"]), derived, info)
+
+
+def generated_source(exe: TvmExecutable, kind: str = "cuda") -> str:
+    """The device source TVM generated for `exe` (e.g. the CUDA C of a "cuda" build)."""
+    found: list[str] = []
+
+    def walk(m: Any) -> None:
+        if getattr(m, "kind", None) == kind:
+            found.append(m.inspect_source())
+        for im in m.imports:
+            walk(im)
+
+    walk(exe.module.mod if hasattr(exe.module, "mod") else exe.module)
+    if not found:
+        raise ValueError(f"no {kind} module in this executable (target {exe.target})")
+    return "\n".join(found)

@@ -268,9 +268,9 @@ def _masked_fill(ctx: LowerContext, node: Node, args: Args) -> Any:
 def _linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = x @ W^T + b   (a constant W is stored transposed, [K, N], so N is contiguous)"""
     x, w, b = args
-    wt = ctx.value(node.inputs[1])
-    if wt is not None and wt.ndim == 2:
-        w_kn = ctx.const(wt.t().contiguous(), name=f"{node.name}.weight_t")
+    wv = node.inputs[1]
+    if wv.is_const and wv.ndim == 2:
+        w_kn = ctx.store_param(wv, transpose=True)
     else:
         w_kn = R.permute_dims(w)
     y = ctx.emit(R.matmul(x, w_kn))
@@ -340,7 +340,8 @@ def _conv1d(ctx: LowerContext, node: Node, args: Args) -> Any:
 @register_lowering("embedding")
 def _embedding(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = W[idx]"""
-    return ctx.emit(R.take(args[0], args[1], axis=0))
+    # "clip" keeps an out-of-range id from reading outside the table (torch raises there)
+    return ctx.emit(R.take(args[0], args[1], axis=0, mode="clip"))
 
 
 # ---------------------------------------------------------------- normalization
@@ -619,7 +620,7 @@ def _split(ctx: LowerContext, node: Node, args: Args) -> list[Any]:
 @register_lowering("index_select")
 def _index_select(ctx: LowerContext, node: Node, args: Args) -> Any:
     nd = len(node.inputs[0].shape)
-    return ctx.emit(R.take(args[0], args[1], axis=_axis(int(node.attrs.get("dim", 0)), nd)))
+    return ctx.emit(R.take(args[0], args[1], axis=_axis(int(node.attrs.get("dim", 0)), nd), mode="clip"))
 
 
 @register_lowering("gather")

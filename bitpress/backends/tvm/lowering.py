@@ -106,6 +106,11 @@ class ParamRef:
 
     kind: str  # "store" | "derived"
     key: str
+    transform: str = ""  # "" or "t" (2-D transpose, made again at load time rather than saved)
+
+    def resolve(self, store: dict[str, torch.Tensor], derived: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = store[self.key] if self.kind == "store" else derived[self.key]
+        return t.t().contiguous() if self.transform == "t" else t
 
 
 @dataclass
@@ -127,7 +132,7 @@ class LowerContext:
     params: list[tuple[Any, ParamRef]] = field(default_factory=list)
     derived: dict[str, torch.Tensor] = field(default_factory=dict)
     hints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _store_vars: dict[str, Any] = field(default_factory=dict)
+    _store_vars: dict[tuple[str, bool], Any] = field(default_factory=dict)
     _counter: int = 0
 
     # -- constants
@@ -151,19 +156,25 @@ class LowerContext:
         self.params.append((var, ParamRef("derived", key)))
         return var
 
-    def store_param(self, v: Value) -> relax.Expr:
-        """The relax expression for graph constant `v` (a VM parameter, or embedded when tiny)."""
+    def store_param(self, v: Value, transpose: bool = False) -> relax.Expr:
+        """Graph constant `v` (or its 2-D transpose) as a VM parameter, or embedded when tiny.
+
+        A transposed weight is not saved twice: the artifact records "transpose of store
+        entry X" and load() makes it again from the saved weights.
+        """
         from tvm import relax
 
-        if v.name in self._store_vars:
-            return self._store_vars[v.name]
-        t = self.graph.store[v.name]
+        key = (v.name, transpose)
+        if key in self._store_vars:
+            return self._store_vars[key]
+        ref = ParamRef("store", v.name, "t" if transpose else "")
+        t = ref.resolve(self.graph.store, {})
         if t.numel() <= EMBED_MAX_NUMEL:
             e: Any = relax.const(_to_numpy(t), _tvm_dtype(t.dtype))
         else:
             e = relax.Var(f"p{len(self.params)}", relax.TensorType(tuple(t.shape), _tvm_dtype(t.dtype)))
-            self.params.append((e, ParamRef("store", v.name)))
-        self._store_vars[v.name] = e
+            self.params.append((e, ref))
+        self._store_vars[key] = e
         return e
 
     # -- emission
@@ -203,4 +214,4 @@ def param_tensors(
     params: Sequence[tuple[Any, ParamRef]], store: dict[str, torch.Tensor], derived: dict[str, torch.Tensor]
 ) -> list[torch.Tensor]:
     """The VM parameter tensors in order."""
-    return [store[r.key] if r.kind == "store" else derived[r.key] for _, r in params]
+    return [r.resolve(store, derived) for _, r in params]
