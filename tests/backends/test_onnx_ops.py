@@ -377,3 +377,22 @@ def test_lowered_op_imports_back(op: str, label: str, make: Callable[[], list[An
             torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-5, equal_nan=True)
         else:
             assert torch.equal(o, w)
+
+
+def test_tied_weights_stay_shared_through_onnx_and_back() -> None:
+    """embedding(W) ... linear(h, W): one initializer in the ONNX file, one constant after importing it back."""
+    g = Graph()
+    ids = g.add_input("ids", TensorType((2, 5), "int64"))
+    w = g.add_const(torch.randn(50, 8), "embed.weight")
+    h = g.call("embedding", [w, ids], name="embed")
+    g.set_outputs([g.call("linear", [g.call("tanh", [h]), w, None], name="lm_head")])
+    feeds = [torch.randint(0, 50, (2, 5))]
+    model = lower_to_onnx(g)
+    assert [t.name for t in model.graph.initializer if len(t.dims) == 2] == ["embed.weight"]
+    back = import_onnx(model, feeds)
+    big = [v for v in back.consts.values() if v.numel == 400]
+    assert len(big) == 1 and back.weight_bytes() == g.weight_bytes()
+    lin = next(n for n in back.nodes if n.op == "linear")
+    emb = next(n for n in back.nodes if n.op == "embedding")
+    assert lin.inputs[1] is emb.inputs[0] is big[0]
+    torch.testing.assert_close(run(back, feeds)[0], run(g, feeds)[0], rtol=1e-5, atol=1e-5)

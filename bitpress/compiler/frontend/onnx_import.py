@@ -233,6 +233,7 @@ class _Importer:
         self.path = ""
         self.types: dict[str, tuple[str | None, tuple[int, ...] | None]] = {}
         self.readers: dict[str, int] = {}  # ONNX value name -> how many nodes / graph outputs read it
+        self.transposed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(W^T view) -> (W^T, W) for 2-D constants
 
     # -- operands
     def hint(self, t: torch.Tensor, name: str, *, override: bool = False) -> None:
@@ -249,7 +250,7 @@ class _Importer:
         hit = self.materialized.get(id(x))
         if hit is not None:
             return hit[1]
-        v = self.g.add_const(x, _clean(self.tensor_hint.get(id(x), hint)))
+        v = self.g.add_const(x.contiguous(), _clean(self.tensor_hint.get(id(x), hint)))
         self.materialized[id(x)] = (x, v)  # keeps x alive, so its id is not reused
         return v
 
@@ -644,10 +645,18 @@ def _matmul(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     """matmul(x, B) -> linear(x, B^T) for a constant 2-D B  (weights stored [out, in] as torch has them)"""
     a, b = ins
     if isinstance(b, torch.Tensor) and b.ndim == 2 and not isinstance(a, torch.Tensor) and imp.dtype(a).startswith(("float", "bfloat")):
-        wt = b.t().contiguous()
-        imp.hint(wt, _weight_name(imp, b), override=True)
-        return [_linear(imp, a, wt, None)]
+        return [_linear(imp, a, _untransposed(imp, b), None)]
     return [imp.op("matmul", [a, b])]
+
+
+def _untransposed(imp: _Importer, b: torch.Tensor) -> torch.Tensor:
+    """W with b = W^T: the original constant when b is a folded Transpose of it, else a new [out, in] copy."""
+    hit = imp.transposed.get(id(b))
+    if hit is not None and hit[0] is b:
+        return hit[1]
+    wt = b.t().contiguous()
+    imp.hint(wt, _weight_name(imp, b), override=True)
+    return wt
 
 
 @_converter("Gemm")
@@ -660,9 +669,7 @@ def _gemm(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     if at.get("transA", 0):
         a = imp.op("transpose", [a], dim0=0, dim1=1)
     if isinstance(b, torch.Tensor):
-        w = b if at.get("transB", 0) else b.t().contiguous()
-        if w is not b:
-            imp.hint(w, _weight_name(imp, b), override=True)
+        w = b if at.get("transB", 0) else _untransposed(imp, b)
         n = w.shape[0]
         fuse = c is not None and beta == 1.0 and alpha == 1.0 and imp.shape(c) == (n,)
         y = _linear(imp, a, w, c if fuse else None)
@@ -946,7 +953,13 @@ def _transpose(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     perm = [int(p) for p in _attrs(node).get("perm", list(reversed(range(nd))))]
     if perm == list(range(nd)):
         return [ins[0]]
-    return [imp.op("permute", [ins[0]], dims=perm)]
+    x = ins[0]
+    if isinstance(x, torch.Tensor) and perm == [1, 0]:
+        # a view, remembered so that MatMul(a, Transpose(W)) becomes linear(a, W) sharing W (tied embeddings stay tied)
+        wt = x.t()
+        imp.transposed[id(wt)] = (wt, x)
+        return [wt]
+    return [imp.op("permute", [x], dims=perm)]
 
 
 @_converter("Expand")
@@ -1045,7 +1058,7 @@ def _constant(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
 
     at = _attrs(node)
     if "value" in at:
-        t = _tensor(numpy_helper.to_array(node.attribute[0].t), node.output[0])
+        t = _tensor(numpy_helper.to_array(next(a.t for a in node.attribute if a.name == "value")), node.output[0])
     elif "value_float" in at:
         t = torch.tensor(float(at["value_float"]), dtype=torch.float32)
     elif "value_floats" in at:
