@@ -12,7 +12,10 @@ merging the folded constant is not the same as folding the merged parameters (va
 non-linearly).  So Merge works in parameter space: it merges the state dicts, writes the
 merged parameters into a copy of the graph as imported (`ctx.source_graph`), replays the
 exact canonicalization on that copy, aligns the copy node by node with the current graph
-and copies the constants across.  The replay of the *unmerged* source must reproduce the
+and copies the constants across.  When a model is given as a torch module, the merged
+state is loaded into a copy of it and re-traced instead, so parameters the frontend folded
+into other constants at import (BERT's position embeddings gathered at constant indices)
+are merged too; from state dicts alone such parameters are reported (strict=True).  The replay of the *unmerged* source must reproduce the
 current constants bit for bit; if an earlier pass changed a weight or the structure, Merge
 fails naming it rather than silently overwriting that pass's work.
 
@@ -24,6 +27,7 @@ weight against the weight it replaced).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -69,7 +73,9 @@ class Merge:
         outliers: breadcrumbs: fraction of largest-magnitude entries dropped.
         t: slerp: interpolation from models[0] (t=0) to models[1] (t=1).
         evaluate: greedy-soup: callable(state_dict) -> score, higher is better.
-        strict: fail when a model has float parameters the graph does not use.
+        strict: when Merge cannot re-trace (no torch module among `models`), fail on float
+            parameters that are not constants of the imported graph (unused by forward(),
+            or folded into other constants at import); False skips them.
 
     Example:
         >>> cm = bp.compile(base_model, (x,), passes=[bp.passes.Merge(models=[ft_a, ft_b], method="ties", density=0.2)])
@@ -140,7 +146,13 @@ class Merge:
         else:
             check_compatible(models[0], names[0], list(zip(names[1:], models[1:], strict=True)))
             ref = models[0]
-        keys, unused = _match_parameters(ref, models, source, strict=self.strict)
+        # With a module in hand, re-trace it with the merged state: parameters the frontend
+        # folded into other constants at import (e.g. position embeddings gathered at constant
+        # indices) are then merged too.  Without one, replay the merged parameters on the
+        # imported graph, where such parameters cannot be found (strict fails on them).
+        module = next((m for m in self.models if isinstance(m, torch.nn.Module)), None)
+        retrace = module is not None and bool(ctx.example_inputs) and (base is not None or self.method not in NEEDS_BASE)
+        keys, unused = _match_parameters(ref, models, source, strict=self.strict and not retrace)
         if base is None and self.method in NEEDS_BASE:
             base = {k: source.consts[k].value for k in keys}
         merged, stats = merge_state_dicts(
@@ -154,10 +166,13 @@ class Merge:
             outliers=self.outliers,
             t=self.t,
             evaluate=self.evaluate,
-            keys=keys,
+            keys=list(ref) if retrace else keys,
         )
-        updates = {k: merged[k].to(source.consts[k].value.dtype) for k in keys}
-        new_values = replay_parameters(g, source, updates)
+        if retrace:
+            assert module is not None
+            new_values = replay_graph(g, source, _retrace(module, merged, ctx.example_inputs))
+        else:
+            new_values = replay_parameters(g, source, {k: merged[k].to(source.consts[k].value.dtype) for k in keys})
         old = {name: g.store[name] for name in new_values}
         for name, t in new_values.items():
             g.set_const(g.consts[name], t)
@@ -167,9 +182,9 @@ class Merge:
                 main = max(changed, key=lambda v: v.numel)
                 node.meta["merge"] = self.method
                 node.meta["sqnr_db"] = _json_db(sqnr_db(old[main.name], new_values[main.name]))
-        stats = {"method": self.method, "parameters": len(keys), "constants_changed": len(new_values), **stats}
+        stats = {"method": self.method, "parameters": len(merged), "constants_changed": len(new_values), "retraced": retrace, **stats}
         if unused:
-            stats["unused_parameters"] = unused
+            stats["parameters_not_in_graph"] = unused
         return PassResult(g, bool(new_values), stats)
 
 
@@ -199,7 +214,8 @@ def _match_parameters(
     if absent and strict:
         raise ValueError(
             f"{len(absent)} parameter(s) of the models are not constants of the compiled graph: {', '.join(absent)} "
-            "(a different architecture, or parameters forward() does not use: pass strict=False to skip them)"
+            "(a different architecture, parameters forward() does not use, or parameters folded into other constants at import: "
+            "pass the models as torch modules so Merge re-traces them, or strict=False to skip these)"
         )
     return present, absent
 
@@ -212,34 +228,54 @@ def _is_alias(k: str, present: Sequence[str], ref: Mapping[str, torch.Tensor], m
 def replay_parameters(g: Graph, source: Graph, updates: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """New values for `g`'s constants when the source graph's parameters take `updates`.
 
-    Writes `updates` into a copy of `source`, replays canonicalization when `g` was
-    canonicalized, aligns the copy with `g` node by node and returns {constant of g: new
-    tensor} for the constants that change.  Fails, naming them, when `g`'s weights or
-    structure were changed by a pass other than canonicalization.
+    Writes `updates` into a copy of `source` and hands it to `replay_graph`.
+    """
+    after = source.clone()
+    for k, t in updates.items():
+        after.set_const(after.consts[k], t)
+    return replay_graph(g, source, after)
+
+
+def replay_graph(g: Graph, before: Graph, after: Graph) -> dict[str, torch.Tensor]:
+    """New values for `g`'s constants, `g` being `before` after canonicalization (or as is).
+
+    `after` is `before` with other weights (same structure).  Replays canonicalization on
+    both when `g` was canonicalized, aligns them with `g` node by node and returns {constant
+    of g: new tensor} for the constants that change.  Fails, naming them, when `g`'s weights
+    or structure were changed by a pass other than canonicalization.
     """
     from bitpress.passes.canonicalize import canonicalize_pipeline
 
     for canonicalized in (False, True):
-        before, after = source.clone(), source.clone()
-        for k, t in updates.items():
-            after.set_const(after.consts[k], t)
+        b, a = before.clone(), after.clone()
         if canonicalized:
             for p in canonicalize_pipeline():
                 quiet = PassContext(quiet=True)
-                before = p.apply(before, quiet).graph
-                after = p.apply(after, quiet).graph
-        m_before = _align(before, g)
+                b = p.apply(b, quiet).graph
+                a = p.apply(a, quiet).graph
+        m_before = _align(b, g)
         if m_before is None:
             continue
-        m_after = _align(after, g)
+        m_after = _align(a, g)
         if m_after is None:
-            raise ValueError("merged parameters changed the canonical graph's structure (a merged scalar became 0 or 1?)")
+            raise ValueError(
+                "the merged model's graph has another structure than the compiled one (a different architecture, or a merged scalar became 0 or 1)"
+            )
         edited = [name for name, v in m_before.items() if not torch.equal(g.store[name], v.value)]
         if edited:
             shown = ", ".join(edited[:5]) + (f" (+{len(edited) - 5} more)" if len(edited) > 5 else "")
             raise ValueError(f"weights {shown} were changed by an earlier pass: put Merge/FoldLoRA before other weight-changing passes")
         return {name: v.value for name, v in m_after.items() if not torch.equal(g.store[name], v.value)}
     raise ValueError("the graph no longer has the imported model's structure (an earlier pass rewrote it): put Merge before other passes")
+
+
+def _retrace(module: torch.nn.Module, state: Mapping[str, torch.Tensor], example_inputs: tuple[torch.Tensor, ...]) -> Graph:
+    """Import a copy of `module` holding `state`: constants the frontend folded from parameters are recomputed."""
+    from bitpress.compiler.frontend import import_module
+
+    m = copy.deepcopy(module)
+    m.load_state_dict(dict(state), strict=True)
+    return import_module(m.eval(), example_inputs)
 
 
 def _align(a: Graph, b: Graph) -> dict[str, Value] | None:

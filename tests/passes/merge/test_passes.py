@@ -181,7 +181,34 @@ def test_different_architecture_is_named(family, imported) -> None:  # type: ign
     with pytest.raises(ValueError, match=r"not constants of the compiled graph: head\.weight"):
         Merge(models=[extra, extra]).apply(g, ctx)
     res = Merge(models=[extra, extra], strict=False).apply(g, ctx)
-    assert res.stats["unused_parameters"] == ["head.weight"]
+    assert res.stats["parameters_not_in_graph"] == ["head.weight"]
+
+
+class PosModel(nn.Module):
+    """Position embeddings gathered at constant indices: the frontend folds them into a new constant at import."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(4, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + self.pos(torch.arange(4)))
+
+
+def test_parameters_folded_at_import_are_merged_by_retracing_modules() -> None:
+    torch.manual_seed(3)
+    base, x = PosModel().eval(), torch.randn(2, 4, 6)
+    a, b = _perturbed(base, 1, 0.5), _perturbed(base, 2, 0.5)
+    source = import_module(base, (x,))
+    assert "pos.weight" not in source.consts  # folded: only a state-dict replay would miss it
+    g, ctx = _canonical(source)
+    with pytest.raises(ValueError, match=r"not constants of the compiled graph: pos\.weight .*pass the models as torch modules"):
+        Merge(models=[a.state_dict(), b.state_dict()], base=base.state_dict(), method="ties", density=0.5).apply(g, ctx)
+    cm = bp.compile(base, (x,), passes=[Merge(models=[a, b], base=base, method="ties", density=0.5)])
+    assert cm.report.passes[-1].stats["retraced"] is True
+    sd, _ = merge_state_dicts([a.state_dict(), b.state_dict()], base.state_dict(), method="ties", density=0.5)
+    torch.testing.assert_close(cm(x), _eager(base, sd, x), rtol=1e-5, atol=1e-5)
 
 
 def test_merge_refuses_to_overwrite_an_earlier_weight_change(family) -> None:  # type: ignore[no-untyped-def]
