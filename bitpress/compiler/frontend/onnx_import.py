@@ -175,7 +175,7 @@ def _check_supported(model: Any) -> None:
     for i, n in enumerate(model.graph.node):
         key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
         if n.domain not in ("", "ai.onnx") or n.op_type not in _CONVERTERS:
-            bad.setdefault(key, []).append(repr(n.name or f"#{i}"))
+            bad.setdefault(key, []).append(f"{n.name or '#' + str(i)!r} ({_ir_name(n) or 'top level'})")
     if bad:
         parts = [f"{op} at node {', '.join(ns[:3])}" + (f" (+{len(ns) - 3} more)" if len(ns) > 3 else "") for op, ns in sorted(bad.items())]
         raise UnsupportedOpError(f"{len(bad)} unsupported ONNX op type(s): " + "; ".join(parts))
@@ -371,7 +371,8 @@ class _Importer:
                     outs = _CONVERTERS[node.op_type](self, node, ins)
                     outs = self.enforce_types(node, outs)
                 except _Unsupported as e:
-                    self.errors.append(f"{node.op_type} at node {node.name or '#' + str(index)!r}: {e}")
+                    where = f"{node.name or '#' + str(index)!r} ({self.path or 'top level'})"
+                    self.errors.append(f"{node.op_type} at node {where}: {e}")
                     outs = [_Poison()] * len(node.output)
             for name, v in zip(node.output, outs):
                 if name:
