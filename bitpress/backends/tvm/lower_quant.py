@@ -111,23 +111,29 @@ def _qmatmul_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, h
     return fn
 
 
-def _cpu_qmatmul_schedule(m: int, n: int) -> Any:
+def _cpu_qmatmul_schedule(m: int, n: int, bits: int) -> Any:
     def schedule(sch: Any, target: Any) -> None:
-        sch.compute_inline(sch.get_sblock("xg"))
         lanes = 8
+        # the padded activations are materialized once per call (tiny), so the hot loop has no bounds test
+        xg = sch.get_sblock("xg")
+        sch.parallel(sch.get_loops(xg)[0]) if m > 1 else None
         ni = 16 if n % 16 == 0 else (8 if n % 8 == 0 else 1)
         part = sch.get_sblock("part")
         mm, g, nn, i = sch.get_loops(part)
         no, nin = sch.split(nn, factors=[None, ni])
         mi_f = next(f for f in (4, 2, 1) if m % f == 0)
         mo, mi = sch.split(mm, factors=[None, mi_f])
-        sch.reorder(no, mo, g, i, mi, nin)
+        per = 8 // bits if bits in (2, 4) else 1
+        io, ii = sch.split(i, factors=[None, per])
+        sch.reorder(no, mo, g, io, ii, mi, nin)
         sch.parallel(no)
+        if per > 1:
+            sch.unroll(ii)  # the codes of one byte: constant shifts after unrolling
         if mi_f > 1:
             sch.unroll(mi)
         if ni > 1:
             sch.vectorize(nin)
-        init = sch.decompose_reduction(part, i)
+        init = sch.decompose_reduction(part, io)
         if ni > 1:
             sch.vectorize(sch.get_loops(init)[-1])
         ys = sch.get_sblock("y")
@@ -204,7 +210,7 @@ def _qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
     if b is not None:
         ins.append(_f32(ctx, b))
     if ctx.target == "llvm":
-        ctx.schedule_hint(name, schedule=_cpu_qmatmul_schedule(m, n))
+        ctx.schedule_hint(name, schedule=_cpu_qmatmul_schedule(m, n, bits))
     else:
         ctx.schedule_hint(name, schedule=_gpu_schedule)
     y = ctx.emit_te(fn, *ins, primfunc_name_hint=name)
