@@ -9,6 +9,7 @@ larger than the last-level cache), like decoding through every layer of a model 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=300)
     ap.add_argument("--layers", type=int, default=24, help="distinct weight copies for the cold-cache run")
     args = ap.parse_args()
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # read when tvm starts its pool
     torch.set_num_threads(args.threads)
     print(
         "| shape (N x K) | batch | torch fp32 ms | TVM fp32 ms | TVM W4 g128 ms | W4 vs TVM fp32 | W4 vs torch | cold: torch | cold: TVM fp32 | cold: W4 |"
