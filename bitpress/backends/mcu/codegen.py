@@ -93,6 +93,7 @@ class McuLowerContext:
     arrays: list[str] = field(default_factory=list)
     array_bytes: int = 0
     scratch: dict[str, list[int]] = field(default_factory=dict)
+    preamble: set[str] = field(default_factory=set)  # kernel instantiations (macros from bp_kernels.h)
     node: Node | None = None
     _names: set[str] = field(default_factory=set)
     _const_syms: dict[str, str] = field(default_factory=dict)
@@ -202,6 +203,8 @@ def generate(g: Graph, board: Board, gemv: GemvSchedule, *, allow_float: bool) -
         f"static const uint32_t bp_output_off[{len(outs)}] = {{{', '.join(str(o) for o, _ in outs)}}};",
         "void *bp_input(int i) { return bp_arena + bp_input_off[i]; }",
         "void *bp_output(int i) { return bp_arena + bp_output_off[i]; }",
+        "",
+        *sorted(ctx.preamble),
         "",
         *ctx.arrays,
         "",

@@ -142,27 +142,35 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
     p = g["OH"] * g["OW"]
     n.meta["_mcu_macs"] = g["N"] * o * p * k
     n.meta["_mcu_schedule"] = sched.name
-    patch = ctx.new_scratch(k, "int8_t")
     geo = f"{c}, {g['H']}, {g['W']}, (P) / {g['OW']}, (P) % {g['OW']}, {kh}, {kw}, {g['sh']}, {g['sw']}, {g['ph']}, {g['pw']}, {g['dh']}, {g['dw']}"
-    im2col = f"bp_im2col_s8(xb, patch, {geo}, {xzp});"
     head = (
-        f"    int8_t *patch = {patch};\n"
         f"    for (int b = 0; b < {g['N']}; b++) {{\n"
         f"        const int8_t *xb = {ctx.ptr(x)} + b * {c * g['H'] * g['W']}; int8_t *yb = {ctx.ptr(n.output)} + b * {o * p};\n"
     )
     if sched.name == "dsp-2x2":
-        xa, xs2 = ctx.new_scratch(2 * k, "int16_t"), ctx.new_scratch(2 * k, "int16_t")
+        k2 = -(-k // 2) * 2  # pixel B's activations start 2 * k2 bytes after pixel A's (word aligned)
+        buf = ctx.new_scratch(4 * k2, "int16_t")
         wsym, bsym, msym, rsym = syms
+        col = f"bp_im2col_s16(xb, (BUF), {geo}, {xzp});"
+        # the assembly kernel needs word-aligned weight blocks (even K) and an LDRD-reachable offset
+        kern = f"bp_gemm_s8_dsp2x2_{2 * k2}" if k % 2 == 0 and 2 * k2 <= 1020 else None
+        if kern:
+            ctx.preamble.add(f"BP_DEFINE_GEMM_DSP2X2({2 * k2})")
+            call = f"{kern}(xa, {k}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});"
+        else:
+            call = f"{sched.kernel}(xa, xc, {k}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});"
         return head + (
-            f"        int16_t *xa = {xa}, *xc = {xs2};\n"
+            f"        int16_t *xa = {buf}, *xc = xa + {k2};\n"
             f"        for (int p = 0; p < {p}; p += 2) {{\n"
-            f"            const int q = p + 1 < {p} ? p + 1 : p;\n"
-            f"            {im2col.replace('(P)', 'p')}\n"
-            f"            {sched.expand}(patch, {k}, xa);\n"
-            f"            if (q != p) {{ {im2col.replace('(P)', 'q')} {sched.expand}(patch, {k}, xc); }}\n"
-            f"            {sched.kernel}(xa, q != p ? xc : xa, {k}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});\n"
+            f"            const int q = p + 1 < {p} ? p + 1 : p;  /* an odd last pixel runs twice on the same data */\n"
+            f"            {col.replace('(P)', 'p').replace('(BUF)', 'xa')}\n"
+            f"            {col.replace('(P)', 'q').replace('(BUF)', 'xc')}\n"
+            f"            {call}\n"
             f"        }}\n    }}"
         )
+    patch = ctx.new_scratch(k, "int8_t")
+    im2col = f"bp_im2col_s8(xb, patch, {geo}, {xzp});"
+    head = f"    int8_t *patch = {patch};\n" + head
     if sched.expand:
         xs = ctx.new_scratch(sched.x_scratch_bytes(k), "int16_t")
         prep = f"int16_t *xs = {xs};"

@@ -18,6 +18,7 @@
 
 BP_INLINE uint32_t bp_ld32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 BP_INLINE void bp_st32(void *p, uint32_t v) { memcpy(p, &v, 4); }
+BP_INLINE uint64_t bp_ld64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 /* y = clamp(((acc * m + 2^(r-1)) >> r) + zp, -128, 127)   (int64 product, arithmetic shift).
  * For r > 32 the rounding term only touches the high word, so with p = hi * 2^32 + lo (0 <= lo < 2^32)
@@ -87,23 +88,37 @@ BP_INLINE void bp_maxpool_s8(const int8_t *x, int8_t *y, int NC, int H, int W, i
             }
 }
 
-/* im2col of one output pixel: patch[c*kh*kw + i*kw + j] = x[c, iy, ix], padding with the input zero point */
-BP_INLINE void bp_im2col_s8(const int8_t *x, int8_t *patch, int C, int H, int W, int oy, int ox, int kh, int kw, int sh, int sw, int ph,
-                            int pw, int dh, int dw, int8_t pad) {
-    for (int c = 0; c < C; c++, x += H * W)
-        for (int i = 0; i < kh; i++) {
-            int iy = oy * sh - ph + i * dh;
-            if (iy < 0 || iy >= H) {
-                for (int j = 0; j < kw; j++) *patch++ = pad;
-                continue;
-            }
-            const int8_t *row = x + iy * W;
-            for (int j = 0; j < kw; j++) {
-                int ix = ox * sw - pw + j * dw;
-                *patch++ = (ix < 0 || ix >= W) ? pad : row[ix];
-            }
-        }
-}
+/* im2col of one output pixel: patch[c*kh*kw + i*kw + j] = x[c, iy, ix], padding with the input zero point.
+ * A window fully inside the image (most pixels) is copied without bounds checks. */
+#define BP_IM2COL(NAME, T)                                                                                                            \
+    BP_INLINE void NAME(const int8_t *x, T *patch, int C, int H, int W, int oy, int ox, int kh, int kw, int sh, int sw, int ph, int pw,   \
+                        int dh, int dw, int8_t pad) {                                                                                   \
+        const int y0 = oy * sh - ph, x0 = ox * sw - pw;                                                                                \
+        if (y0 >= 0 && y0 + (kh - 1) * dh < H && x0 >= 0 && x0 + (kw - 1) * dw < W) {                                                  \
+            const int8_t *base = x + y0 * W + x0;                                                                                       \
+            for (int c = 0; c < C; c++, base += H * W)                                                                                  \
+                for (int i = 0; i < kh; i++) {                                                                                          \
+                    const int8_t *row = base + i * dh * W;                                                                              \
+                    for (int j = 0; j < kw; j++) *patch++ = row[j * dw];                                                                \
+                }                                                                                                                       \
+            return;                                                                                                                     \
+        }                                                                                                                               \
+        for (int c = 0; c < C; c++, x += H * W)                                                                                         \
+            for (int i = 0; i < kh; i++) {                                                                                              \
+                int iy = y0 + i * dh;                                                                                                   \
+                if (iy < 0 || iy >= H) {                                                                                                \
+                    for (int j = 0; j < kw; j++) *patch++ = pad;                                                                        \
+                    continue;                                                                                                           \
+                }                                                                                                                       \
+                const int8_t *row = x + iy * W;                                                                                         \
+                for (int j = 0; j < kw; j++) {                                                                                          \
+                    int ix = x0 + j * dw;                                                                                               \
+                    *patch++ = (ix < 0 || ix >= W) ? pad : row[ix];                                                                     \
+                }                                                                                                                       \
+            }                                                                                                                           \
+    }
+BP_IM2COL(bp_im2col_s8, int8_t)
+BP_IM2COL(bp_im2col_s16, int16_t) /* sign-extended in natural order, for the dsp-2x2 schedule */
 
 /* ---- int8 GEMV: y[n * ys] = requant(sum_k x[k] w[n, k] + bias[n]); bias already holds -x_zp * sum_k w[n, k] ---- */
 
@@ -187,7 +202,8 @@ BP_INLINE void bp_gemv_s8_dsp4(const int16_t *xs, int K, const int8_t *w, int N,
 }
 
 /* conv schedule "dsp-2x2": two output pixels share every weight word (two rows at a time; weights in
- * 2-row blocks with 4-byte chunks interleaved).  Per 4 k: 4 x loads, 2 w loads, 4 SXTB16, 8 SMLAD = 16 MACs.
+ * 2-row blocks with 4-byte chunks interleaved, bytes [w0 w2 w1 w3] in each chunk so that SXTB16 yields
+ * (w0, w1) and (w2, w3) against activations sign-extended to int16 in natural order).  Per 4 k: 4 x loads, 2 w loads, 4 SXTB16, 8 SMLAD = 16 MACs.
  * With xb == xa and yb == ya it computes one pixel (an odd last pixel writes the same bytes twice). */
 BP_INLINE void bp_gemm_s8_dsp2x2(const int16_t *xa, const int16_t *xb, int K, const int8_t *w, int N, const int32_t *bias,
                                  const int32_t *mult, const int32_t *shift, int32_t yzp, int8_t *ya, int8_t *yb, int ys) {
@@ -244,6 +260,63 @@ BP_INLINE void bp_gemm_s8_dsp2x2(const int16_t *xa, const int16_t *xb, int K, co
         yb[n * ys] = bp_requant(a1, mult[n], shift[n], yzp);
     }
 }
+
+/* The dsp-2x2 kernel with its inner loop in assembly, for even K: pixel B's activations sit OFF bytes after
+ * pixel A's (one scratch buffer), so 14 registers hold 4 accumulators, 6 operands, a temporary and 3 counters.
+ * Per 4 k and 2 rows x 2 pixels: 3 LDRD, 4 SXTB16, 8 SMLAD, SUBS, BNE = 17 instructions for 16 MACs.
+ * The model instantiates it once per offset: BP_DEFINE_GEMM_DSP2X2(576) -> bp_gemm_s8_dsp2x2_576(). */
+#define BP_DEFINE_GEMM_DSP2X2(OFF)                                                                                                       \
+    BP_INLINE void bp_gemm_s8_dsp2x2_##OFF(const int16_t *xa, int K, const int8_t *w, int N, const int32_t *bias, const int32_t *mult,    \
+                                          const int32_t *shift, int32_t yzp, int8_t *ya, int8_t *yb, int ys) {                            \
+        const int16_t *xb = xa + (OFF) / 2;                                                                                              \
+        const int K4 = K & ~3, T = K - K4;                                                                                               \
+        int n = 0;                                                                                                                       \
+        for (; n + 2 <= N; n += 2) {                                                                                                     \
+            int32_t a00 = bias[n], a01 = bias[n], a10 = bias[n + 1], a11 = bias[n + 1];                                                  \
+            const int16_t *px = xa;                                                                                                      \
+            const int8_t *wp = w;                                                                                                        \
+            int cnt = K4 >> 2;                                                                                                           \
+            if (cnt) {                                                                                                                   \
+                uint32_t w0, w1, x0, x1, y0, y1, t;                                                                                      \
+                __asm__ volatile("1:\n\t"                                                                                                \
+                                 "ldrd %[y0], %[y1], [%[px], #" #OFF "]\n\t"                                                             \
+                                 "ldrd %[x0], %[x1], [%[px]], #8\n\t"                                                                    \
+                                 "ldrd %[w0], %[w1], [%[wp]], #8\n\t"                                                                    \
+                                 "sxtb16 %[t], %[w0]\n\t"                                                                                \
+                                 "smlad %[a00], %[t], %[x0], %[a00]\n\t"                                                                 \
+                                 "smlad %[a01], %[t], %[y0], %[a01]\n\t"                                                                 \
+                                 "sxtb16 %[w0], %[w0], ror #8\n\t"                                                                       \
+                                 "smlad %[a00], %[w0], %[x1], %[a00]\n\t"                                                                \
+                                 "smlad %[a01], %[w0], %[y1], %[a01]\n\t"                                                                \
+                                 "sxtb16 %[t], %[w1]\n\t"                                                                                \
+                                 "smlad %[a10], %[t], %[x0], %[a10]\n\t"                                                                 \
+                                 "smlad %[a11], %[t], %[y0], %[a11]\n\t"                                                                 \
+                                 "sxtb16 %[w1], %[w1], ror #8\n\t"                                                                       \
+                                 "smlad %[a10], %[w1], %[x1], %[a10]\n\t"                                                                \
+                                 "smlad %[a11], %[w1], %[y1], %[a11]\n\t"                                                                \
+                                 "subs %[cnt], %[cnt], #1\n\t"                                                                           \
+                                 "bne 1b\n"                                                                                              \
+                                 : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [px] "+r"(px), [wp] "+r"(wp),    \
+                                   [cnt] "+r"(cnt), [w0] "=&r"(w0), [w1] "=&r"(w1), [x0] "=&r"(x0), [x1] "=&r"(x1), [y0] "=&r"(y0),      \
+                                   [y1] "=&r"(y1), [t] "=&r"(t)                                                                          \
+                                 :                                                                                                       \
+                                 : "cc", "memory");                                                                                      \
+            }                                                                                                                            \
+            for (int t2 = 0; t2 < T; t2++) {                                                                                             \
+                int32_t v0 = wp[t2], v1 = wp[T + t2];                                                                                    \
+                a00 += xa[K4 + t2] * v0;                                                                                                 \
+                a01 += xb[K4 + t2] * v0;                                                                                                 \
+                a10 += xa[K4 + t2] * v1;                                                                                                 \
+                a11 += xb[K4 + t2] * v1;                                                                                                 \
+            }                                                                                                                            \
+            w += 2 * K;                                                                                                                  \
+            ya[n * ys] = bp_requant(a00, mult[n], shift[n], yzp);                                                                        \
+            yb[n * ys] = bp_requant(a01, mult[n], shift[n], yzp);                                                                        \
+            ya[(n + 1) * ys] = bp_requant(a10, mult[n + 1], shift[n + 1], yzp);                                                          \
+            yb[(n + 1) * ys] = bp_requant(a11, mult[n + 1], shift[n + 1], yzp);                                                          \
+        }                                                                                                                                \
+        if (n < N) bp_gemm_s8_dsp2x2(xa, xb, K, w, N - n, bias + n, mult + n, shift + n, yzp, ya + n * ys, yb + n * ys, ys);             \
+    }
 #endif
 
 #if defined(__ARM_FEATURE_MVE)
