@@ -267,7 +267,9 @@ def test_legalize_keeps_every_bit(chain: list[str], scale: float, zp: int, seed:
     q = g.call("quantize_act", [v], {"scale": 0.03, "zero_point": -5})
     g.outputs = [q, v]
     lg = legalize(g)
-    assert "quantize_act" not in {n.op for n in lg.nodes}
+    if "maxpool" not in chain or "gelu" not in chain[: chain.index("maxpool")]:
+        # max pooling only moves past monotone tables; gelu is not monotone, so it may stay in float
+        assert "quantize_act" not in {n.op for n in lg.nodes}
     torch.manual_seed(seed)
     inp = torch.randint(-128, 128, (1, 2, 8, 8), dtype=torch.int8)
     for a, b in zip(run(g, [inp]), run(lg, [inp]), strict=True):
