@@ -100,7 +100,7 @@ def sparsegpt(
             chol = torch.linalg.cholesky(hd)
             hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
             break
-        except torch.linalg.LinAlgError:
+        except torch.linalg.LinAlgError:  # type: ignore[attr-defined]
             continue
     if hinv is None:
         raise ValueError("SparseGPT: the calibration Hessian is not positive definite even with heavy damping")

@@ -34,7 +34,7 @@ import networkx as nx
 import torch
 
 from bitpress.compiler.calibrate import collect
-from bitpress.compiler.ir import Graph, Node, TensorType, Value
+from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.ops import get_op
 from bitpress.compiler.pass_manager import CompileError, PassContext
 from bitpress.compiler.rewrite import ExplainEvent
@@ -171,9 +171,9 @@ def _propagate(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
         x = ins[0]
         assert x is not None
         if op == "transpose":
-            a, b = _norm_dim(node.attrs["dim0"], x.ndim), _norm_dim(node.attrs["dim1"], x.ndim)
+            d0, d1 = _norm_dim(node.attrs["dim0"], x.ndim), _norm_dim(node.attrs["dim1"], x.ndim)
             perm = list(range(x.ndim))
-            perm[a], perm[b] = b, a
+            perm[d0], perm[d1] = d1, d0
         else:
             perm = [_norm_dim(p, x.ndim) for p in node.attrs["dims"]]
         return [_seg(out, perm.index(d), s)] if not is_out else [_seg(x, perm[d], s)]
@@ -263,13 +263,13 @@ def _propagate(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
         if ax == "H" and (q.ndim < 3 or k.ndim < 3 or q.shape[-3] != k.shape[-3]):
             raise _Block("grouped-query attention with unequal head counts")
         res = []
-        for r, t in operands.items():
-            if t is None or t is v:
+        for r, opnd in operands.items():
+            if opnd is None or opnd is v:
                 continue
-            for rel, a in _SDPA_AXES[r].items():
-                td = t.ndim + rel
-                if a == ax and td >= 0 and not (r == "mask" and t.shape[td] == 1):
-                    res.append(_seg(t, td, s))
+            for rel, axis in _SDPA_AXES[r].items():
+                td = opnd.ndim + rel
+                if axis == ax and td >= 0 and not (r == "mask" and opnd.shape[td] == 1):
+                    res.append(_seg(opnd, td, s))
         return res
     if op == "embedding":
         w, idx = ins[0], ins[1]
@@ -298,11 +298,11 @@ def _propagate(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
     raise _Block(f"op {op} is not understood by structured pruning")
 
 
-def find_groups(g: Graph, sources: list[Segment]) -> tuple[nx.Graph, list[Group]]:
+def find_groups(g: Graph, sources: list[Segment]) -> tuple[nx.Graph, list[Group]]:  # type: ignore[type-arg]
     """The coupling graph of segments reachable from `sources`, and its connected components."""
     values = {v.name: v for v in g.values()}
     io = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
-    cg: nx.Graph = nx.Graph()
+    cg: nx.Graph = nx.Graph()  # type: ignore[type-arg]
     for src in sources:
         if src in cg:
             continue
@@ -371,7 +371,8 @@ def _unit_scores(t: torch.Tensor, s: Segment) -> torch.Tensor:
     """Per-unit sum of squares of tensor `t` over segment `s`."""
     x = t.detach().double().movedim(s.dim, 0)
     x = x[s.offset : s.offset + s.unit * s.count].reshape(s.count, -1)
-    return x.pow(2).sum(1)
+    per: torch.Tensor = x.pow(2).sum(1)
+    return per
 
 
 def _col_energy(node: Node, st: Any) -> torch.Tensor:
@@ -381,7 +382,8 @@ def _col_energy(node: Node, st: Any) -> torch.Tensor:
     wt = w.value.detach().double()
     ex2 = (st.sqsum / max(st.rows, 1)).double()
     cols = wt.reshape(wt.shape[0], -1).pow(2).sum(0) * ex2
-    return cols.reshape(wt.shape[1], -1).sum(1)
+    per: torch.Tensor = cols.reshape(wt.shape[1], -1).sum(1)
+    return per
 
 
 def _importance(g: Graph, grp: Group, consumers: dict[str, Node], stats: dict[str, Any]) -> torch.Tensor:
@@ -423,7 +425,7 @@ def _refit(w: torch.Tensor, h: torch.Tensor, keep_cols: torch.Tensor, damp: floa
     hk = h.double()[keep_cols][:, keep_cols]
     lam = damp * float(torch.diag(hk).mean().clamp(min=1e-12))
     rhs = w2 @ h.double()[:, keep_cols]
-    sol = torch.linalg.solve(hk + lam * torch.eye(hk.shape[0], dtype=hk.dtype), rhs.t()).t()
+    sol: torch.Tensor = torch.linalg.solve(hk + lam * torch.eye(hk.shape[0], dtype=hk.dtype), rhs.t()).t()
     return sol
 
 
@@ -534,9 +536,9 @@ def _shrink(g: Graph, removed: dict[tuple[str, int], set[int]], consumers: dict[
                 assert q is not None
                 n.attrs["scale"] = 1.0 / math.sqrt(q.shape[-1])
         types = get_op(n.op).infer([None if x is None else x.type for x in n.inputs], n.attrs)
-        for o, t in zip(n.outputs, types, strict=True):
+        for o, ty in zip(n.outputs, types, strict=True):
             want = new_shape.get(o.name, o.shape)
-            if t.shape != want:
-                raise CompileError(f"structured pruning: {n.name} ({n.op}) infers {t}, expected shape {list(want)}")
-            o.type = TensorType(t.shape, t.dtype)
+            if ty.shape != want:
+                raise CompileError(f"structured pruning: {n.name} ({n.op}) infers {ty}, expected shape {list(want)}")
+            o.type = ty
     g.version += 1

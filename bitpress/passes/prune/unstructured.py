@@ -122,7 +122,7 @@ def _allocate(cfg: Any, g: Graph, ctx: PassContext, nodes: list[Node]) -> dict[s
         sensitivity = cfg.allocation == "sensitivity"
         for chunk in _chunks(nodes, cfg.hessian_budget_mb << 20):
             names = {n.name for n in chunk}
-            st = collect(g, data, nodes=lambda n, names=names: n.name in names, hessian=sensitivity)
+            st = collect(g, data, nodes=names, hessian=sensitivity)
             for n in chunk:
                 s = st.get(n.name)
                 if s is not None and sensitivity:
@@ -200,7 +200,7 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         stats: dict[str, Any] = {}
         if data:
             names = {n.name for n in chunk}
-            stats = collect(g, data, nodes=lambda n, names=names: n.name in names, hessian=True)
+            stats = collect(g, data, nodes=names, hessian=True)
         for n in chunk:
             st = stats.get(n.name)
             if st is None and cfg.method != "magnitude":
@@ -216,6 +216,7 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
             n.meta["prune"] = cfg.method + (f" {cfg.nm[0]}:{cfg.nm[1]}" if cfg.nm else "")
             n.meta["format"] = "dense"
             layers[n.name] = {"sparsity": n.meta["sparsity"], "sqnr_db": sq, "target": s}
+    g.prune_consts()
     return layers
 
 
@@ -245,7 +246,7 @@ def pack_nm_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Pack
     if not is_nm_sparse(w.value, n, m):
         return Reject(f"weight is not {n}:{m} sparse")
     values, idx, itype = encode_nm(w.value, n, m)
-    y = F.nm_linear(
+    y: Value = F.nm_linear(
         x, const(values, w.name + ".values"), const(idx, w.name + ".indices", itype), b, name=node.name, n=n, m=m, in_features=w.shape[1]
     )
     assert y.producer is not None
@@ -262,7 +263,9 @@ def pack_sparse_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: 
         dense = w.numel * w.value.element_size()
         return Reject(f"CSR would take {ell_bytes(w.value)} bytes >= dense {dense}; kept dense")
     values, cols = encode_ell(w.value)
-    y = F.sparse_linear(x, const(values, w.name + ".values"), const(cols, w.name + ".cols"), b, name=node.name, in_features=w.shape[1])
+    y: Value = F.sparse_linear(
+        x, const(values, w.name + ".values"), const(cols, w.name + ".cols"), b, name=node.name, in_features=w.shape[1]
+    )
     assert y.producer is not None
     y.producer.meta = dict(node.meta, format="csr", params=int((w.value != 0).sum()))
     return y

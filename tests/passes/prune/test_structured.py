@@ -142,3 +142,16 @@ def test_minilm_heads() -> None:
     ref = mean_pool(enc(ids, mask), mask)
     cos = torch.nn.functional.cosine_similarity(mean_pool(out, mask), ref).mean().item()
     assert out.shape == (8, 24, 384) and cos > 0.85
+
+
+def test_prune_then_quantize(fashion: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    """Structured pruning leaves plain (smaller) conv/linear ops that Quantize packs."""
+    model, x, _ = fashion
+    passes = [Prune(structure="channel", sparsity=0.5), bp.passes.Quantize(method="rtn", bits=8, group_size=None, weight_clip="minmax")]
+    cm = bp.compile(model, (x[:32],), passes=passes, calibration=[(x[:32],)])
+    ops = [n.op for n in cm.graph.nodes if n.op.startswith("q")]
+    assert ops == ["qconv2d", "qconv2d", "qconv2d", "qlinear", "qlinear"]
+    assert [n.attrs["shape"][0] for n in cm.graph.nodes if n.op.startswith("q")] == [8, 16, 16, 32, 10]
+    pruned_only = bp.compile(model, (x[:32],), passes=passes[:1])
+    assert sqnr_db(pruned_only(x[32:64]), cm(x[32:64])) > 25.0  # int8 on top of the pruned model
+    assert cm.report.total_bytes < pruned_only.report.total_bytes / 3

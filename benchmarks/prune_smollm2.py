@@ -1,0 +1,176 @@
+"""SmolLM2-135M perplexity after pruning: bitpress magnitude / Wanda / SparseGPT at 50% and 2:4,
+side by side with llm-compressor's SparseGPT and Wanda kernels on the same text and windows.
+
+Run:
+    .venv/bin/pip install --no-deps --target /tmp/prune_peer llmcompressor==0.14.0.1 loguru
+    .venv/bin/python benchmarks/prune_smollm2.py [--seq 128] [--cal 8] [--eval 8] [--peer-dir /tmp/prune_peer]
+
+Text: bitpress.models.text.english_text() (GPL-3).  Calibration: the first `--cal` windows of
+`--seq` tokens; evaluation: the next `--eval` windows (disjoint).  Every linear layer of
+the 30 decoder blocks is pruned; lm_head (tied to the embedding) is left dense, as in the
+SparseGPT and Wanda papers.  bitpress runs in its interpreter (the numerics oracle) on
+the compressed graph (nm_linear / sparse_linear ops).
+
+The peer: llm-compressor's `oneshot` pipeline needs `datasets`, `auto-round` and
+`compressed-tensors` (not installable offline here), so its per-layer kernels
+(`modifiers/pruning/{sparsegpt/sgpt_sparsify,wanda/wanda_sparsify}.py`: Hessian / row-norm
+accumulation and `sparsify_weight`) are loaded from the installed wheel and driven the way
+its sequential pipeline does: decoder block by block, each calibrated on the outputs of
+the blocks already pruned.  Defaults as in llm-compressor (block 128, dampening 0.01).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import bitpress as bp
+from bitpress.compiler.frontend import import_module
+from bitpress.compiler.interpreter import run
+from bitpress.compiler.pass_manager import PassContext, Pipeline
+from bitpress.models import SmolLMLogits, english_text, load_smollm2, token_windows
+from bitpress.passes import canonicalize_pipeline
+
+
+def nll_ppl(fn: Any, windows: list[torch.Tensor]) -> float:
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            logits = fn(w).reshape(w.shape[1], -1).float()
+            nll += float(torch.nn.functional.cross_entropy(logits[:-1], w[0, 1:], reduction="sum"))
+            count += w.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def load_peer(peer_dir: str) -> tuple[Any, Any]:
+    sys.path.insert(0, peer_dir)  # loguru
+    root = Path(peer_dir) / "llmcompressor" / "modifiers" / "pruning"
+    mods = []
+    for name, rel in (("llmc_sgpt", "sparsegpt/sgpt_sparsify.py"), ("llmc_wanda", "wanda/wanda_sparsify.py")):
+        spec = importlib.util.spec_from_file_location(name, root / rel)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mods.append(mod)
+    return mods[0], mods[1]
+
+
+def peer_prune(model: Any, method: str, sparsity: float | str, cal: list[torch.Tensor], sgpt: Any, wanda: Any) -> Any:
+    """llm-compressor kernels, sequential over decoder blocks."""
+    model = copy.deepcopy(model)
+    n, m = (int(sparsity.split(":")[0]), int(sparsity.split(":")[1])) if isinstance(sparsity, str) else (0, 0)
+    # llm-compressor's prune_n is the number kept per group of prune_m (2:4 -> 2, 4)
+    frac = 0.5 if isinstance(sparsity, str) else float(sparsity)
+    for layer in model.model.layers:
+        lins = [mod for mod in layer.modules() if isinstance(mod, torch.nn.Linear)]
+        stats: dict[Any, torch.Tensor] = {}
+        counts: dict[Any, int] = {}
+        hooks = []
+        for lin in lins:
+            if method == "sparsegpt":
+                stats[lin] = sgpt.make_empty_hessian(lin)
+            else:
+                stats[lin] = wanda.make_empty_row_scalars(lin)
+            counts[lin] = 0
+
+            def hook(mod: Any, inp: Any, out: Any, stats: dict[Any, torch.Tensor] = stats, counts: dict[Any, int] = counts) -> None:
+                if method == "sparsegpt":
+                    stats[mod], counts[mod] = sgpt.accumulate_hessian(inp[0], mod, stats[mod], counts[mod])
+                else:
+                    stats[mod], counts[mod] = wanda.accumulate_row_scalars(inp[0], mod, stats[mod], counts[mod])
+
+            hooks.append(lin.register_forward_hook(hook))
+        with torch.no_grad():
+            for w in cal:
+                model(input_ids=w, use_cache=False)
+        for h in hooks:
+            h.remove()
+        for lin in lins:
+            if method == "sparsegpt":
+                new = sgpt.sparsify_weight(lin, stats, frac, n, m, 128, 0.01, False)
+            else:
+                new = wanda.sparsify_weight(lin, stats, frac, n, m)
+            with torch.no_grad():
+                lin.weight.copy_(new.reshape(lin.weight.shape).to(lin.weight.dtype))
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--cal", type=int, default=8)
+    ap.add_argument("--eval", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peer-dir", default="/tmp/prune_peer")
+    ap.add_argument("--only", default="", help="comma list of configs to run, e.g. 'sparsegpt 2:4,peer sparsegpt 2:4'")
+    ap.add_argument("--hessian-mb", type=int, default=160)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = load_smollm2()
+    text = english_text()
+    cal = token_windows(tok, text, args.seq, args.cal)
+    ev = token_windows(tok, text, args.seq, args.eval, offset=args.cal)
+    wrapper = SmolLMLogits(model).eval()
+    t0 = time.perf_counter()
+    g0 = import_module(wrapper, (cal[0],))
+    g0, _ = Pipeline(canonicalize_pipeline()).run(g0, PassContext(example_inputs=(cal[0],)))
+    print(f"import + canonicalize: {time.perf_counter() - t0:.1f} s, {len(g0)} nodes", flush=True)
+    wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+    rows = []
+
+    def record(label: str, ppl: float, secs: float, extra: str = "") -> None:
+        rows.append((label, ppl, secs, extra))
+        print(f"| {label} | {ppl:.2f} | {secs:.0f} s | {extra} |", flush=True)
+
+    if not wanted or "dense" in wanted:
+        t = time.perf_counter()
+        record("dense fp32 (eager torch)", nll_ppl(lambda w: wrapper(w), ev), time.perf_counter() - t)
+    peer = None
+    try:
+        peer = load_peer(args.peer_dir)
+    except (OSError, ImportError) as e:
+        print(f"peer unavailable: {e}")
+    for sparsity in (0.5, "2:4"):
+        for method in ("magnitude", "wanda", "sparsegpt"):
+            label = f"{method} {sparsity}"
+            if wanted and label not in wanted:
+                continue
+            g = g0.clone()
+            ctx = PassContext(example_inputs=(cal[0],), calibration=[(w,) for w in cal])
+            t = time.perf_counter()
+            p = bp.passes.Prune(method=method, sparsity=sparsity, exclude=("*lm_head*",), hessian_budget_mb=args.hessian_mb)
+            g, _ = Pipeline([p], check_every_pass=False).run(g, ctx)
+            secs = time.perf_counter() - t
+            ppl = nll_ppl(lambda w, g=g: run(g, (w,))[0], ev)
+            ops = sorted({n.op for n in g.nodes if n.op.endswith("linear")})
+            sq = [n.meta["sqnr_db"] for n in g.nodes if "sqnr_db" in n.meta and math.isfinite(n.meta["sqnr_db"])]
+            extra = f"bitpress; ops {ops}; weights {g.weight_bytes() / 2**20:.1f} MiB; median layer SQNR {sorted(sq)[len(sq) // 2]:.1f} dB"
+            record(f"bitpress {label}", ppl, secs, extra)
+        if peer is not None:
+            for method in ("wanda", "sparsegpt"):
+                label = f"peer {method} {sparsity}"
+                if wanted and label not in wanted:
+                    continue
+                t = time.perf_counter()
+                pm = peer_prune(model, method, sparsity, cal, *peer)
+                secs = time.perf_counter() - t
+                record(
+                    f"llm-compressor {method} {sparsity}",
+                    nll_ppl(lambda w, pm=pm: pm(input_ids=w, use_cache=False).logits, ev),
+                    secs,
+                    "peer kernels, sequential",
+                )
+                del pm
+    print(f"\nwindows: {args.cal} calibration + {args.eval} evaluation of {args.seq} tokens")
+
+
+if __name__ == "__main__":
+    main()
