@@ -5,6 +5,8 @@ and export the same module with torch.onnx.export (TorchScript exporter, opset 1
 onnxruntime with the same thread count, plus eager torch.  Also times import_onnx of the
 torch-exported file and checks every path agrees with the interpreter.
 
+Latencies are the best of `--repeat` rounds in which the candidates run in turn.
+
 Run: .venv/bin/python benchmarks/onnx_backend.py [--threads 2] [--repeat 30] [--smollm]
 """
 
@@ -26,16 +28,18 @@ from bitpress.compiler.frontend.onnx_import import import_onnx
 from bitpress.compiler.interpreter import run
 
 
-def timeit(fn: Callable[[], Any], repeat: int) -> float:
-    for _ in range(3):
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Best-of-`rounds` latency in ms, calling the candidates in turn each round (a shared, loaded
+    machine drifts; interleaving keeps the comparison fair)."""
+    for fn in fns.values():
         fn()
-    best = []
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(max(1, repeat // 3)):
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
             fn()
-        best.append((time.perf_counter() - t) / max(1, repeat // 3))
-    return min(best) * 1e3
+            times[k].append(time.perf_counter() - t)
+    return {k: min(v) * 1e3 for k, v in times.items()}
 
 
 def torch_export(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes | None:
@@ -57,27 +61,32 @@ def bench(name: str, m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], threa
     compile_s = time.perf_counter() - t
     ref = run(cm.graph, inputs)[0]
     err = (cm(*inputs) - ref).abs().max().item()
-    with torch.no_grad():
-        eager_ms = timeit(lambda: m(*inputs), repeat)
-    bp_ms = timeit(lambda: cm(*inputs), repeat)
+    fns: dict[str, Callable[[], Any]] = {"eager": lambda: _eager(m, inputs), "bitpress": lambda: cm(*inputs)}
     data = torch_export(m, inputs)
-    ort_ms, import_s, import_err = float("nan"), float("nan"), float("nan")
+    import_s, import_err = float("nan"), float("nan")
     if data is not None:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
         sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
-        ort_ms = timeit(lambda: sess.run(None, feeds), repeat)
+        fns["ort"] = lambda: sess.run(None, feeds)
         t = time.perf_counter()
         g = import_onnx(_proto(data), inputs)
         import_s = time.perf_counter() - t
         import_err = (run(g, inputs)[0] - torch.from_numpy(np.asarray(sess.run(None, feeds)[0]))).abs().max().item()
+    ms = interleaved(fns, repeat)
+    eager_ms, bp_ms, ort_ms = ms["eager"], ms["bitpress"], ms.get("ort", float("nan"))
     rep = cm.report.backend
     return (
         f"| {name} | {eager_ms:.3f} | {ort_ms:.3f} | {bp_ms:.3f} | {bp_ms / ort_ms:.2f} | {compile_s:.1f} | {import_s:.2f} | "
         f"{rep['onnx_nodes']} | {rep['initializer_bytes']:,} | {err:.1e} | {import_err:.1e} |"
     )
+
+
+def _eager(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    with torch.no_grad():
+        return m(*inputs)
 
 
 def _proto(data: bytes) -> Any:
