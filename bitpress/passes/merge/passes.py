@@ -15,9 +15,10 @@ exact canonicalization on that copy, aligns the copy node by node with the curre
 and copies the constants across.  When a model is given as a torch module, the merged
 state is loaded into a copy of it and re-traced instead, so parameters the frontend folded
 into other constants at import (BERT's position embeddings gathered at constant indices)
-are merged too; from state dicts alone such parameters are reported (strict=True).  The replay of the *unmerged* source must reproduce the
-current constants bit for bit; if an earlier pass changed a weight or the structure, Merge
-fails naming it rather than silently overwriting that pass's work.
+are merged too; from state dicts alone such parameters are reported (strict=True).  The
+replay of the *unmerged* source must reproduce the current constants bit for bit; if an
+earlier pass changed a weight or the structure, Merge fails naming it rather than silently
+overwriting that pass's work.
 
 Requires: the models share the graph's parameter names and shapes; Merge runs before
 passes that change weights.  Ensures: the graph equals the imported model with merged
