@@ -499,8 +499,9 @@ def _w8a8_rows(xr: torch.Tensor, qw: nq.QWeight, act: dict[str, Any]) -> torch.T
     acc = ((xq.double() - act["x_zp"]) @ qw.codes.double().t()).to(torch.int64)
     if act["bias"] is not None:
         acc = acc + act["bias"].to(torch.int64)
-    y = requantize(acc, act["multiplier"], act["shift"], act["y_zp"])
-    return (y.to(torch.int32) - act["y_zp"]).float() * torch.tensor(act["y_scale"], dtype=torch.float32)
+    y = requantize(acc, act["multiplier"], act["shift"], int(act["y_zp"]))
+    out: torch.Tensor = (y.to(torch.int32) - int(act["y_zp"])).float() * torch.tensor(float(act["y_scale"]), dtype=torch.float32)
+    return out
 
 
 def _scale_inputs(g: Graph, x: Value, group: list[Node], s: torch.Tensor) -> str:
