@@ -24,7 +24,9 @@ Every quantized node records meta "bits", "group_size", "method" and "sqnr_db" (
 layer's output SQNR on calibration inputs, or the weight SQNR when there is no data).
 
 Does not handle: grouped/depthwise convs (declined, named in the explain log), matmuls
-between two activations, sub-8-bit activations.
+between two activations, sub-8-bit activations.  SmoothQuant/AWQ equalize linear layers
+only (convs are quantized without the scale search).  Statistics come from one
+calibration pass over the float model (not layer-by-layer on already quantized inputs).
 
 Requires: constant weights.  Ensures: stored weight bytes = packed codes + scales + zeros.
 """
