@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,9 +139,14 @@ class McuBackend:
                 f"model needs a {gen.plan.peak}-byte arena; {board.machine} ({board.core}) has {board.ram_length} bytes of RAM"
             )
         project = Path(tempfile.mkdtemp(prefix=f"bitpress-{board.core}-"))
-        write_project(project, gen, board, sched.name, str(opts.get("opt", "-O2")), g)
-        elf = make(project)
+        try:
+            write_project(project, gen, board, sched.name, str(opts.get("opt", "-O2")), g)
+            elf = make(project)
+        except BaseException:
+            shutil.rmtree(project, ignore_errors=True)
+            raise
         exe = McuExecutable(project, board, [(o.shape, o.dtype) for o in g.outputs])
+        weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
         exe.info = build_info(gen, board, sched.name, elf)
         if opts.get("profile", True):
             ex = options.example_inputs or tuple(torch.zeros(v.shape, dtype=to_torch_dtype(v.dtype)) for v in g.inputs)

@@ -160,20 +160,35 @@ BP_INLINE void bp_gemv_s8_dsp4(const int16_t *xs, int K, const int8_t *w, int N,
         int32_t a0 = bias[n], a1 = bias[n + 1], a2 = bias[n + 2], a3 = bias[n + 3];
         const int16_t *xp = xs;
         const int8_t *wp = w;
-#pragma GCC unroll 2
-        for (int c = K4 >> 2; c > 0; c--) {
-            uint32_t xa = bp_ld32(xp), xb = bp_ld32(xp + 2);
-            uint32_t w0 = bp_ld32(wp), w1 = bp_ld32(wp + 4), w2 = bp_ld32(wp + 8), w3 = bp_ld32(wp + 12);
-            xp += 4;
-            wp += 16;
-            a0 = __smlad(__sxtb16(w0), xa, a0);
-            a0 = __smlad(bp_sxtb16_ror8(w0), xb, a0);
-            a1 = __smlad(__sxtb16(w1), xa, a1);
-            a1 = __smlad(bp_sxtb16_ror8(w1), xb, a1);
-            a2 = __smlad(__sxtb16(w2), xa, a2);
-            a2 = __smlad(bp_sxtb16_ror8(w2), xb, a2);
-            a3 = __smlad(__sxtb16(w3), xa, a3);
-            a3 = __smlad(bp_sxtb16_ror8(w3), xb, a3);
+        int cnt = K4 >> 2;
+        if (cnt) { /* 3 LDRD, 8 SXTB16, 8 SMLAD, SUBS, BNE = 21 instructions per 16 MACs (xs and 4-row blocks are word aligned) */
+            uint32_t xa, xb, w0, w1, w2, w3, t;
+            __asm__ volatile("1:\n\t"
+                             "ldrd %[xa], %[xb], [%[xp]], #8\n\t"
+                             "ldrd %[w0], %[w1], [%[wp]], #8\n\t"
+                             "ldrd %[w2], %[w3], [%[wp]], #8\n\t"
+                             "sxtb16 %[t], %[w0]\n\t"
+                             "smlad %[a0], %[t], %[xa], %[a0]\n\t"
+                             "sxtb16 %[w0], %[w0], ror #8\n\t"
+                             "smlad %[a0], %[w0], %[xb], %[a0]\n\t"
+                             "sxtb16 %[t], %[w1]\n\t"
+                             "smlad %[a1], %[t], %[xa], %[a1]\n\t"
+                             "sxtb16 %[w1], %[w1], ror #8\n\t"
+                             "smlad %[a1], %[w1], %[xb], %[a1]\n\t"
+                             "sxtb16 %[t], %[w2]\n\t"
+                             "smlad %[a2], %[t], %[xa], %[a2]\n\t"
+                             "sxtb16 %[w2], %[w2], ror #8\n\t"
+                             "smlad %[a2], %[w2], %[xb], %[a2]\n\t"
+                             "sxtb16 %[t], %[w3]\n\t"
+                             "smlad %[a3], %[t], %[xa], %[a3]\n\t"
+                             "sxtb16 %[w3], %[w3], ror #8\n\t"
+                             "smlad %[a3], %[w3], %[xb], %[a3]\n\t"
+                             "subs %[cnt], %[cnt], #1\n\t"
+                             "bne 1b\n"
+                             : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xp] "+r"(xp), [wp] "+r"(wp), [cnt] "+r"(cnt),
+                               [xa] "=&r"(xa), [xb] "=&r"(xb), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3), [t] "=&r"(t)
+                             :
+                             : "cc", "memory");
         }
         for (int t = 0; t < T; t++) {
             int32_t xv = xs[K4 + t];
