@@ -346,7 +346,7 @@ class _Importer:
                 sym = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
                 if sym:
                     raise FrontendError(
-                        f"ONNX input {vi.name!r} has symbolic dims {sym}; pass example_inputs to fix the shapes (bitpress graphs are static)"
+                        f"ONNX input {vi.name!r} has symbolic dims {sym}; pass example_inputs (CLI: --inputs) to fix the shapes (bitpress graphs are static)"
                     )
                 shape = tuple(int(d.dim_value) for d in dims)
             static[vi.name] = shape
