@@ -607,3 +607,18 @@ def test_supported_op_list_covers_the_torch_frontend_families() -> None:
                 "Flatten", "Softmax", "LayerNormalization", "Gather", "Reshape", "Transpose", "Slice", "Where", "Gelu", "Sigmoid",
                 "Erf", "Trilu", "Expand", "Cast", "Pow", "Sqrt", "ReduceMean", "Split", "Pad"}  # fmt: skip
     assert families <= ops, sorted(families - ops)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 8),
+    start=st.integers(-10, 10),
+    end=st.integers(-10, 10),
+    step=st.sampled_from([-3, -2, -1, 1, 2, 3]),
+)
+def test_slice_property(n: int, start: int, end: int, step: int) -> None:
+    """ONNX Slice clamps like Python slicing, including negative steps (imported as an index gather)."""
+    model = one_op("Slice", [("x", F32, [3, n])], [F32], inits={"s": i64(start), "e": i64(end), "a": i64(1), "st": i64(step)})
+    x = torch.randn(3, n)
+    g = assert_matches_ort(model, (x,))
+    torch.testing.assert_close(run(g, (x,))[0], torch.from_numpy(x.numpy()[:, start:end:step].copy()))
