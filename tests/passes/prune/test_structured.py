@@ -60,12 +60,14 @@ def test_channel_pruning_shrinks_the_cnn(fashion: tuple[torch.nn.Module, torch.T
 
 def test_reconstruction_recovers_accuracy(fashion: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]) -> None:
     model, x, y = fashion
-    cal = [(x[i : i + 100],) for i in range(0, 200, 100)]
+    cal = [(x[i : i + 64],) for i in range(0, 192, 64)]
     plain = bp.compile(model, cal[0], passes=[Prune(method="wanda", structure="channel", sparsity=0.5)], calibration=cal)
     refit = bp.compile(model, cal[0], passes=[Prune(method="wanda", structure="channel", sparsity=0.5, reconstruct=True)], calibration=cal)
-    ref = model(x[300:400])
-    assert sqnr_db(ref, refit(x[300:400])) > sqnr_db(ref, plain(x[300:400])) + 3.0
-    assert _acc(refit, x[300:400], y[300:400]) > _acc(plain, x[300:400], y[300:400])
+    held, yh = x[192:384], y[192:384]  # not used for calibration
+    ref = model(held)
+    out = {k: torch.cat([cm(held[i : i + 64]) for i in range(0, 192, 64)]) for k, cm in (("plain", plain), ("refit", refit))}
+    assert sqnr_db(ref, out["refit"]) > sqnr_db(ref, out["plain"]) + 3.0
+    assert (out["refit"].argmax(1) == yh).float().mean() > (out["plain"].argmax(1) == yh).float().mean()
     rows = {r["name"]: r for r in refit.report.layers}
     assert all(rows[k]["sqnr_db"] is not None for k in ("conv2", "conv3", "fc1", "fc2"))
 
@@ -119,8 +121,8 @@ def test_minilm_heads() -> None:
 
     model, tok = load_minilm()
     enc = MiniLMEncoder(model).eval()
-    cal = [encode_batch(tok, SENTENCES[i : i + 8], 24) for i in (0, 8)]
-    ids, mask = encode_batch(tok, SENTENCES[32:40], 24)
+    cal = [encode_batch(tok, SENTENCES[i : i + 8], 20) for i in (0, 8)]
+    ids, mask = encode_batch(tok, SENTENCES[32:40], 20)
     g = traced(enc, cal[0])
     ctx = PassContext(example_inputs=cal[0], calibration=cal)
     before = g.weight_bytes()
@@ -133,15 +135,15 @@ def test_minilm_heads() -> None:
             assert g.find(f"{p}.{proj}").inputs[1].shape == (288, 384)  # 9 of 12 heads x 32
         assert g.find(f"{p}.output.dense").inputs[1].shape == (384, 288)
         sd = next(n for n in g.nodes if n.op == "sdpa" and n.name.startswith(p))
-        assert sd.inputs[0].shape == (8, 9, 24, 32)
-        assert next(n for n in g.nodes if n.op == "reshape" and n.name.startswith(p + ".self")).attrs["shape"] == [8, 24, 9, 32]
+        assert sd.inputs[0].shape == (8, 9, 20, 32)
+        assert next(n for n in g.nodes if n.op == "reshape" and n.name.startswith(p + ".self")).attrs["shape"] == [8, 20, 9, 32]
     assert g.weight_bytes() < before - 6 * 4 * 384 * 96 * 4 * 0.99
     from bitpress.compiler.interpreter import run
 
     out = run(g, (ids, mask))[0]
     ref = mean_pool(enc(ids, mask), mask)
     cos = torch.nn.functional.cosine_similarity(mean_pool(out, mask), ref).mean().item()
-    assert out.shape == (8, 24, 384) and cos > 0.85
+    assert out.shape == (8, 20, 384) and cos > 0.85
 
 
 def test_prune_then_quantize(fashion: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]) -> None:
