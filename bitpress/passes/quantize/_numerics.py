@@ -180,10 +180,7 @@ def gptq(
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k)
     W = W[:, perm]
     H = H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(k, dtype=torch.float64)
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True)
+    Hinv = _inverse_cholesky(H, damp)
     Q = torch.zeros_like(W)
     qmin, qmax = qrange(bits, symmetric)
     col_group = (perm // gs).tolist()
@@ -223,6 +220,21 @@ def gptq(
         s, z = tensor_params
         return QWeight(Q.long(), s.reshape(1, 1).half(), None if z is None else z.reshape(1, 1).long(), bits, k)
     return QWeight(Q.long(), ss.half(), None if zz is None else zz.long(), bits, gs)
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; damping grows 10x per retry
+    when H is numerically singular (few calibration rows, duplicated features)."""
+    k = H.shape[0]
+    mean_diag = torch.mean(torch.diag(H))
+    for attempt in range(4):
+        Hd = H + max(damp, 1e-6) * 10**attempt * mean_diag * torch.eye(k, dtype=H.dtype)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            U, info2 = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info2) == 0:
+                return U
+    raise ValueError("GPTQ: the Hessian is not positive definite even with 1000x damping")
 
 
 def awq_search(
