@@ -101,6 +101,21 @@ def test_int8_conv_layer_bit_exact(c: int, o: int, ksize: int, stride: int, pad:
 
 
 @needs_toolchain
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_int8_conv_schedules_bit_exact(target: str) -> None:
+    """Even K (the assembly dsp-2x2 loop), odd K (its C fallback), odd channel and pixel counts, border windows."""
+    torch.manual_seed(3)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 5, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(5, 6, 3, stride=2, padding=1), torch.nn.Tanh()
+    )
+    cm = _int8(m, (1, 4, 7, 7), target)
+    convs = [r for r in cm.report.backend["layers"] if r["op"] == "qconv2d_w8a8"]
+    assert [r["macs"] for r in convs] == [5 * 49 * 36, 6 * 16 * 45]
+    assert {r["schedule"] for r in convs} == {"dsp-2x2" if target == "cortex-m4" else "mve-4row"}
+    _bit_exact(cm, [torch.randn(1, 4, 7, 7) * 2 for _ in range(4)])
+
+
+@needs_toolchain
 @pytest.mark.slow
 def test_fashion_cnn_int8_matches_interpreter() -> None:
     from bitpress.models.fashion_mnist import load_fashion_cnn, load_fashion_mnist

@@ -103,7 +103,11 @@ def _requant_consts(ctx: McuLowerContext, n: Node, w2: torch.Tensor, sched: Gemv
 
 def _gemv_call(ctx: McuLowerContext, xexpr: str, k: int, syms: tuple[str, str, str, str], nout: int, yzp: int, yexpr: str, ys: int) -> str:
     wsym, bsym, msym, rsym = syms
-    return f"{ctx.gemv.kernel}({xexpr}, {k}, {wsym}, {nout}, {bsym}, {msym}, {rsym}, {yzp}, {yexpr}, {ys});"
+    extra = ""
+    if ctx.gemv.name == "mve-4row":  # vector requantization when every shift of the layer exceeds 32
+        r = ctx.node.inputs[3] if ctx.node is not None else None
+        extra = f", {int(r is not None and bool((r.value > 32).all()))}"
+    return f"{ctx.gemv.kernel}({xexpr}, {k}, {wsym}, {nout}, {bsym}, {msym}, {rsym}, {yzp}, {yexpr}, {ys}{extra});"
 
 
 @register_mcu_lowering("qlinear_w8a8")
@@ -169,7 +173,7 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
             f"        }}\n    }}"
         )
     patch = ctx.new_scratch(k, "int8_t")
-    im2col = f"bp_im2col_s8(xb, patch, {geo}, {xzp});"
+    im2col = f"{'bp_im2col_s8_mve' if sched.name == 'mve-4row' else 'bp_im2col_s8'}(xb, patch, {geo}, {xzp});"
     head = f"    int8_t *patch = {patch};\n" + head
     if sched.expand:
         xs = ctx.new_scratch(sched.x_scratch_bytes(k), "int16_t")

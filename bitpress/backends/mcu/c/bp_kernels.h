@@ -336,8 +336,37 @@ BP_INLINE void bp_gemm_s8_dsp2x2(const int16_t *xa, const int16_t *xb, int K, co
 
 #if defined(__ARM_FEATURE_MVE)
 /* schedule "mve-4row": row-major weights, 4 rows share each 16-byte x load; VMLADAVA = 16 int8 MACs */
+/* four rows at once, exactly as bp_requant for shifts r > 32: VMULH gives hi = (acc * m) >> 32, then
+ * (hi + 2^(r-33)) >> (r-32) with VSHL by a negative count (arithmetic, truncating), clamp, byte scatter */
+BP_INLINE void bp_requant4_mve(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const int32_t *mult, const int32_t *shift, int32_t yzp,
+                               int8_t *y, int ys) {
+    int32x4_t acc = vsetq_lane_s32(a3, vsetq_lane_s32(a2, vsetq_lane_s32(a1, vdupq_n_s32(a0), 1), 2), 3);
+    int32x4_t r = vldrwq_s32(shift);
+    int32x4_t hi = vmulhq_s32(acc, vldrwq_s32(mult));
+    int32x4_t rnd = vshlq_s32(vdupq_n_s32(1), vsubq_n_s32(r, 33));
+    int32x4_t v = vshlq_s32(vaddq_s32(hi, rnd), vsubq_s32(vdupq_n_s32(32), r));
+    v = vminq_s32(vmaxq_s32(vaddq_n_s32(v, yzp), vdupq_n_s32(-128)), vdupq_n_s32(127));
+    vstrbq_scatter_offset_s32(y, vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)ys), v);
+}
+
+/* im2col for the MVE schedule: an interior window with unit dilation copies each kernel row (kw <= 16 bytes)
+ * with one tail-predicated load/store pair instead of kw byte moves */
+BP_INLINE void bp_im2col_s8_mve(const int8_t *x, int8_t *patch, int C, int H, int W, int oy, int ox, int kh, int kw, int sh, int sw, int ph,
+                                int pw, int dh, int dw, int8_t pad) {
+    const int y0 = oy * sh - ph, x0 = ox * sw - pw;
+    if (dw == 1 && kw <= 16 && y0 >= 0 && y0 + (kh - 1) * dh < H && x0 >= 0 && x0 + kw - 1 < W) {
+        const mve_pred16_t p = vctp8q(kw);
+        const int8_t *base = x + y0 * W + x0;
+        for (int c = 0; c < C; c++, base += H * W)
+            for (int i = 0; i < kh; i++, patch += kw) vstrbq_p_s8(patch, vldrbq_z_s8(base + i * dh * W, p), p);
+        return;
+    }
+    bp_im2col_s8(x, patch, C, H, W, oy, ox, kh, kw, sh, sw, ph, pw, dh, dw, pad);
+}
+
+/* `vreq`: every shift of the layer is > 32 (checked at compile time), so the vector requantization applies */
 BP_INLINE void bp_gemv_s8_mve4(const int8_t *x, int K, const int8_t *w, int N, const int32_t *bias, const int32_t *mult,
-                               const int32_t *shift, int32_t yzp, int8_t *y, int ys) {
+                               const int32_t *shift, int32_t yzp, int8_t *y, int ys, int vreq) {
     const int K16 = K & ~15;
     const mve_pred16_t pt = vctp8q(K - K16);
     int n = 0;
@@ -357,6 +386,10 @@ BP_INLINE void bp_gemv_s8_mve4(const int8_t *x, int K, const int8_t *w, int N, c
             a1 = vmladavaq_s8(a1, xv, vldrbq_z_s8(w1 + K16, pt));
             a2 = vmladavaq_s8(a2, xv, vldrbq_z_s8(w2 + K16, pt));
             a3 = vmladavaq_s8(a3, xv, vldrbq_z_s8(w3 + K16, pt));
+        }
+        if (vreq) {
+            bp_requant4_mve(a0, a1, a2, a3, mult + n, shift + n, yzp, y + n * ys, ys);
+            continue;
         }
         y[n * ys] = bp_requant(a0, mult[n], shift[n], yzp);
         y[(n + 1) * ys] = bp_requant(a1, mult[n + 1], shift[n + 1], yzp);
