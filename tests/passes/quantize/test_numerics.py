@@ -110,3 +110,14 @@ def test_smooth_scales_balance_ranges() -> None:
     w = torch.tensor([[1.0, 0.5, 2.0], [0.5, 0.25, 1.0]])
     s = nq.smooth_scales(act, [w], 0.5)
     torch.testing.assert_close(act / s, w.abs().amax(0) * s)
+
+
+def test_gptq_singular_hessian_is_damped() -> None:
+    """Fewer calibration rows than columns (and a dead column): H is singular, GPTQ still runs."""
+    x = torch.randn(8, 32)
+    x[:, 5] = 0
+    h = x.t().double() @ x.double()
+    w = torch.randn(6, 32)
+    q = nq.gptq(w, h, 4, 16, False, damp=0.0)
+    assert torch.isfinite(q.dequantize()).all()
+    assert _layer_err(w, q.dequantize(), x) <= _layer_err(w, nq.rtn(w, 4, 16, False, "minmax").dequantize(), x) * 1.01
