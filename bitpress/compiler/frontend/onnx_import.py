@@ -986,13 +986,25 @@ def _slice(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = _axis(a, len(xs))
         n = xs[a]
-        lo, hi, step = slice(s, e, st).indices(n)  # ONNX clamps like python slicing
-        if step > 0:
-            if (lo, hi, step) != (0, n, 1):
-                x = imp.op("slice", [x], dim=a, start=lo, end=max(hi, lo), step=step)
+        if st == 0:
+            raise _Unsupported("step 0")
+        lo, hi = _slice_bounds(s, e, st, n)
+        if st > 0:
+            if (lo, hi, st) != (0, n, 1):
+                x = imp.op("slice", [x], dim=a, start=lo, end=max(hi, lo), step=st)
         else:
-            x = imp.op("index", [x, torch.arange(lo, hi, step, dtype=torch.int64)], dims=[a])
+            x = imp.op("index", [x, torch.tensor(list(range(lo, hi, st)), dtype=torch.int64)], dims=[a])
     return [x]
+
+
+def _slice_bounds(start: int, end: int, step: int, n: int) -> tuple[int, int]:
+    """ONNX Slice bounds: negatives count from the end, then clamp to [0, n] (step > 0) or to
+    [0, n-1] / [-1, n-1] (step < 0; unlike Python, a start before the first element clamps to it)."""
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), n), min(max(end, 0), n)
+    return min(max(start, 0), n - 1), min(max(end, -1), n - 1)
 
 
 @_converter("Concat")
