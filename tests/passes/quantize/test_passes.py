@@ -214,3 +214,13 @@ def test_auto_bits_respects_budget_and_reports_allocation() -> None:
     assert "allocate-bits fired" in cm.explain()
     uniform3 = _compile(model, x, Quantize(bits=3, group_size=32), cal)
     assert sqnr_db(model(x), cm(x)) > sqnr_db(model(x), uniform3(x))
+
+
+def test_save_load_roundtrip(mlp: torch.nn.Module, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x = torch.randn(2, 96)
+    cm = _compile(mlp, x, Quantize(bits=3, group_size=32))
+    cm.save(tmp_path / "m")
+    back = bp.load(tmp_path / "m")
+    assert torch.equal(back(x), cm(x))
+    assert back.report.total_bytes == cm.report.total_bytes
+    assert [r["bits"] for r in back.report.layers] == [3, 3]
