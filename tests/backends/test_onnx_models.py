@@ -165,3 +165,15 @@ def test_missing_lowering_names_op_and_other_targets(monkeypatch: pytest.MonkeyP
         LoweringError, match=r"target onnx cannot lower: op 'test_torch_only_op' at head\.odd; targets with a lowering: .*torch"
     ):
         bp.compile(g, (torch.randn(2),), target="onnx")
+
+
+def test_bad_backend_options_are_named() -> None:
+    m, x = _mlp(), torch.randn(2, 64)
+    with pytest.raises(ValueError, match=r"options\['onnx_optimization'\] must be one of"):
+        bp.compile(m, (x,), target="onnx", options={"onnx_optimization": "max"})
+    with pytest.raises(ValueError, match=r"options\['threads'\] must be an int"):
+        bp.compile(m, (x,), target="onnx", options={"threads": "two"})
+    with pytest.raises(ValueError, match=r"options\['providers'\]: \['NoSuchExecutionProvider'\] not available"):
+        bp.compile(m, (x,), target="onnx", options={"providers": ["NoSuchExecutionProvider"]})
+    cm = bp.compile(m, (x,), target="onnx", options={"threads": 1, "onnx_optimization": "none"})
+    torch.testing.assert_close(cm(x), m(x).detach(), rtol=1e-5, atol=1e-6)

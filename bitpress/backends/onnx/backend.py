@@ -174,15 +174,24 @@ class OnnxExecutable:
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if "threads" in opts:
-            so.intra_op_num_threads = int(opts["threads"])
-        level = opts.get("onnx_optimization", "all")
-        so.graph_optimization_level = {
+            threads = opts["threads"]
+            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+                raise ValueError(f"options['threads'] must be an int >= 0 (0: onnxruntime's default), got {threads!r}")
+            so.intra_op_num_threads = threads
+        levels = {
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        providers = opts.get("providers", ["CPUExecutionProvider"])
+        }
+        level = opts.get("onnx_optimization", "all")
+        if level not in levels:
+            raise ValueError(f"options['onnx_optimization'] must be one of {sorted(levels)}, got {level!r}")
+        so.graph_optimization_level = levels[level]
+        providers = list(opts.get("providers", ["CPUExecutionProvider"]))
+        unknown = [p for p in providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise ValueError(f"options['providers']: {unknown} not available; onnxruntime has {ort.get_available_providers()}")
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if path is not None:
             src: Any = str(path)
