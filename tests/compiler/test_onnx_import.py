@@ -604,8 +604,13 @@ def test_symbolic_dims_need_example_inputs() -> None:
 
 
 def test_not_a_model() -> None:
-    with pytest.raises(TypeError, match=r"onnx\.ModelProto or a path"):
+    with pytest.raises(TypeError, match=r"takes an onnx\.ModelProto, serialized bytes or a path, not int"):
         import_onnx(42)
+    with pytest.raises(FrontendError, match="bytes are not a valid ONNX model"):
+        import_onnx(b"\xff\xfe not a model")
+    x = torch.randn(2, 16)
+    g = import_onnx(export(Mlp(), (x,)))  # serialized bytes work as well
+    assert sum(n.op == "linear" for n in g.nodes) == 3
 
 
 def test_supported_op_list_covers_the_torch_frontend_families() -> None:

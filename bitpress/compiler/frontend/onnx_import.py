@@ -89,8 +89,14 @@ def _load(model_or_path: Any) -> Any:
 
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
+    if isinstance(model_or_path, (bytes, bytearray)):
+        try:
+            return onnx.load_from_string(bytes(model_or_path))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise FrontendError(f"bytes are not a valid ONNX model: {type(e).__name__}: {first}") from None
     if not isinstance(model_or_path, (str, os.PathLike)):
-        raise TypeError(f"import_onnx takes an onnx.ModelProto or a path, not {type(model_or_path).__name__}")
+        raise TypeError(f"import_onnx takes an onnx.ModelProto, serialized bytes or a path, not {type(model_or_path).__name__}")
     p = Path(model_or_path)
     if not p.is_file():
         raise FrontendError(f"ONNX file {p} does not exist")
@@ -1136,7 +1142,8 @@ def import_onnx(model_or_path: Any, example_inputs: Sequence[Any] | None = None)
     """Import an ONNX model (an `onnx.ModelProto` or a path to a .onnx file) into a bitpress Graph.
 
     Args:
-        model_or_path: the model, opset 13 or newer (older opsets are upgraded with onnx's converter).
+        model_or_path: the model (a ModelProto, its serialized bytes or a .onnx path), opset 13 or newer
+            (older opsets are upgraded with onnx's converter).
         example_inputs: tensors fixing the shapes of symbolic input dims (needed only if the model has them).
 
     Raises:
