@@ -22,6 +22,7 @@ the blocks already pruned.  Defaults as in llm-compressor (block 128, dampening 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import math
@@ -64,21 +65,33 @@ def load_peer(peer_dir: str) -> tuple[Any, Any]:
 
 
 def peer_prune(model: Any, method: str, sparsity: float | str, cal: list[torch.Tensor], sgpt: Any, wanda: Any) -> Any:
-    """llm-compressor kernels, sequential over decoder blocks."""
+    """llm-compressor kernels, sequential over decoder blocks on cached block inputs (as its sequential pipeline)."""
     model = copy.deepcopy(model)
     n, m = (int(sparsity.split(":")[0]), int(sparsity.split(":")[1])) if isinstance(sparsity, str) else (0, 0)
-    # llm-compressor's prune_n is the number kept per group of prune_m (2:4 -> 2, 4)
     frac = 0.5 if isinstance(sparsity, str) else float(sparsity)
-    for layer in model.model.layers:
+    layers = model.model.layers
+    cached: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    class _Stop(Exception):
+        pass
+
+    def catch(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        cached.append((args, kwargs))
+        raise _Stop
+
+    h = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    with torch.no_grad():
+        for w in cal:
+            with contextlib.suppress(_Stop):
+                model(input_ids=w, use_cache=False)
+    h.remove()
+    for layer in layers:
         lins = [mod for mod in layer.modules() if isinstance(mod, torch.nn.Linear)]
         stats: dict[Any, torch.Tensor] = {}
         counts: dict[Any, int] = {}
         hooks = []
         for lin in lins:
-            if method == "sparsegpt":
-                stats[lin] = sgpt.make_empty_hessian(lin)
-            else:
-                stats[lin] = wanda.make_empty_row_scalars(lin)
+            stats[lin] = sgpt.make_empty_hessian(lin) if method == "sparsegpt" else wanda.make_empty_row_scalars(lin)
             counts[lin] = 0
 
             def hook(mod: Any, inp: Any, out: Any, stats: dict[Any, torch.Tensor] = stats, counts: dict[Any, int] = counts) -> None:
@@ -89,10 +102,10 @@ def peer_prune(model: Any, method: str, sparsity: float | str, cal: list[torch.T
 
             hooks.append(lin.register_forward_hook(hook))
         with torch.no_grad():
-            for w in cal:
-                model(input_ids=w, use_cache=False)
-        for h in hooks:
-            h.remove()
+            for args, kwargs in cached:
+                layer(*args, **kwargs)
+        for hk in hooks:
+            hk.remove()
         for lin in lins:
             if method == "sparsegpt":
                 new = sgpt.sparsify_weight(lin, stats, frac, n, m, 128, 0.01, False)
@@ -100,6 +113,13 @@ def peer_prune(model: Any, method: str, sparsity: float | str, cal: list[torch.T
                 new = wanda.sparsify_weight(lin, stats, frac, n, m)
             with torch.no_grad():
                 lin.weight.copy_(new.reshape(lin.weight.shape).to(lin.weight.dtype))
+        with torch.no_grad():  # the next block sees this block's pruned outputs
+            nxt = []
+            for args, kwargs in cached:
+                out = layer(*args, **kwargs)
+                hs = out[0] if isinstance(out, tuple) else out
+                nxt.append(((hs, *args[1:]), kwargs) if args else ((), {**kwargs, "hidden_states": hs}))
+            cached = nxt
     return model
 
 
@@ -111,7 +131,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-dir", default="/tmp/prune_peer")
     ap.add_argument("--only", default="", help="comma list of configs to run, e.g. 'sparsegpt 2:4,peer sparsegpt 2:4'")
-    ap.add_argument("--hessian-mb", type=int, default=160)
+    ap.add_argument("--hessian-mb", type=int, default=1200)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_smollm2()

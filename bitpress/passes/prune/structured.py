@@ -69,6 +69,14 @@ class Group:
     def names(self) -> set[str]:
         return {s.value for s in self.segments}
 
+    def label(self, g: Graph) -> str:
+        """The group's name in logs: the first layer whose output units it removes."""
+        for n in g.nodes:
+            w = n.inputs[1] if n.op in ("linear", "conv2d", "conv1d") and len(n.inputs) > 1 else None
+            if w is not None and any(s.value == w.name and s.dim == 0 for s in self.segments):
+                return n.name
+        return self.segments[0].value
+
 
 class _Block(Exception):
     pass
@@ -443,7 +451,7 @@ def prune_structured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
     valid = [grp for grp in groups if not grp.blocked]
     for grp in groups:
         if grp.blocked:
-            ctx.explain.add(ExplainEvent("prune", f"prune-{structure}-group", grp.segments[0].value, "group", "declined", grp.blocked))
+            ctx.explain.add(ExplainEvent("prune", f"prune-{structure}-group", grp.label(g), "group", "declined", grp.blocked))
     touched = {consumers[t.value].name for grp in valid for t in grp.segments if t.value in consumers and t.dim == 1}
     stats: dict[str, Any] = {}
     if (use_act or needs_h) and touched and data:
@@ -459,10 +467,8 @@ def prune_structured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         gone = sorted(imp.argsort()[:drop].tolist())
         for t in grp.segments:
             removed.setdefault((t.value, t.dim), set()).update(t.indices(gone))
-        summary[grp.segments[0].value] = {"units": grp.count, "removed": drop, "unit": structure}
-        ctx.explain.add(
-            ExplainEvent("prune", f"prune-{structure}-group", grp.segments[0].value, "group", "fired", f"removed {drop} of {grp.count}")
-        )
+        summary[grp.label(g)] = {"units": grp.count, "removed": drop, "unit": structure}
+        ctx.explain.add(ExplainEvent("prune", f"prune-{structure}-group", grp.label(g), "group", "fired", f"removed {drop} of {grp.count}"))
     if not removed:
         return summary
     _shrink(g, removed, consumers, stats if needs_h else {}, cfg)
