@@ -87,8 +87,12 @@ def _try_parallel(sch: Any, loop: Any) -> bool:
 # ---------------------------------------------------------------------------- CPU rules
 
 
-def cpu_gemm(func: Any, target: Any) -> Any:
-    """C[s..] = sum_r A[..] * B[..]  ->  parallel(s_outer, mo, no) . r . unroll(mi) . vectorize(ni)"""
+def cpu_gemm(func: Any, target: Any, n_axis: int | None = None, m_axis: int | None = None, m_tiles: tuple[int, ...] = (4, 6, 3, 2)) -> Any:
+    """C[s..] = sum_r A[..] * B[..]  ->  parallel(s_outer, mo, no) . r . unroll(mi) . vectorize(ni)
+
+    n_axis / m_axis pick the spatial axes of the vectorized and the unrolled tile dimension
+    (default: the last two); m_tiles are the register-tile heights tried, largest first.
+    """
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
@@ -136,16 +140,21 @@ def cpu_gemm(func: Any, target: Any) -> Any:
             sch.reverse_compute_inline(epi[-1].block_rv)
     loops = sch.get_loops(main.block_rv)
     spatial, reduce = loops[:p], loops[p:]
-    n_ext = exts[p - 1]
+    na = p - 1 if n_axis is None else n_axis
+    ma = p - 2 if m_axis is None else m_axis
+    if not (0 <= na < p) or (p >= 2 and (not (0 <= ma < p) or ma == na)):
+        return None
+    n_ext = exts[na]
     assert n_ext is not None
     ni = _largest_divisor(n_ext, (lanes * 2, lanes, lanes // 2, 4, 2))
-    no, ni_l = sch.split(spatial[-1], factors=[None, ni])
+    no, ni_l = sch.split(spatial[na], factors=[None, ni])
     if p >= 2:
-        m_ext = exts[p - 2]
+        m_ext = exts[ma]
         assert m_ext is not None
-        mi = _largest_divisor(m_ext, (4, 6, 3, 2))
-        mo, mi_l = sch.split(spatial[-2], factors=[None, mi])
-        outer = [*spatial[:-2], mo, no]
+        mi = _largest_divisor(m_ext, tuple(m_tiles))
+        mo, mi_l = sch.split(spatial[ma], factors=[None, mi])
+        rest = [lp for i, lp in enumerate(spatial) if i not in (na, ma)]
+        outer = [*rest, mo, no]
     else:
         mi_l = None
         outer = [no]
@@ -300,6 +309,7 @@ def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, An
     rules = _gpu_rules() if is_gpu else CPU_RULES
     by_name = dict(rules)
     counts: dict[str, int] = {}
+    kernels: dict[str, str] = {}
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
@@ -321,7 +331,10 @@ def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, An
                 counts["none"] = counts.get("none", 0) + 1
                 continue
             if rule in by_name:
-                chosen = [(rule, by_name[rule])] + [r for r in rules if r[0] != rule]
+                opts = {k: v for k, v in hint.items() if k not in ("rule", "schedule")}
+                base = by_name[rule]
+                hinted = (lambda f, t, base=base, opts=opts: base(f, t, **opts)) if opts else base
+                chosen = [(rule, hinted)] + [r for r in rules if r[0] != rule]
         with target:
             for rname, fn in chosen:
                 try:
@@ -331,9 +344,11 @@ def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, An
                 if sch is not None:
                     updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     counts[rname] = counts.get(rname, 0) + 1
+                    kernels[gv.name_hint] = rname
                     break
             else:
                 counts["unscheduled"] = counts.get("unscheduled", 0) + 1
+                kernels[gv.name_hint] = "unscheduled"
     for gv, f in updates.items():
         mod[gv] = f
-    return mod, {"schedules": dict(sorted(counts.items()))}
+    return mod, {"schedules": dict(sorted(counts.items())), "kernel_schedules": kernels}

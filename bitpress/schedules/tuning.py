@@ -10,7 +10,10 @@ and tunes nothing; only tasks missing from it are tuned.  Only contraction kerne
 from __future__ import annotations
 
 import hashlib
+import inspect
+import linecache
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,35 @@ def target_key(target: Any) -> str:
     return f"{target.kind.name}-{hashlib.sha256(str(target).encode()).hexdigest()[:12]}"
 
 
+def _fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
+    """inspect.stack() without its per-frame module search (linecache only)."""
+    frame = sys._getframe(1)
+    out = []
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno)
+        out.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, [line] if line else None, 0 if line else None))
+        frame = frame.f_back  # type: ignore[assignment]
+    return out
+
+
+def _import_tensor_intrin() -> None:
+    """Import tvm.s_tir.tensor_intrin (MetaSchedule needs it) quickly.
+
+    It parses hundreds of TVMScript functions, and the parser calls inspect.stack() for
+    each; with torch and transformers loaded, inspect.stack's module search makes that
+    import take minutes.  The parser only needs frames and their source lines.
+    """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    saved = inspect.stack
+    inspect.stack = _fast_stack  # type: ignore[assignment]
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = saved
+
+
 def open_database(cache_dir: Path | None, target: Any) -> tuple[Any, Path]:
     from tvm.s_tir import meta_schedule as ms
 
@@ -38,11 +70,21 @@ def open_database(cache_dir: Path | None, target: Any) -> tuple[Any, Path]:
     return db, work
 
 
-def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path | None = None, quiet: bool = True) -> tuple[Any, dict[str, Any]]:
-    """Tune the module's contraction tasks missing from the database (`trials` in all), then apply its records."""
+def tune_and_apply(
+    mod: Any, target: Any, *, trials: int, cache_dir: Path | None = None, quiet: bool = True, isolated: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """Tune the module's contraction tasks missing from the database (`trials` in all), then apply its records.
+
+    Candidates are built and timed in this process by default: MetaSchedule's LocalBuilder
+    starts a fresh worker per batch, which imports tvm and parses tvm.s_tir.tensor_intrin
+    (minutes on a loaded 2-core machine, longer than its build timeout).  `isolated=True`
+    uses the subprocess builder/runner instead (a crashing candidate cannot take the
+    compiler down with it).
+    """
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    _import_tensor_intrin()
     db, work = open_database(cache_dir, target)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if any(k in t.task_name for k in TUNED_KERNELS)]
     missing = [t for t in tasks if not _has_record(db, t.dispatched[0], target)]
@@ -65,8 +107,8 @@ def tune_and_apply(mod: Any, target: Any, *, trials: int, cache_dir: Path | None
             max_trials_global=max(trials, len(missing)),
             max_trials_per_task=per_task,
             num_trials_per_iter=min(per_task, 16),
-            builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120),
-            runner=ms.runner.LocalRunner(timeout_sec=60),
+            builder=_builder(isolated),
+            runner=_runner(isolated),
             database=db,
             cost_model="xgb" if per_task >= 32 else "random",
         )
@@ -80,3 +122,54 @@ def _has_record(db: Any, mod: Any, target: Any) -> bool:
     if not db.has_workload(mod):
         return False
     return db.query_tuning_record(mod, target, "main") is not None
+
+
+def _builder(isolated: bool) -> Any:
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    if isolated:
+        return ms.builder.LocalBuilder(max_workers=1, timeout_sec=120)
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            out = []
+            for bi in build_inputs:
+                try:
+                    out.append(BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None))
+                except Exception as e:  # a candidate that fails to build is a failed trial
+                    out.append(BuilderResult(None, f"build failed: {type(e).__name__}: {e}"))
+            return out
+
+    return InProcessBuilder()
+
+
+def _runner(isolated: bool) -> Any:
+    import tvm
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture, default_alloc_argument, default_run_evaluator
+
+    if isolated:
+        return ms.runner.LocalRunner(timeout_sec=60)
+    config = EvaluatorConfig._normalized(EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False))
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
+            out = []
+            for ri in runner_inputs:
+                try:
+                    lib = tvm.runtime.load_module(str(ri.artifact_path))
+                    dev = tvm.runtime.device(str(ri.device_type), 0)
+                    args = default_alloc_argument(dev, tuple(a.as_json() for a in ri.args_info), 1)
+                    out.append(LocalRunnerFuture(res=default_run_evaluator(lib, dev, config, args)))
+                except Exception as e:  # a candidate that fails to run is a failed trial
+                    out.append(LocalRunnerFuture(error_message=f"run failed: {type(e).__name__}: {e}"))
+            return out
+
+    return InProcessRunner()

@@ -204,7 +204,14 @@ def build_module(g: Graph, target: str, options: BuildOptions) -> tuple[Any, Low
     info["lower_seconds"] = round(time.perf_counter() - t0, 3)
     if options.tune > 0:
         t1 = time.perf_counter()
-        mod, tinfo = tune_and_apply(mod, tgt, trials=options.tune, cache_dir=options.cache_dir, quiet=options.quiet)
+        mod, tinfo = tune_and_apply(
+            mod,
+            tgt,
+            trials=options.tune,
+            cache_dir=options.cache_dir,
+            quiet=options.quiet,
+            isolated=bool(extra.get("tune_isolated", False)),
+        )
         info.update(tinfo)
         info["tune_seconds"] = round(time.perf_counter() - t1, 3)
     t2 = time.perf_counter()

@@ -299,7 +299,45 @@ def _conv_padding(node: Node, n: int) -> tuple[int, ...]:
     return pp + pp
 
 
-@register_lowering("conv2d")
+@register_lowering("conv2d", targets=("llvm",))
+def _conv2d_cpu(ctx: LowerContext, node: Node, args: Args) -> Any:
+    """y[n,o,h,w] = sum_{c,i,j} pad(x)[n, c, h*s + i*d, w*s + j*d] * W'[c, i, j, o] + b[o]
+
+    W' = W laid out [C, KH, KW, O] at build time, so the output channel (the vectorized
+    axis of the cpu-gemm schedule) is contiguous in the weight.
+    """
+    x, _, b = args
+    wv = node.inputs[1]
+    if not wv.is_const or int(node.attrs.get("groups", 1)) != 1 or str(x.ty.dtype) != "float32":
+        return _conv2d(ctx, node, args)
+    from tvm import topi
+
+    st, dil = _pair(node.attrs.get("stride", 1)), _pair(node.attrs.get("dilation", 1))
+    pad = _conv_padding(node, 2)  # (top, left, bottom, right)
+    wt = ctx.store_param(wv, perm=(1, 2, 3, 0))
+    out_shape = _out_shape(node)
+    cin, kh, kw = wv.shape[1], wv.shape[2], wv.shape[3]
+
+    def conv(data: Any, weight: Any) -> Any:
+        padded = topi.nn.pad(data, [0, 0, pad[0], pad[1]], [0, 0, pad[2], pad[3]]) if any(pad) else data
+        rc, ry, rx = te.reduce_axis((0, cin), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        return te.compute(
+            out_shape,
+            lambda n, o, h, q: te.sum(
+                padded[n, rc, h * st[0] + ry * dil[0], q * st[1] + rx * dil[1]] * weight[rc, ry, rx, o], axis=[rc, ry, rx]
+            ),
+            name="conv2d_direct",
+        )
+
+    y = ctx.emit_te(conv, x, wt, primfunc_name_hint="conv2d_direct")
+    # vectorize over output channels (axis 1), register-tile the output row (axis 3)
+    ctx.schedule_hint("conv2d_direct", rule="cpu-gemm", n_axis=1, m_axis=3, m_tiles=(7, 4, 6, 3, 2))
+    if b is not None:
+        y = ctx.emit(R.add(y, R.reshape(b, (1, -1, 1, 1))))
+    return y
+
+
+@register_lowering("conv2d", targets=("cuda",))
 def _conv2d(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = conv2d(x, W) + b   (NCHW / OIHW)"""
     x, w, b = args

@@ -106,11 +106,17 @@ class ParamRef:
 
     kind: str  # "store" | "derived"
     key: str
-    transform: str = ""  # "" or "t" (2-D transpose, made again at load time rather than saved)
+    transform: str = ""  # "" | "t" (2-D transpose) | "perm:1,2,3,0": made again at load time, not saved
 
     def resolve(self, store: dict[str, torch.Tensor], derived: dict[str, torch.Tensor]) -> torch.Tensor:
         t = store[self.key] if self.kind == "store" else derived[self.key]
-        return t.t().contiguous() if self.transform == "t" else t
+        if self.transform == "t":
+            return t.t().contiguous()
+        if self.transform.startswith("perm:"):
+            return t.permute(*(int(a) for a in self.transform[5:].split(","))).contiguous()
+        if self.transform:
+            raise ValueError(f"unknown parameter transform {self.transform!r}")
+        return t
 
 
 @dataclass
@@ -132,7 +138,7 @@ class LowerContext:
     params: list[tuple[Any, ParamRef]] = field(default_factory=list)
     derived: dict[str, torch.Tensor] = field(default_factory=dict)
     hints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _store_vars: dict[tuple[str, bool], Any] = field(default_factory=dict)
+    _store_vars: dict[tuple[str, str], Any] = field(default_factory=dict)
     _counter: int = 0
 
     # -- constants
@@ -156,18 +162,20 @@ class LowerContext:
         self.params.append((var, ParamRef("derived", key)))
         return var
 
-    def store_param(self, v: Value, transpose: bool = False) -> relax.Expr:
-        """Graph constant `v` (or its 2-D transpose) as a VM parameter, or embedded when tiny.
+    def store_param(self, v: Value, transpose: bool = False, perm: Sequence[int] | None = None) -> relax.Expr:
+        """Graph constant `v` (or its 2-D transpose, or a permutation of its axes) as a VM
+        parameter, or embedded when tiny.
 
-        A transposed weight is not saved twice: the artifact records "transpose of store
+        A re-laid-out weight is not saved twice: the artifact records "transpose of store
         entry X" and load() makes it again from the saved weights.
         """
         from tvm import relax
 
-        key = (v.name, transpose)
+        transform = "t" if transpose else ("perm:" + ",".join(str(int(a)) for a in perm) if perm is not None else "")
+        key = (v.name, transform)
         if key in self._store_vars:
             return self._store_vars[key]
-        ref = ParamRef("store", v.name, "t" if transpose else "")
+        ref = ParamRef("store", v.name, transform)
         t = ref.resolve(self.graph.store, {})
         if t.numel() <= EMBED_MAX_NUMEL:
             e: Any = relax.const(_to_numpy(t), _tvm_dtype(t.dtype))
