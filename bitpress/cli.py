@@ -162,4 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # re-enter through the package module so subcommands registered by pass packages
+    # (which import `bitpress.cli`) land in the same registry
+    from bitpress.cli import main as _main
+
+    sys.exit(_main())
