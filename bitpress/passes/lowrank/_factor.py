@@ -41,15 +41,33 @@ def whitening(h: torch.Tensor | None, damp: float = 0.01) -> Whitening | None:
     return None if h is None else Whitening(h, damp)
 
 
+def _gram_svd(m: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (top `rank`) of a float64 matrix through the eigendecomposition of its smaller Gram matrix.
+
+    LAPACK's SVD of a 1536 x 576 matrix is ~50x slower here than eigh of the 576 x 576 Gram
+    matrix; in float64 the squared condition number costs nothing for the components we keep.
+    """
+    tall = m.shape[0] >= m.shape[1]
+    lam, q = torch.linalg.eigh(m.t() @ m if tall else m @ m.t())
+    lam, q = lam.flip(0).clamp(min=0), q.flip(1)
+    s = lam.sqrt()
+    k = len(s) if rank is None else rank
+    s, q = s[:k], q[:, :k]
+    inv = torch.where(s > s[:1] * 1e-12, 1.0 / s.clamp(min=1e-300), torch.zeros_like(s))
+    if tall:
+        return (m @ q) * inv, s, q.t()
+    return q, s, (q.t() @ m) * inv[:, None]
+
+
 def singular_values(w: torch.Tensor, wh: Whitening | None) -> torch.Tensor:
     m = w.double() if wh is None else w.double() @ wh.s
-    return torch.linalg.svdvals(m)
+    return _gram_svd(m)[1]
 
 
 def factor(w: torch.Tensor, rank: int, wh: Whitening | None) -> tuple[torch.Tensor, torch.Tensor]:
     """W [out, in] ~= B @ A with A [rank, in], B [out, rank]; sqrt(sigma) split evenly so both quantize alike."""
     m = w.double() if wh is None else w.double() @ wh.s
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    u, s, vh = _gram_svd(m, rank)
     root = s[:rank].sqrt()
     a = root[:, None] * vh[:rank]
     if wh is not None:
