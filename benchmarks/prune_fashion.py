@@ -106,9 +106,12 @@ def latency(model: Any, x: torch.Tensor, repeat: int) -> float:
     return statistics.median(ts) * 1e3
 
 
-def llvm_latency(model: torch.nn.Module, batch: int, repeat: int, passes: list[Any] | None = None, cal: Any = None) -> float:
-    """Median latency of `model` (pruned by `passes`) built by bitpress for llvm at `batch`."""
+def llvm_latency(
+    model: torch.nn.Module, batch: int, repeat: int, passes: list[Any] | None = None, images: torch.Tensor | None = None
+) -> float:
+    """Median latency of `model` (pruned by `passes`, calibrated on `images`) built by bitpress for llvm at `batch`."""
     xb = torch.rand(batch, 1, 28, 28)
+    cal = None if images is None else [(images[i : i + batch],) for i in range(0, 256, batch)]
     cm = bp.compile(model, (xb,), passes=passes or [], calibration=cal, target="llvm", quiet=True)
     return latency(cm, xb, repeat)
 
@@ -128,7 +131,7 @@ def main() -> None:
 
     xt, yt = load_fashion_mnist("test")
     xtr, ytr = load_fashion_mnist("train", limit=args.finetune_images)
-    cal = [(xtr[i : i + 256],) for i in range(0, 1024, 256)]
+    cal = [(xtr[i : i + 100],) for i in range(0, 1000, 100)]
     base = load_fashion_cnn()
     rows: list[tuple[str, float, int, float, float, str]] = []
 
@@ -156,7 +159,7 @@ def main() -> None:
         cm = bp.compile(base, (xt[:100],), passes=[p], calibration=cal, quiet=True)
         secs = time.perf_counter() - t
         g = cm.graph
-        l1, l64 = (llvm_latency(base, b, args.repeat, [p], cal) for b in (1, 64))
+        l1, l64 = (llvm_latency(base, b, args.repeat, [p], xtr) for b in (1, 64))
         row(label, graph_accuracy(g, xt, yt, 100), count_params(g), l1, l64, f"prune {secs:.1f} s, no training")
         if ft and args.finetune_images:
             t = time.perf_counter()

@@ -445,8 +445,8 @@ def prune_structured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
     consumers = _consumers(g)
     data = ctx.data()
     use_act = cfg.method == "wanda"
-    if use_act:
-        data = ctx.require_calibration("prune (structured, activation importance)")
+    if use_act or cfg.reconstruct:
+        data = ctx.require_calibration("prune (structured, " + ("activation importance)" if use_act else "reconstruct=True)"))
     needs_h = cfg.reconstruct and bool(data)
     valid = [grp for grp in groups if not grp.blocked]
     for grp in groups:
