@@ -12,24 +12,33 @@ Run: .venv/bin/python benchmarks/backends_latency.py [--threads 2] [--trials 16]
 
 from __future__ import annotations
 
-import argparse
-import io
 import os
-import statistics
-import time
-import warnings
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+import sys
 
-import numpy as np
-import torch
+# Thread counts must be fixed before torch / TVM start their pools; idle OpenMP threads
+# sleep instead of spinning, so torch's pool does not steal the cores TVM's pool is using.
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+os.environ.setdefault("TVM_NUM_THREADS", _THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import bitpress as bp
-from bitpress.compiler.interpreter import run
+import argparse  # noqa: E402
+import io  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import bitpress as bp  # noqa: E402
+from bitpress.compiler.interpreter import run  # noqa: E402
 
 
-def timeit(fn: Callable[[], Any], min_s: float = 1.0, max_n: int = 200) -> float:
+def timeit(fn: Callable[[], Any], min_s: float = 2.0, max_n: int = 300) -> float:
     """Median of per-call times (ms) after 3 warm-up calls, running at least `min_s` seconds or 5 calls."""
     for _ in range(3):
         fn()
@@ -157,14 +166,13 @@ def bench_one(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per model (0: skip the tuned column)")
     ap.add_argument("--models", default="mlp,cnn,minilm,smollm2")
     ap.add_argument("--tune-models", default="mlp,cnn", help="which models get a tuned build (tuning is slow on 2 cores)")
     ap.add_argument("--cache", default=str(Path(os.environ.get("BITPRESS_CACHE", Path.home() / ".cache/bitpress/tuning"))))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
     which = args.models.split(",")
     tune_which = set(args.tune_models.split(","))
     rows: list[str] = []

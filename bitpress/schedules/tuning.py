@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import linecache
+import logging
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,8 @@ def tune_and_apply(
         "tune_db": str(work),
     }
     if missing:
+        if quiet:  # MetaSchedule's console handler takes its level from this logger; its log files keep DEBUG
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         per_task = max(1, -(-trials // len(missing)))
         # Evolutionary search samples a population of thousands before its first trial: worth it
         # for real budgets, minutes of overhead for a handful of trials.
