@@ -54,6 +54,7 @@ __all__ = ["Quantize", "quantize_rules"]
 _METHODS = ("rtn", "smoothquant", "awq", "gptq")
 _OBSERVERS = ("minmax", "percentile", "mse")
 _MAX_ROWS = 1024
+_AWQ_ROWS = 256  # rows per AWQ scale search: 20 candidate scalings x every layer of a group
 
 
 # ----------------------------------------------------------------------------- plans
@@ -367,6 +368,8 @@ class Quantize:
                 xr = _rows(grp[0], st)
                 if xr is None:
                     continue
+                if xr.shape[0] > _AWQ_ROWS:
+                    xr = xr[torch.linspace(0, xr.shape[0] - 1, _AWQ_ROWS).long()]
                 specs = [(self._bits(n, bits_of), self._gs(n.inputs[1].shape[1]), self._sym(self._bits(n, bits_of))) for n in grp]  # type: ignore[union-attr]
                 s, rel = nq.awq_search(ws, xr, st.mean_abs, specs, weight_clip=self.weight_clip)
                 why = f"s = mean|x|^a searched on calibration rows (rel. error {rel:.3g})"
