@@ -200,14 +200,15 @@ def build_info(gen: GeneratedModel, board: Board, schedule: str, elf: Path) -> d
         "board": board.machine,
         "schedule": schedule,
         "float": "hardware FPU" if board.fpu else "soft-float (no FPU)",
-        "float_nodes": gen.float_nodes,
+        "float_nodes": gen.float_nodes,  # float arithmetic inside the model (needs allow_float)
+        "boundary_nodes": gen.boundary_nodes,  # float input -> int8 and int8 -> float output conversions
         "integer_only": not gen.float_nodes,
         "flash_bytes": text + rodata + data,
         "text_bytes": text,
         "rodata_bytes": rodata,
         "weight_array_bytes": gen.weight_bytes,
         "model_code_bytes": model_code,
-        "ram_bytes": data + bss,
+        "ram_bytes": data + bss,  # the arena is a static array inside .bss; the stack is not included
         "data_bytes": data,
         "bss_bytes": bss,
         "arena_bytes": gen.plan.peak,
@@ -221,7 +222,7 @@ def profile_info(exe: McuExecutable, gen: GeneratedModel, example: list[torch.Te
     layers = []
     for lay in gen.layers:
         ins = counts.get(lay.node, 0)
-        row: dict[str, Any] = {"name": lay.node, "op": lay.op, "instructions": ins}
+        row: dict[str, Any] = {"name": lay.node, "op": lay.op, "instructions": ins, "float": lay.float_math}
         if lay.macs:
             row |= {"macs": lay.macs, "instructions_per_mac": round(ins / lay.macs, 3), "schedule": lay.schedule or "float32"}
         layers.append(row)

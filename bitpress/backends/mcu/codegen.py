@@ -24,7 +24,15 @@ from bitpress.compiler.ir import PACKED_BITS, Graph, Node, Value
 from bitpress.compiler.target import LoweringError
 from bitpress.schedules.mcu import GemvSchedule
 
-__all__ = ["FLOAT_FREE_OPS", "GeneratedModel", "McuLowerContext", "generate", "lowered_ops", "register_mcu_lowering"]
+__all__ = [
+    "FLOAT_FREE_OPS",
+    "GeneratedModel",
+    "McuLowerContext",
+    "generate",
+    "is_input_boundary",
+    "lowered_ops",
+    "register_mcu_lowering",
+]
 
 Lowering = Callable[["McuLowerContext", Node], str]
 _LOWERINGS: dict[str, Lowering] = {}
@@ -84,6 +92,7 @@ class GeneratedModel:
     layers: list[Layer]
     weight_bytes: int  # bytes of the const arrays emitted (weights, tables, requantization constants)
     float_nodes: list[str]
+    boundary_nodes: list[str]  # quantize of the float input / dequantize of the output: float conversions at the edges
 
 
 @dataclass
@@ -228,16 +237,20 @@ def generate(g: Graph, board: Board, gemv: GemvSchedule, *, allow_float: bool) -
             "",
         ]
     )
-    return GeneratedModel("\n".join(c), h, plan, layers, ctx.array_bytes, [n.name for n in float_nodes])
+    boundary = [n.name for n in g.nodes if is_input_boundary(n) or n.op == "dequantize_act"]
+    return GeneratedModel("\n".join(c), h, plan, layers, ctx.array_bytes, [n.name for n in float_nodes], boundary)
 
 
 def _computes_in_float(n: Node) -> bool:
-    if n.op in FLOAT_FREE_OPS:
+    """Float arithmetic on the device, apart from the input boundary (float samples -> int8 codes)."""
+    if n.op in FLOAT_FREE_OPS or is_input_boundary(n):
         return False
-    if n.op == "quantize_act" and n.inputs[0] is not None and n.inputs[0].producer is None:
-        return False  # the model's input boundary: float samples in, int8 codes out
     vals = [v for v in (*n.inputs, *n.outputs) if v is not None and not v.is_const]
-    return any(v.dtype.startswith(("float", "bfloat")) for v in vals) or (n.op in _FLOAT_LOWERINGS and n.op not in ("quantize_act",))
+    return n.op in _FLOAT_LOWERINGS or any(v.dtype.startswith(("float", "bfloat")) for v in vals)
+
+
+def is_input_boundary(n: Node) -> bool:
+    return n.op == "quantize_act" and n.inputs[0] is not None and n.inputs[0].producer is None and not n.inputs[0].is_const
 
 
 def conv_geometry(n: Node, x: Value, kshape: tuple[int, ...]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from bitpress.compiler.ir import Graph, Node, Value
+from bitpress.compiler.ir import Graph, Value
 
 __all__ = ["ALIAS_OPS", "IN_PLACE", "Buffer", "MemoryPlan", "plan_memory"]
 
@@ -100,10 +100,6 @@ def plan_memory(g: Graph, scratch: dict[str, list[int]] | None = None) -> Memory
             buffers.append(Buffer(f"{n.name}#scratch{j}", size, i, i))
     for o in g.outputs:
         use(o, end_step)
-    # a buffer read after a later alias of it must live as long as every alias
-    for v_id, b in root.items():
-        if v_id in last_use:
-            b.end = max(b.end, last_use[v_id])
 
     conflicts = nx.Graph()
     conflicts.add_nodes_from(range(len(buffers)))
@@ -142,7 +138,3 @@ def _shares(b: Buffer, root: dict[int, Buffer], x: Value, last_use: dict[int, in
         if v is not x and root.get(id(v)) is b and last_use.get(id(v), -1) > i:
             return False
     return not any(root.get(id(o)) is b and o is not x for o in g.outputs)
-
-
-def live_nodes(g: Graph) -> list[Node]:
-    return list(g.nodes)
