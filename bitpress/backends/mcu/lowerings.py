@@ -141,7 +141,14 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
     g = conv_geometry(n, x, (kh, kw))
     k = c * kh * kw
     sched = conv_schedule(ctx.gemv)
-    syms = _requant_consts(ctx, n, w.value.reshape(o, k), sched)
+    wmat = w.value.reshape(o, k)
+    kp = k
+    if sched.name == "dsp-2x2" and k % 2:
+        # one zero weight column makes K even (word-aligned 2-row blocks for the assembly loop); the
+        # matching activation slot is never written, and anything times 0 adds nothing
+        kp = k + 1
+        wmat = torch.cat([wmat, torch.zeros(o, 1, dtype=wmat.dtype)], 1)
+    syms = _requant_consts(ctx, n, wmat, sched)
     yzp, xzp = int(n.attrs["out_zero_point"]), int(n.attrs["x_zero_point"])
     p = g["OH"] * g["OW"]
     n.meta["_mcu_macs"] = g["N"] * o * p * k
@@ -152,17 +159,17 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
         f"        const int8_t *xb = {ctx.ptr(x)} + b * {c * g['H'] * g['W']}; int8_t *yb = {ctx.ptr(n.output)} + b * {o * p};\n"
     )
     if sched.name == "dsp-2x2":
-        k2 = -(-k // 2) * 2  # pixel B's activations start 2 * k2 bytes after pixel A's (word aligned)
+        k2 = -(-kp // 2) * 2  # pixel B's activations start 2 * k2 bytes after pixel A's (word aligned)
         buf = ctx.new_scratch(4 * k2, "int16_t")
         wsym, bsym, msym, rsym = syms
         col = f"bp_im2col_s16(xb, (BUF), {geo}, {xzp});"
-        # the assembly kernel needs word-aligned weight blocks (even K) and an LDRD-reachable offset
-        kern = f"bp_gemm_s8_dsp2x2_{2 * k2}" if k % 2 == 0 and 2 * k2 <= 1020 else None
+        # the assembly kernel needs an offset LDRD can reach
+        kern = f"bp_gemm_s8_dsp2x2_{2 * k2}" if 2 * k2 <= 1020 else None
         if kern:
             ctx.preamble.add(f"BP_DEFINE_GEMM_DSP2X2({2 * k2})")
-            call = f"{kern}(xa, {k}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});"
+            call = f"{kern}(xa, {kp}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});"
         else:
-            call = f"{sched.kernel}(xa, xc, {k}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});"
+            call = f"{sched.kernel}(xa, xc, {kp}, {wsym}, {o}, {bsym}, {msym}, {rsym}, {yzp}, yb + p, yb + q, {p});"
         return head + (
             f"        int16_t *xa = {buf}, *xc = xa + {k2};\n"
             f"        for (int p = 0; p < {p}; p += 2) {{\n"

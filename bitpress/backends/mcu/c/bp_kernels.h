@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
-#if defined(__ARM_FEATURE_DSP)
+#if defined(__ARM_FEATURE_DSP) || defined(__ARM_FEATURE_SAT)
 #include <arm_acle.h>
 #endif
 #if defined(__ARM_FEATURE_MVE)
@@ -35,7 +35,11 @@ BP_INLINE int8_t bp_requant(int32_t acc, int32_t m, int32_t r, int32_t zp) {
         y = (int32_t)q;
     }
     y += zp;
+#if defined(__ARM_FEATURE_SAT)
+    return (int8_t)__ssat(y, 8); /* |y| < 2^31: no overflow before the clamp */
+#else
     return (int8_t)(y < -128 ? -128 : (y > 127 ? 127 : y));
+#endif
 }
 
 /* round half to even in float32, as rintf in the default rounding mode: adding 1.5 * 2^23 leaves no
