@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=300)
     ap.add_argument("--layers", type=int, default=24, help="distinct weight copies for the cold-cache run")
+    ap.add_argument("--batches", default="1,16")
     args = ap.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # read when tvm starts its pool
     torch.set_num_threads(args.threads)
@@ -61,7 +62,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n, k in [(1536, 576), (576, 1536)]:
-        for batch in (1, 16):
+        for batch in [int(b) for b in args.batches.split(",")]:
             x = torch.randn(batch, k)
             hot = {}
             cold = {}
