@@ -87,7 +87,15 @@ def _try_parallel(sch: Any, loop: Any) -> bool:
 # ---------------------------------------------------------------------------- CPU rules
 
 
-def cpu_gemm(func: Any, target: Any, n_axis: int | None = None, m_axis: int | None = None, m_tiles: tuple[int, ...] = (4, 6, 3, 2)) -> Any:
+def cpu_gemm(
+    func: Any,
+    target: Any,
+    n_axis: int | None = None,
+    m_axis: int | None = None,
+    m_tiles: tuple[int, ...] = (4, 6, 3, 2),
+    acc_scope: str = "global",
+    n_tile: int | None = None,
+) -> Any:
     """C[s..] = sum_r A[..] * B[..]  ->  parallel(s_outer, mo, no) . r . unroll(mi) . vectorize(ni)
 
     n_axis / m_axis pick the spatial axes of the vectorized and the unrolled tile dimension
@@ -133,7 +141,7 @@ def cpu_gemm(func: Any, target: Any, n_axis: int | None = None, m_axis: int | No
     if any(e is None for e in exts):
         return None
     lanes = _vec_lanes(target, _out_bits(sch, main.block_rv))
-    wb = sch.cache_write(main.block_rv, 0, "global")
+    wb = sch.cache_write(main.block_rv, 0, acc_scope)
     if epi:
         # if it cannot be inlined, the epilogue stays a separate (injective) loop nest
         with contextlib.suppress(Exception):
@@ -146,7 +154,7 @@ def cpu_gemm(func: Any, target: Any, n_axis: int | None = None, m_axis: int | No
         return None
     n_ext = exts[na]
     assert n_ext is not None
-    ni = _largest_divisor(n_ext, (lanes * 2, lanes, lanes // 2, 4, 2))
+    ni = n_tile if n_tile is not None and n_ext % n_tile == 0 else _largest_divisor(n_ext, (lanes * 2, lanes, lanes // 2, 4, 2))
     no, ni_l = sch.split(spatial[na], factors=[None, ni])
     if p >= 2:
         m_ext = exts[ma]
@@ -154,7 +162,9 @@ def cpu_gemm(func: Any, target: Any, n_axis: int | None = None, m_axis: int | No
         mi = _largest_divisor(m_ext, tuple(m_tiles))
         mo, mi_l = sch.split(spatial[ma], factors=[None, mi])
         rest = [lp for i, lp in enumerate(spatial) if i not in (na, ma)]
-        outer = [*rest, mo, no]
+        # weight strip (no) outside the row tiles (mo): each strip is read once and stays in
+        # cache while every row tile uses it; activations are the smaller operand in inference
+        outer = [*rest, no, mo]
     else:
         mi_l = None
         outer = [no]

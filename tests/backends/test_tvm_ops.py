@@ -339,3 +339,9 @@ def test_advanced_index() -> None:
     check("index", [x, ints(3, lo=-4, hi=4)], {"dims": [0]})
     check("index", [x, ints(2, 3, lo=0, hi=5), ints(3, lo=-6, hi=6)], {"dims": [1, 2]})
     check("index", [x, ints(3, lo=0, hi=4), ints(3, lo=0, hi=6)], {"dims": [0, 2]})
+
+
+@pytest.mark.parametrize(("a", "k", "n"), [((4, 16), 16, 64), ((2, 5, 16), 16, 48), ((3, 16), 16, 7)])
+def test_matmul_const_rhs_packed(a: tuple[int, ...], k: int, n: int) -> None:
+    """x @ B with a constant B takes the packed-weight GEMM (or the generic one when N has no strip width)."""
+    check("matmul", [r(*a), C(r(k, n))], tol=1e-4)

@@ -264,7 +264,45 @@ def _masked_fill(ctx: LowerContext, node: Node, args: Args) -> Any:
 # ---------------------------------------------------------------- linear algebra
 
 
-@register_lowering("linear")
+@register_lowering("linear", targets=("llvm",))
+def _linear_cpu(ctx: LowerContext, node: Node, args: Args) -> Any:
+    """y[.., n] = sum_k x[.., k] * W'[n / nb, k, n % nb] + b[n]
+
+    W' = W packed at build time into column strips of nb outputs, each strip [K, nb]
+    contiguous: the cpu-gemm schedule's vectorized nb-wide tile then streams its weights
+    from consecutive cache lines (no page-strided reads), and each strip is read once.
+    """
+    x, _, b = args
+    wv = node.inputs[1]
+    if not wv.is_const or wv.ndim != 2 or wv.dtype != "float32" or str(x.ty.dtype) != "float32":
+        return _linear(ctx, node, args)
+    n, k = wv.shape
+    nb = next((c for c in (32, 16, 8) if n % c == 0), 0)
+    if nb == 0:
+        return _linear(ctx, node, args)
+    y = _dense_packed(ctx, node, x, ctx.store_param(wv, pack=nb), k, nb)
+    if b is not None:
+        y = ctx.emit(R.add(y, b))
+    return y
+
+
+def _dense_packed(ctx: LowerContext, node: Node, x: Any, wp: Any, k: int, nb: int) -> Any:
+    out_shape = _out_shape(node)
+
+    def dense(data: Any, weight: Any) -> Any:
+        rk = te.reduce_axis((0, k), "rk")
+        return te.compute(
+            out_shape,
+            lambda *i: te.sum(data[(*i[:-1], rk)] * weight[i[-1] // nb, rk, i[-1] % nb], axis=rk),
+            name="dense_packed",
+        )
+
+    y = ctx.emit_te(dense, x, wp, primfunc_name_hint="dense_packed")
+    ctx.schedule_hint("dense_packed", rule="cpu-gemm", n_tile=nb, m_tiles=(8, 6, 4, 3, 2))
+    return y
+
+
+@register_lowering("linear", targets=("cuda",))
 def _linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = x @ W^T + b   (a constant W is stored transposed, [K, N], so N is contiguous)"""
     x, w, b = args
@@ -279,7 +317,20 @@ def _linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     return y
 
 
-@register_lowering("matmul")
+@register_lowering("matmul", targets=("llvm",))
+def _matmul_cpu(ctx: LowerContext, node: Node, args: Args) -> Any:
+    """y = a @ B   (a constant 2-D B is packed into column strips as for linear)"""
+    bv = node.inputs[1]
+    a_shape = node.inputs[0].shape
+    if bv.is_const and bv.ndim == 2 and len(a_shape) >= 2 and bv.dtype == "float32" and node.inputs[0].dtype == "float32":
+        k, n = bv.shape
+        nb = next((c for c in (32, 16, 8) if n % c == 0), 0)
+        if nb:
+            return _dense_packed(ctx, node, args[0], ctx.store_param(bv, pack=-nb), k, nb)
+    return _matmul(ctx, node, args)
+
+
+@register_lowering("matmul", targets=("cuda",))
 def _matmul(ctx: LowerContext, node: Node, args: Args) -> Any:
     return ctx.emit(R.matmul(args[0], args[1]))
 

@@ -112,6 +112,12 @@ class ParamRef:
         t = store[self.key] if self.kind == "store" else derived[self.key]
         if self.transform == "t":
             return t.t().contiguous()
+        if self.transform.startswith("pack:"):  # W[N, K] -> W'[N / nb, K, nb]: column strips made contiguous
+            nb = int(self.transform[5:])
+            return t.reshape(t.shape[0] // nb, nb, t.shape[1]).permute(0, 2, 1).contiguous()
+        if self.transform.startswith("kpack:"):  # B[K, N] -> B'[N / nb, K, nb]
+            nb = int(self.transform[6:])
+            return t.reshape(t.shape[0], t.shape[1] // nb, nb).permute(1, 0, 2).contiguous()
         if self.transform.startswith("perm:"):
             return t.permute(*(int(a) for a in self.transform[5:].split(","))).contiguous()
         if self.transform:
@@ -162,16 +168,22 @@ class LowerContext:
         self.params.append((var, ParamRef("derived", key)))
         return var
 
-    def store_param(self, v: Value, transpose: bool = False, perm: Sequence[int] | None = None) -> relax.Expr:
+    def store_param(self, v: Value, transpose: bool = False, perm: Sequence[int] | None = None, pack: int | None = None) -> relax.Expr:
         """Graph constant `v` (or its 2-D transpose, or a permutation of its axes) as a VM
         parameter, or embedded when tiny.
 
-        A re-laid-out weight is not saved twice: the artifact records "transpose of store
+        `pack=nb` packs W[N, K] into column strips [N / nb, K, nb]; `pack=-nb` does the
+        same for a right-hand matmul operand B[K, N].  A re-laid-out weight is not saved twice: the artifact records "transpose of store
         entry X" and load() makes it again from the saved weights.
         """
         from tvm import relax
 
-        transform = "t" if transpose else ("perm:" + ",".join(str(int(a)) for a in perm) if perm is not None else "")
+        if pack is not None:
+            transform = f"pack:{int(pack)}" if pack > 0 else f"kpack:{-int(pack)}"
+        elif perm is not None:
+            transform = "perm:" + ",".join(str(int(a)) for a in perm)
+        else:
+            transform = "t" if transpose else ""
         key = (v.name, transform)
         if key in self._store_vars:
             return self._store_vars[key]
