@@ -1,11 +1,13 @@
 """bitpress demo: compress a real model end to end and print what each pass did.
 
 The Fashion-MNIST CNN shipped in bitpress.models (trained offline, 0.916 test accuracy)
-is traced with torch.export, pruned (Wanda, 50% of each layer's weights in 2:4
-blocks), quantized (GPTQ, 4-bit weights in groups of 32 with packed nibbles), then
-lowered with TVM to native code for this CPU.  The report gives per-layer bits,
-sparsity, bytes as stored and error; the accuracy of the compiled model is measured
-against the fp32 model on 1,000 test images.
+is traced with torch.export, its batch-norms folded, its weights quantized with GPTQ
+to 4 bits in groups of 32 (two codes per byte, one fp16 scale per group, calibrated on
+250 training images), then lowered with TVM to native code for this CPU, with fused
+unpack-dequantize-matmul kernels.  The report gives per-layer bits, bytes as stored and
+SQNR; the accuracy of the compiled model is measured against the fp32 model on 1,000
+test images.  (Adding `bp.passes.Prune(method="wanda", sparsity="2:4")` in front
+prunes the linear layers to 2:4 too, at a visible accuracy cost on a model this small.)
 
     make demo        (or .venv/bin/python examples/demo.py)
 """
@@ -40,20 +42,17 @@ def main() -> None:
     cm = bp.compile(
         model,
         (x_test[:batch],),
-        passes=[
-            bp.passes.Prune(method="wanda", sparsity="2:4"),
-            bp.passes.Quantize(method="gptq", bits=4, group_size=32),
-        ],
+        passes=[bp.passes.Quantize(method="gptq", bits=4, group_size=32)],
         target="llvm",
         calibration=calibration,
-        tolerance={"sqnr_db": 5},
+        tolerance={"sqnr_db": 15},
     )
     dt = time.perf_counter() - t0
     print(cm.report)
     acc_fp32 = accuracy(model, x_test, y_test, batch)
     acc_bp = accuracy(cm, x_test, y_test, batch)
     print(f"\ncompiled in {dt:.1f} s for {cm.target}")
-    print(f"accuracy on 1,000 test images: fp32 {acc_fp32:.3f}, bitpress (2:4 + int4, llvm) {acc_bp:.3f}")
+    print(f"accuracy on 1,000 test images: fp32 {acc_fp32:.3f}, bitpress (GPTQ int4, llvm) {acc_bp:.3f}")
     print(f"weights: {cm.report.original_bytes:,} B -> {cm.report.total_bytes:,} B ({cm.report.compression_ratio:.1f}x smaller)")
 
 
