@@ -170,9 +170,9 @@ class LowRank:
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
         cands = self._candidates(g)
         hessians: dict[str, torch.Tensor] = {}
-        if self.method == "asvd" or self.budget is not None:
+        if self.method == "asvd":  # plain SVD (also with a budget) needs no statistics
             names = {n.name for n in cands}
-            data = ctx.require_calibration(self.name) if self.method == "asvd" else ctx.data()
+            data = ctx.require_calibration(self.name)
             stats = collect(g, data, lambda n: n.name in names, hessian=True)
             hessians = {k: s.hessian_mean() for k, s in stats.items() if s.hessian is not None}
         ranks: dict[str, int] = {}
