@@ -60,8 +60,15 @@ def ort_session(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
             warnings.simplefilter("ignore")
             torch.onnx.export(m, inputs, f, dynamo=False, opset_version=18)
     except Exception as e:
-        print(f"  torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-        return None
+        # e.g. SmolLM2's rotary code exports aten::diff, which opset 18 lacks: use bitpress's own
+        # ONNX emitter (target="onnx", also run by onnxruntime with the same thread count)
+        print(f"  torch.onnx.export failed ({type(e).__name__}: {str(e).splitlines()[0][:100]}); using bitpress target=onnx")
+        try:
+            cm = bp.compile(m, inputs, target="onnx", options={"threads": threads})
+        except Exception as e2:
+            print(f"  bitpress onnx failed too: {type(e2).__name__}: {str(e2).splitlines()[0][:120]}")
+            return None
+        return lambda: cm(*inputs)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -156,7 +163,9 @@ def bench_one(
     notes.append(f"{name}: slowest bitpress kernels (untuned): {prof}; max |bitpress - interpreter| = {err:.2e}")
 
     def ratio(v: float | None) -> str:
-        return "-" if v is None or np.isnan(t_ort) else f"{v:.2f} ms ({v / t_ort:.2f}x)"
+        if v is None:
+            return "-"
+        return f"{v:.2f} ms" if np.isnan(t_ort) else f"{v:.2f} ms ({v / t_ort:.2f}x)"
 
     return (
         f"| {name} | {ratio(t_bp)} | {ratio(t_tuned)} | {ratio(t_torch)} | {t_ort:.2f} ms (1.00x) "

@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CPU_RULES", "apply_default_schedules"]
+__all__ = ["CPU_RULES", "apply_default_schedules", "schedule_function"]
 
 VEC_BITS = 256  # AVX2; the rule reads the target's width when it can
 
@@ -310,14 +310,46 @@ def _hint_for(name: str, hints: dict[str, dict[str, Any]]) -> dict[str, Any] | N
     return None
 
 
-def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, Any]] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Schedule every unscheduled PrimFunc in `mod`; returns (mod, {"schedules": {rule: count}})."""
-    from tvm import s_tir, tirx
+def schedule_function(name: str, func: Any, target: Any, hints: dict[str, dict[str, Any]] | None = None) -> tuple[str, Any]:
+    """The default schedule for one PrimFunc: (rule name, s_tir.Schedule | None).
 
-    hints = hints or {}
-    is_gpu = target.kind.name == "cuda"
-    rules = _gpu_rules() if is_gpu else CPU_RULES
+    Rule "none" (a hint asking to keep the kernel as written) and "unscheduled" (no rule
+    applied) come with None.
+    """
+    from tvm import s_tir
+
+    rules = _gpu_rules() if target.kind.name == "cuda" else CPU_RULES
     by_name = dict(rules)
+    hint = _hint_for(name, hints or {})
+    chosen = rules
+    if hint is not None:
+        if callable(hint.get("schedule")):
+            sch = s_tir.Schedule(func)
+            hint["schedule"](sch, target)
+            return "hint", sch
+        rule = hint.get("rule")
+        if rule == "none":
+            return "none", None
+        if rule in by_name:
+            opts = {k: v for k, v in hint.items() if k not in ("rule", "schedule")}
+            base = by_name[rule]
+            hinted = (lambda f, t, base=base, opts=opts: base(f, t, **opts)) if opts else base
+            chosen = [(rule, hinted)] + [r for r in rules if r[0] != rule]
+    with target:
+        for rname, fn in chosen:
+            try:
+                sch = fn(func, target)
+            except Exception:
+                sch = None
+            if sch is not None:
+                return rname, sch
+    return "unscheduled", None
+
+
+def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, Any]] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Schedule every unscheduled PrimFunc in `mod`; returns (mod, {"schedules": {rule: count}, "kernel_schedules": ...})."""
+    from tvm import tirx
+
     counts: dict[str, int] = {}
     kernels: dict[str, str] = {}
     updates = {}
@@ -326,39 +358,13 @@ def apply_default_schedules(mod: Any, target: Any, hints: dict[str, dict[str, An
             continue
         if "tirx.is_scheduled" in func.attrs and int(func.attrs["tirx.is_scheduled"]) == 1:
             counts["tuned"] = counts.get("tuned", 0) + 1
+            kernels[gv.name_hint] = "tuned"
             continue
-        hint = _hint_for(gv.name_hint, hints)
-        chosen = rules
-        if hint is not None:
-            if callable(hint.get("schedule")):
-                sch = s_tir.Schedule(func)
-                hint["schedule"](sch, target)
-                updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                counts["hint"] = counts.get("hint", 0) + 1
-                continue
-            rule = hint.get("rule")
-            if rule == "none":
-                counts["none"] = counts.get("none", 0) + 1
-                continue
-            if rule in by_name:
-                opts = {k: v for k, v in hint.items() if k not in ("rule", "schedule")}
-                base = by_name[rule]
-                hinted = (lambda f, t, base=base, opts=opts: base(f, t, **opts)) if opts else base
-                chosen = [(rule, hinted)] + [r for r in rules if r[0] != rule]
-        with target:
-            for rname, fn in chosen:
-                try:
-                    sch = fn(func, target)
-                except Exception:
-                    sch = None
-                if sch is not None:
-                    updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                    counts[rname] = counts.get(rname, 0) + 1
-                    kernels[gv.name_hint] = rname
-                    break
-            else:
-                counts["unscheduled"] = counts.get("unscheduled", 0) + 1
-                kernels[gv.name_hint] = "unscheduled"
+        rname, sch = schedule_function(gv.name_hint, func, target, hints)
+        if sch is not None:
+            updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        counts[rname] = counts.get(rname, 0) + 1
+        kernels[gv.name_hint] = rname
     for gv, f in updates.items():
         mod[gv] = f
     return mod, {"schedules": dict(sorted(counts.items())), "kernel_schedules": kernels}

@@ -72,7 +72,14 @@ def open_database(cache_dir: Path | None, target: Any) -> tuple[Any, Path]:
 
 
 def tune_and_apply(
-    mod: Any, target: Any, *, trials: int, cache_dir: Path | None = None, quiet: bool = True, isolated: bool = False
+    mod: Any,
+    target: Any,
+    *,
+    trials: int,
+    cache_dir: Path | None = None,
+    quiet: bool = True,
+    isolated: bool = False,
+    hints: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Tune the module's contraction tasks missing from the database (`trials` in all), then apply its records.
 
@@ -115,6 +122,9 @@ def tune_and_apply(
             database=db,
             cost_model="xgb" if per_task >= 32 else "random",
         )
+        # The default schedule competes as one more candidate: with a handful of trials the
+        # search can end below it, and the database must never make a build slower.
+        info["tune_default_kept"] = sum(_commit_default(db, t, target, hints) for t in missing)
     info["tune_records_used"] = sum(1 for t in tasks if _has_record(db, t.dispatched[0], target))
     with db, target, tvm.transform.PassContext(opt_level=3):
         mod = tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=not quiet)(mod)
@@ -176,3 +186,35 @@ def _runner(isolated: bool) -> Any:
             return out
 
     return InProcessRunner()
+
+
+def _commit_default(db: Any, task: Any, target: Any, hints: dict[str, dict[str, Any]] | None) -> bool:
+    """Measure the default schedule of `task` and commit it as a record; True if it is the best one."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from bitpress.schedules.default import schedule_function
+
+    mod = task.dispatched[0]
+    func = mod["main"]
+    _, sch = schedule_function(task.task_name, func, target, hints)
+    if sch is None:
+        return False
+    try:
+        args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+        built = _builder(False).build([ms.builder.BuilderInput(sch.mod, target)])[0]
+        if built.error_msg:
+            return False
+        runner_input = ms.runner.RunnerInput(
+            built.artifact_path, device_type="cpu" if target.kind.name == "llvm" else target.kind.name, args_info=args_info
+        )
+        res = _runner(False).run([runner_input])[0].result()
+        if res.error_msg or not res.run_secs:
+            return False
+        best = db.query_tuning_record(mod, target, "main")
+        wl = db.commit_workload(mod)
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, res.run_secs, target, args_info))
+    except Exception:  # the default schedule still applies at build time; only the comparison is lost
+        return False
+    mine = sum(float(x) for x in res.run_secs) / len(res.run_secs)
+    theirs = sum(float(x) for x in best.run_secs) / len(best.run_secs) if best is not None and best.run_secs else float("inf")
+    return mine <= theirs

@@ -133,7 +133,7 @@ def test_tuning_records_persist_and_are_reused(tmp_path: Path) -> None:
     cm = bp.compile(m, (x,), target="llvm", tune=2, cache_dir=tmp_path)
     info = cm.report.backend
     assert info["tune_tasks"] == 1 and info["tune_tasks_tuned"] == 1, info
-    assert info["tune_records_used"] == 1, info
+    assert info["tune_records_used"] == 1 and "tune_default_kept" in info, info
     assert info["schedules"].get("tuned") == 1, info
     assert_matches_interpreter(cm, (x,), 1e-5)
     records = list(tmp_path.glob("llvm-*/records.json"))

@@ -211,6 +211,7 @@ def build_module(g: Graph, target: str, options: BuildOptions) -> tuple[Any, Low
             cache_dir=options.cache_dir,
             quiet=options.quiet,
             isolated=bool(extra.get("tune_isolated", False)),
+            hints=low.ctx.hints,
         )
         info.update(tinfo)
         info["tune_seconds"] = round(time.perf_counter() - t1, 3)
