@@ -158,7 +158,7 @@ def main() -> None:
         peer = load_peer(args.peer_dir)
     except (OSError, ImportError) as e:
         print(f"peer unavailable: {e}")
-    for sparsity in (0.5, "2:4"):
+    for sparsity in ("2:4", 0.5):
         for method in ("magnitude", "wanda", "sparsegpt"):
             label = f"{method} {sparsity}"
             if wanted and label not in wanted:
