@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from bitpress.passes.lowrank._factor import lapack_single_thread
+
 __all__ = [
     "partial_binarize",
     "power_of_two",
@@ -201,9 +203,10 @@ def partial_binarize(
         H[dead, dead] = 1.0
         W[:, dead] = 0.0
         H += damp * H.diagonal().mean() * torch.eye(in_f, dtype=H.dtype)
-        hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+        with lapack_single_thread():
+            hinv = torch.cholesky_inverse(torch.linalg.cholesky(H))
+            u = torch.linalg.cholesky(hinv, upper=True)
         idx = _salient(W, m, hinv.diagonal())
-        u = torch.linalg.cholesky(hinv, upper=True)
     else:
         idx = _salient(W, m, None)
         u = None

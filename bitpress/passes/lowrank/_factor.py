@@ -8,7 +8,8 @@ the SVD of W S (not of W) minimizes the output error at a given rank; W' = (W S)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -23,13 +24,29 @@ __all__ = [
 ]
 
 
+@contextmanager
+def lapack_single_thread() -> Iterator[None]:
+    """Run small dense factorizations on one thread.
+
+    Measured on the 2-core CI machine under load: eigh of a 384 x 384 matrix took 5-10 s with
+    torch's default threads (OpenMP spinning against other processes) and 0.17 s with one.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class Whitening:
     """S and S^-1 from a damped input covariance H = Q diag(l) Q^T: S = Q diag(sqrt l)."""
 
     def __init__(self, h: torch.Tensor, damp: float = 0.01):
         h = h.double()
         h = 0.5 * (h + h.t())
-        lam, q = torch.linalg.eigh(h)
+        with lapack_single_thread():
+            lam, q = torch.linalg.eigh(h)
         floor = damp * max(float(lam.clamp(min=0).mean()), 1e-12)
         lam = lam.clamp(min=0) + floor
         self.s = q * lam.sqrt()
@@ -48,7 +65,9 @@ def _gram_svd(m: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, t
     matrix; in float64 the squared condition number costs nothing for the components we keep.
     """
     tall = m.shape[0] >= m.shape[1]
-    lam, q = torch.linalg.eigh(m.t() @ m if tall else m @ m.t())
+    gram = m.t() @ m if tall else m @ m.t()
+    with lapack_single_thread():
+        lam, q = torch.linalg.eigh(gram)
     lam, q = lam.flip(0).clamp(min=0), q.flip(1)
     s = lam.sqrt()
     k = len(s) if rank is None else rank
