@@ -108,7 +108,7 @@ def peer_prune(model: Any, method: str, sparsity: float | str, cal: list[torch.T
             hk.remove()
         for lin in lins:
             if method == "sparsegpt":
-                new = sgpt.sparsify_weight(lin, stats, frac, n, m, 128, 0.01, False)
+                new = sgpt.sparsify_weight(lin, stats, frac, n, m, 128, 0.01, False)[1]  # returns (loss, W)
             else:
                 new = wanda.sparsify_weight(lin, stats, frac, n, m)
             with torch.no_grad():
