@@ -52,3 +52,15 @@ def build(op: str, operands: list[Any], attrs: dict[str, Any]) -> tuple[Graph, l
     g.set_outputs(node.outputs)
     g.verify()
     return g, feeds
+
+
+def assert_matches(op: str, got: list[torch.Tensor], want: list[torch.Tensor], tol: float) -> None:
+    """Backend outputs equal the interpreter's: floats allclose, integers bit-exact."""
+    assert len(got) == len(want)
+    for o, w in zip(got, want, strict=True):
+        assert o.shape == w.shape, (op, o.shape, w.shape)
+        assert o.dtype == w.dtype, (op, o.dtype, w.dtype)
+        if w.is_floating_point():
+            torch.testing.assert_close(o, w, rtol=tol, atol=tol, equal_nan=True)
+        else:
+            assert torch.equal(o, w), f"{op}: integer path not bit-exact"

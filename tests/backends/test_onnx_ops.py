@@ -23,7 +23,7 @@ from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType, pack_bits
 from bitpress.compiler.ops import get_op, op_names
 from bitpress.compiler.target import BuildOptions, LoweringError
-from tests.backends._op_graphs import C, bools, build, ints, nonzero_ints, pos, r
+from tests.backends._op_graphs import C, assert_matches, bools, build, ints, nonzero_ints, pos, r
 
 
 def check(op: str, operands: list[Any], attrs: dict[str, Any] | None = None, *, tol: float = 1e-5) -> onnx.ModelProto:
@@ -31,14 +31,7 @@ def check(op: str, operands: list[Any], attrs: dict[str, Any] | None = None, *, 
     want = run(g, feeds)
     exe = OnnxBackend().build(g, "onnx", BuildOptions())
     got = exe.run(feeds)
-    assert len(got) == len(want)
-    for o, w in zip(got, want, strict=True):
-        assert o.shape == w.shape, (op, o.shape, w.shape)
-        assert o.dtype == w.dtype, (op, o.dtype, w.dtype)
-        if w.is_floating_point():
-            torch.testing.assert_close(o, w, rtol=tol, atol=tol, equal_nan=True)
-        else:
-            assert torch.equal(o, w), f"{op}: integer path not bit-exact"
+    assert_matches(op, got, want, tol)
     return exe.model
 
 

@@ -16,7 +16,7 @@ import json
 from bitpress.cli import register_command
 from bitpress.passes.merge._io import check_compatible, load_state_dict, save_state_dict_atomic
 from bitpress.passes.merge._lora import fold_lora_state_dict, parse_lora
-from bitpress.passes.merge._methods import METHODS, merge_state_dicts
+from bitpress.passes.merge._methods import METHODS, NEEDS_BASE, merge_state_dicts
 from bitpress.passes.merge.passes import Merge
 
 __all__ = ["configure_parser", "run"]
@@ -68,7 +68,7 @@ def run(a: argparse.Namespace) -> int:
     )
     models = [load_state_dict(m, m) for m in a.models]
     base = load_state_dict(a.base, a.base) if a.base else None
-    if base is None and a.method in ("task-arithmetic", "ties", "dare", "dare-ties", "breadcrumbs"):
+    if base is None and a.method in NEEDS_BASE:
         raise ValueError(f"--base: method {a.method!r} needs the base checkpoint")
     if base is not None:
         check_compatible(base, a.base, list(zip(a.models, models, strict=True)))
