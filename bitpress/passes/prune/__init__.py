@@ -50,6 +50,8 @@ class Prune:
         format: "auto" (compressed storage where it stores fewer bytes) or "dense".
         exclude: fnmatch patterns of layer names left alone (e.g. "*lm_head*").
         reconstruct: structured only: refit the next layer by least squares on calibration data.
+        sequential: calibrate block by block on the outputs of the blocks already pruned
+            (True, as SparseGPT and Wanda do) or every layer on the unpruned model (False).
     """
 
     name: ClassVar[str] = "prune"
@@ -65,6 +67,7 @@ class Prune:
     blocksize: int = 128
     damp: float = 0.01
     hessian_budget_mb: int = 512
+    sequential: bool = True
     allocation_range: float = 0.3
     max_layer_sparsity: float = 0.95
 

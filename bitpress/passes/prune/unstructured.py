@@ -15,8 +15,12 @@ Convolutions keep dense storage (with zeros): there is no sparse conv kernel.
 
 Calibration: Wanda and SparseGPT need it (``ctx.calibration``); magnitude does not, but
 when data is present it is used to measure each layer's output error.  Hessians are
-gathered in chunks of layers that fit `hessian_budget_mb`; each chunk is calibrated on
-the graph as already pruned by the earlier chunks (SparseGPT's sequential variant).
+gathered block by block (``sequential=True``, the default, as in the SparseGPT and Wanda
+papers): `bitpress.compiler.calibrate.sequential` calibrates each block (a transformer
+layer, a residual block; split further where its Hessians exceed `hessian_budget_mb`) on
+the outputs of the blocks already pruned, with the block inputs cached.
+``sequential=False`` calibrates chunks of layers that fit the budget by re-running the
+graph from its inputs (one chunk: every layer sees the dense model).
 
 Per-layer sparsity (``allocation``): ``"uniform"`` (every layer at ``sparsity``),
 ``"global"`` (one threshold on the method's score across all layers), or
@@ -31,14 +35,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from bitpress.compiler.builder import F, const
-from bitpress.compiler.calibrate import collect
+from bitpress.compiler.calibrate import block_key, collect, sequential
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
@@ -84,6 +88,22 @@ def _chunks(nodes: list[Node], budget_bytes: int) -> list[list[Node]]:
         chunks[-1].append(n)
         used += cost
     return [c for c in chunks if c]
+
+
+def _block_groups(nodes: list[Node], budget_bytes: int) -> Callable[[Node], str]:
+    """Group key per layer: its block (`block_key`), split where a block's Hessians exceed the budget."""
+    keys: dict[str, str] = {}
+    cur, part, used = None, 0, 0
+    for n in nodes:
+        k = block_key(n.name)
+        cost = _matrix(n).shape[1] ** 2 * 8
+        if k != cur:
+            cur, part, used = k, 0, 0
+        elif used + cost > budget_bytes:
+            part, used = part + 1, 0
+        keys[n.name] = k if part == 0 else f"{k}#{part}"
+        used += cost
+    return lambda n: keys[n.name]
 
 
 def _set_weight(g: Graph, n: Node, w_new: torch.Tensor) -> None:
@@ -196,26 +216,35 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         data = ctx.require_calibration(f"prune ({cfg.method})")
     alloc = _allocate(cfg, g, ctx, nodes) if cfg.nm is None else {n.name: None for n in nodes}
     layers: dict[str, Any] = {}
-    for chunk in _chunks(nodes, cfg.hessian_budget_mb << 20):
-        stats: dict[str, Any] = {}
-        if data:
-            names = {n.name for n in chunk}
-            stats = collect(g, data, nodes=names, hessian=True)
-        for n in chunk:
-            st = stats.get(n.name)
-            if st is None and cfg.method != "magnitude":
-                ctx.explain.add(_event(n, "no calibration data reached this layer"))
-                continue
-            w = _matrix(n)
-            s = alloc[n.name]
-            w_new = _prune_matrix(cfg, cfg.method, w.float(), st, s).to(w.dtype)
-            sq = layer_sqnr_db(w, w_new, st.hessian if st is not None else None)
-            _set_weight(g, n, w_new)
-            n.meta["sparsity"] = round(float((w_new == 0).float().mean()), 4)
-            n.meta["sqnr_db"] = round(sq, 2) if math.isfinite(sq) else sq
-            n.meta["prune"] = cfg.method + (f" {cfg.nm[0]}:{cfg.nm[1]}" if cfg.nm else "")
-            n.meta["format"] = "dense"
-            layers[n.name] = {"sparsity": n.meta["sparsity"], "sqnr_db": sq, "target": s}
+
+    def prune_layer(n: Node, st: Any) -> None:
+        if st is None and cfg.method != "magnitude":
+            ctx.explain.add(_event(n, "no calibration data reached this layer"))
+            return
+        w = _matrix(n)
+        s = alloc[n.name]
+        w_new = _prune_matrix(cfg, cfg.method, w.float(), st, s).to(w.dtype)
+        sq = layer_sqnr_db(w, w_new, st.hessian if st is not None else None)
+        _set_weight(g, n, w_new)
+        n.meta["sparsity"] = round(float((w_new == 0).float().mean()), 4)
+        n.meta["sqnr_db"] = round(sq, 2) if math.isfinite(sq) else sq
+        n.meta["prune"] = cfg.method + (f" {cfg.nm[0]}:{cfg.nm[1]}" if cfg.nm else "")
+        n.meta["format"] = "dense"
+        layers[n.name] = {"sparsity": n.meta["sparsity"], "sqnr_db": sq, "target": s}
+
+    if data and cfg.sequential:
+        # each block is calibrated on the outputs of the blocks already pruned
+        names = {n.name for n in nodes}
+        for step in sequential(g, data, nodes=names, group=_block_groups(nodes, cfg.hessian_budget_mb << 20), hessian=True):
+            for n in step.nodes:
+                prune_layer(n, step.stats.get(n.name))
+    else:
+        for chunk in _chunks(nodes, cfg.hessian_budget_mb << 20):
+            stats: dict[str, Any] = {}
+            if data:
+                stats = collect(g, data, nodes={n.name for n in chunk}, hessian=True)
+            for n in chunk:
+                prune_layer(n, stats.get(n.name))
     g.prune_consts()
     return layers
 
