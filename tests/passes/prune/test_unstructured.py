@@ -216,3 +216,27 @@ def test_sensitivity_allocation_lowers_summed_error() -> None:
         cm = _compile(m, cal, method="magnitude", sparsity=0.5, allocation=alloc, format="dense")
         errs[alloc] = sum(10 ** (-n.meta["sqnr_db"] / 10) for n in cm.graph.nodes if n.op == "linear")
     assert errs["sensitivity"] < errs["uniform"]
+
+
+# ----------------------------------------------------------------------------- sequential calibration
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_later_layers_are_calibrated_on_the_pruned_earlier_layers(correlated_model: Correlated, sequential: bool) -> None:
+    """sequential=True: fc2's statistics come from fc1 already pruned (SparseGPT/Wanda papers); False: the dense model."""
+    cal = correlated_batches(4)
+    cm = _compile(correlated_model, cal, method="wanda", sparsity="2:4", sequential=sequential, format="dense")
+    x = torch.cat([b[0] for b in cal])
+    w2 = correlated_model.fc2.weight.detach()
+
+    def fc2_inputs_and_mask(fc1_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(torch.nn.functional.linear(x, fc1_w, correlated_model.fc1.bias)).double()
+        # Wanda keeps the top 2 of every 4 by |W| * ||X_j||
+        return h, w2 * keep_mask(w2.abs() * h.pow(2).sum(0).sqrt().float(), None, (2, 4), per_row=True)
+
+    h_pruned, want_pruned = fc2_inputs_and_mask(_dense_weight(cm.graph.find("fc1")))
+    h_dense, want_dense = fc2_inputs_and_mask(correlated_model.fc1.weight.detach())
+    assert not torch.equal(want_pruned, want_dense)  # the two calibrations lead to different masks here
+    h, want = (h_pruned, want_pruned) if sequential else (h_dense, want_dense)
+    torch.testing.assert_close(_dense_weight(cm.graph.find("fc2")), want)
+    assert cm.graph.find("fc2").meta["sqnr_db"] == pytest.approx(layer_sqnr_db(w2, want, h.t() @ h), abs=0.01)
