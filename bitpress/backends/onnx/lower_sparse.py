@@ -8,6 +8,8 @@ inside the ONNX graph, once per call, and multiplied densely:
   into absolute columns, ``ScatterElements`` writes the values into a zero matrix.
   3-bit codes (M in 5..8) cross byte boundaries and are unpacked to one byte each at
   build time.
+* ``nm_qlinear``: the packed codes are decoded in the graph as for ``qlinear``
+  (``W = (q - z) * s`` per group of kept values), then scattered like ``nm_linear``.
 * ``sparse_linear``: ``ScatterElements(reduction="add")`` of the values at the stored
   int16 columns (cast to int64 in the graph).
 
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
+from bitpress.backends.onnx.lower_quant import _dequant_weight
 from bitpress.backends.onnx.lowering import OnnxLowerContext, register_onnx_lowering
-from bitpress.compiler.ir import Node, unpack_bits
+from bitpress.compiler.ir import Node, Value, unpack_bits
 from bitpress.passes.prune.ops import index_bits
 
 Names = list[str | None]
@@ -48,13 +51,8 @@ def _scatter_dense(ctx: OnnxLowerContext, node: Node, values: str, cols: str, ou
     return ctx.add_node("ScatterElements", [zeros, cols, values], axis=1, reduction=reduction, name_hint=f"{node.name}.W")[0]
 
 
-@register_onnx_lowering("nm_linear")
-def lower_nm_linear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
-    """nm_linear -> decode packed indices, ScatterElements into zeros, Gemm/MatMul"""
-    n, m, k_in = int(node.attrs["n"]), int(node.attrs["m"]), int(node.attrs["in_features"])
-    vv, iv = node.inputs[1], node.inputs[2]
-    assert vv is not None and iv is not None and inputs[0] is not None and inputs[1] is not None
-    out, k = vv.shape
+def _nm_cols(ctx: OnnxLowerContext, node: Node, iv: Value, n: int, m: int, out: int, k: int) -> str:
+    """int64 absolute columns [out, k] of the stored values, decoded in the graph from the packed index bytes."""
     bits = index_bits(m)
     raw = iv.value
     per = 8 // bits if bits != 3 else 0
@@ -75,9 +73,42 @@ def lower_nm_linear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[st
     )[0]
     grp = ctx.add_node("Div", [j, ctx.scalar(n, "int64", "n")])[0]
     base = ctx.add_node("Mul", [grp, ctx.scalar(m, "int64", "m")])[0]
-    cols = ctx.add_node("Add", [codes, base], name_hint=f"{node.name}.cols")[0]
+    return ctx.add_node("Add", [codes, base], name_hint=f"{node.name}.cols")[0]
+
+
+@register_onnx_lowering("nm_linear")
+def lower_nm_linear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
+    """nm_linear -> decode packed indices, ScatterElements into zeros, Gemm/MatMul"""
+    n, m, k_in = int(node.attrs["n"]), int(node.attrs["m"]), int(node.attrs["in_features"])
+    vv, iv = node.inputs[1], node.inputs[2]
+    assert vv is not None and iv is not None and inputs[0] is not None and inputs[1] is not None
+    out, k = vv.shape
+    cols = _nm_cols(ctx, node, iv, n, m, out, k)
     w = _scatter_dense(ctx, node, inputs[1], cols, out, k_in, None)
     return _matmul_bias(ctx, node, inputs[0], w, inputs[3] if len(inputs) > 3 else None)
+
+
+@register_onnx_lowering("nm_qlinear")
+def lower_nm_qlinear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
+    """nm_qlinear -> decode packed codes ((q - z) * s per group), decode packed indices, ScatterElements, Gemm/MatMul"""
+    a = node.attrs
+    n, m, k_in = int(a["n"]), int(a["m"]), int(a["in_features"])
+    out, k = (int(d) for d in a["shape"])
+    iv = node.inputs[4]
+    assert iv is not None and inputs[0] is not None
+    vals = _dequant_weight(ctx, node)  # the kept values [out, k], float32, from the packed codes
+    cols = _nm_cols(ctx, node, iv, n, m, out, k)
+    w = _scatter_dense(ctx, node, vals, cols, out, k_in, None)
+    x = inputs[0]
+    xv = node.inputs[0]
+    if xv is not None and xv.dtype != "float32":
+        x = ctx.cast(x, xv.dtype, "float32")
+    b = inputs[5] if len(inputs) > 5 else None
+    bv = node.inputs[5] if len(node.inputs) > 5 else None
+    if b is not None and bv is not None and bv.dtype != "float32":
+        b = ctx.cast(b, bv.dtype, "float32")
+    y = _matmul_bias(ctx, node, x, w, b)[0]
+    return [ctx.cast(y, "float32", node.output.dtype)]
 
 
 @register_onnx_lowering("sparse_linear")

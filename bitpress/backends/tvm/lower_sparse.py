@@ -1,24 +1,38 @@
 """TVM lowerings of the pruning ops (bitpress/passes/prune/ops.py): gather kernels on the compressed form.
 
-Both ops are one TE kernel over the stored (value, column) pairs, with no dense weight:
+Every op is one TE reduction over the stored (weight, column) pairs, with no dense weight:
 
-    y[r, o] = sum_k vt[k, o] * x[r, col(k, o)] + b[o]
+    y[r, o] = sum_j w(o, j) * x[r, col(o, j)] + b[o]
 
-* ``nm_linear``: col(k, o) = (k // N) * M + idx(k, o); the in-group indices stay packed
-  (2 bits each for 2:4) and are re-laid out at build time as bytes [K / per, O] holding
-  `per` consecutive k of one output o, so a byte load per lane and a shift+mask decode
-  them without branches.
-* ``sparse_linear`` (row-padded CSR): col(k, o) = cols_t[k, o], int16.
+* ``nm_linear``: w = values[o, j]; col = (j // N) * M + idx(o, j), the in-group index read
+  from the packed bytes (2 bits each for 2:4) with a shift and a mask.
+* ``nm_qlinear`` (2:4 + int4, ...): w = (u(o, j) - z[o, g]) * s[o, g] with u the unsigned
+  code read from the packed code bytes (two int4 codes per byte) and g = j // group_size;
+  the reduction runs over (group, position in group), so scale and zero are loaded once
+  per group.  Signed codes are stored offset by 2^(bits-1), the zero point with them.
+* ``sparse_linear`` (row-padded CSR): w = values[o, j], col = cols[o, j] (int16).
 
-Values are stored transposed, [K, O], so for a fixed k the outputs are contiguous: the
-CPU schedule splits o into vector lanes (vectorized: contiguous value loads, a gathered
-x load), runs the k reduction outside the lanes, and parallelizes over blocks of o.
-On CUDA one thread computes one output.
+Two kernel layouts, chosen by the number of input rows R:
+
+* lanes over outputs (R < 8, the decoding case; and every R on CUDA): the stored arrays are
+  re-laid out at build time (still packed) as [j, o] so that for a fixed j the outputs are
+  contiguous.  The CPU schedule vectorizes over 16 outputs (contiguous value / code / index
+  byte loads), unrolls the positions of one index byte (constant shifts), keeps a register
+  tile of up to 4 rows, and parallelizes over output blocks.  For M <= 4 the M candidate
+  inputs x[r, base..base+M-1] are the same for every lane: broadcast loads and a select
+  chain replace a per-lane gather.
+* lanes over rows (R >= 8, CPU): x is transposed once per call to xT [in, R] (zero rows
+  pad R to a multiple of 8), and y^T[o, :] += w(o, j) * xT[col(o, j), :] runs with a
+  scalar decode of (w, col) per stored weight and contiguous 8-wide loads and FMAs over
+  rows, a tile of outputs x rows of accumulators, and parallel output blocks.
+
+On CUDA one thread computes one output (the codegen is checked; no tuned GPU schedule).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,55 +42,294 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits, unpack_bits
 from bitpress.passes.prune.ops import index_bits
+from bitpress.passes.quantize.ops import unpack_codes
 
 Args = list[Any]
 
+ROW_LANES = 8  # float32 lanes of a 256-bit vector: the row-vectorized kernel needs R >= this
 
-def _gather_te(rows: int, out: int, k: int, xval: Any, has_bias: bool) -> Any:
-    def fn(x: Any, vt: Any, ix: Any, *rest: Any) -> Any:
-        r = te.reduce_axis((0, k), name="k")
-        y = te.compute((rows, out), lambda m, o: te.sum(vt[r, o] * xval(x, ix, m, r, o), axis=r), name="y")
+
+# ----------------------------------------------------------------------------- build-time layouts
+
+
+def _align(bits: int) -> int:
+    return 8 if bits == 3 else max(8 // bits, 1)
+
+
+def _pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack the last axis of `codes` (length a multiple of `_align(bits)`) per row: [..., L] -> [..., bytes]."""
+    lead, length = codes.shape[:-1], codes.shape[-1]
+    if bits == 8:
+        return codes.to(torch.uint8)
+    by = pack_bits(codes, bits).reshape(*lead, length * bits // 8)
+    if bits == 3:  # a code may straddle two bytes: one spare byte keeps the read in bounds
+        by = torch.cat([by, torch.zeros(*lead, 1, dtype=torch.uint8)], -1)
+    return by
+
+
+def _unpack(byte: Any, pos: Any, bits: int) -> Any:
+    """The unsigned code at position `pos` of a row packed by `_pack_rows`; `byte(i)` loads byte i."""
+    if bits == 8:
+        return byte(pos).astype("int32")
+    if bits == 3:
+        bo = pos * 3
+        lo = byte(tirx.shift_right(bo, 3)).astype("int32")
+        hi = byte(tirx.shift_right(bo, 3) + 1).astype("int32")
+        return tirx.bitwise_and(tirx.shift_right(tirx.bitwise_or(lo, tirx.shift_left(hi, 8)), tirx.bitwise_and(bo, 7)), 7)
+    per = 8 // bits
+    b = byte(tirx.floordiv(pos, per)).astype("int32")
+    return tirx.bitwise_and(tirx.shift_right(b, tirx.floormod(pos, per) * bits), (1 << bits) - 1)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Shapes of one sparse layer as a kernel sees them: j = g * gs + i, i < gsp."""
+
+    rows: int
+    out: int
+    k_in: int
+    kx: int  # columns of x the kernel may read (>= k_in: zero padding for ragged groups)
+    groups: int
+    gs: int
+    gsp: int
+    n: int  # N:M (0 for CSR)
+    m: int
+    bits: int  # code bits (0: float32 values)
+    unroll: int  # positions decoded from one byte: unrolled so shifts are constants
+
+    @property
+    def row_lanes(self) -> bool:
+        return self.rows >= ROW_LANES
+
+
+@dataclass
+class _Arrays:
+    """Build-time tensors in the [row-major over o] form; `lanes_over_outputs` transposes them."""
+
+    weights: list[torch.Tensor]  # values [O, J]  or  code bytes [O, G, Bpg], zero [O, G], scale [O, G]
+    cols: torch.Tensor  # index bytes [O, Jb] (N:M) or int16 columns [O, J] (CSR)
+
+
+def _nm_index_bytes(idx: torch.Tensor, m: int, jp: int) -> torch.Tensor:
+    out, k = idx.shape
+    bits = index_bits(m)
+    al = _align(bits)
+    jp = math.ceil(jp / al) * al
+    pad = torch.zeros(out, jp, dtype=torch.int64)
+    pad[:, :k] = idx
+    return _pack_rows(pad, bits)
+
+
+def _quant_arrays(ctx: LowerContext, node: Node) -> tuple[list[torch.Tensor], int, int, int]:
+    """(code bytes [O, G, Bpg], zero [O, G] f32, scale [O, G] f32), G, gs, gsp for an nm_qlinear."""
+    a = node.attrs
+    out, kk = (int(d) for d in a["shape"])
+    bits, gs, signed = int(a["bits"]), int(a["group_size"]), bool(a.get("signed", True))
+    qv, sv, zv = node.inputs[1], node.inputs[2], node.inputs[3]
+    codes = unpack_codes(ctx.value(qv), bits, (out, kk), signed)  # type: ignore[arg-type]
+    ng = math.ceil(kk / gs)
+    s = ctx.value(sv).to(torch.float32).expand(out, ng)  # type: ignore[union-attr]
+    off = 1 << (bits - 1) if signed else 0
+    z = torch.zeros(out, ng)
+    if zv is not None:
+        z = unpack_codes(ctx.value(zv), bits, tuple(sv.shape), False).to(torch.float32).expand(out, ng)  # type: ignore[union-attr, arg-type]
+    z = z + off
+    gsp = math.ceil(gs / _align(bits)) * _align(bits)
+    # padding slots hold the zero point: (u - z) * s = 0 whatever x they meet
+    u3 = z.to(torch.int64)[:, :, None].expand(out, ng, gsp).clone()
+    for g in range(ng):
+        w = min(gs, kk - g * gs)
+        u3[:, g, :w] = codes[:, g * gs : g * gs + w] + off
+    return [_pack_rows(u3, bits), z.contiguous(), s.contiguous()], ng, gs, gsp
+
+
+# ----------------------------------------------------------------------------- the TE kernels
+
+
+def _weight(lay: _Layer, ws: list[Any], o: Any, g: Any, i: Any, ovec: bool) -> Any:
+    """w(o, j) for j = g * gs + i, from the (possibly transposed) build-time arrays."""
+    if lay.bits == 0:
+        v = ws[0]
+        return v[i, o] if ovec else v[o, i]
+    cb, zf, sc = ws
+    if ovec:
+        u = _unpack(lambda bi: cb[g, bi, o], i, lay.bits)
+        return (u.astype("float32") - zf[g, o]) * sc[g, o]
+    u = _unpack(lambda bi: cb[o, g, bi], i, lay.bits)
+    return (u.astype("float32") - zf[o, g]) * sc[o, g]
+
+
+def _column(lay: _Layer, ix: Any, o: Any, j: Any, ovec: bool) -> tuple[Any, Any]:
+    """(base, code): the input column is base + code (CSR: base = column, code = 0)."""
+    if lay.n == 0:
+        c = ix[j, o] if ovec else ix[o, j]
+        return c.astype("int32"), None
+    bits = index_bits(lay.m)
+    code = _unpack((lambda bi: ix[bi, o]) if ovec else (lambda bi: ix[o, bi]), j, bits)
+    return tirx.floordiv(j, lay.n) * lay.m, code
+
+
+def _ovec_te(lay: _Layer, has_bias: bool) -> Any:
+    """y[r, o] = sum_{g, i} w(o, j) * x[r, col(o, j)]   lanes over outputs"""
+
+    def fn(x: Any, *arrs: Any) -> Any:
+        nw = 1 if lay.bits == 0 else 3
+        ws, ix = list(arrs[:nw]), arrs[nw]
+        if lay.kx > lay.k_in:
+            kin = lay.k_in
+            x = te.compute(
+                (lay.rows, lay.kx),
+                lambda r, c: tirx.if_then_else(c < kin, x[r, tirx.min(c, kin - 1)], tirx.const(0.0, "float32")),
+                name="xpad",
+            )
+
+        def xval(r: Any, o: Any, j: Any) -> Any:
+            base, code = _column(lay, ix, o, j, True)
+            if code is None:
+                return x[r, base]
+            if lay.m > 4:
+                return x[r, base + code]
+            # the M candidates are the same for every output lane: broadcast loads + selects, no gather
+            val = x[r, base + (lay.m - 1)]
+            for c in reversed(range(lay.m - 1)):
+                val = tirx.Select(code == c, x[r, base + c], val)
+            return val
+
+        rg = te.reduce_axis((0, lay.groups), name="g")
+        ri = te.reduce_axis((0, lay.gsp), name="i")
+        y = te.compute(
+            (lay.rows, lay.out),
+            lambda r, o: te.sum(_weight(lay, ws, o, rg, ri, True) * xval(r, o, rg * lay.gs + ri), axis=[rg, ri]),
+            name="y",
+        )
         if has_bias:
-            b = rest[0]
-            y = te.compute((rows, out), lambda m, o: y[m, o] + b[o], name="y_bias")
+            b = arrs[nw + 1]
+            y = te.compute((lay.rows, lay.out), lambda r, o: y[r, o] + b[o], name="y_bias")
         return y
 
     return fn
 
 
-def _cpu_schedule(rows: int, out: int, lanes: int = 8) -> Any:
+def _rvec_te(lay: _Layer, has_bias: bool) -> Any:
+    """xT = x^T (rows padded to 8);  yT[o, r] = sum_{g, i} w(o, j) * xT[col(o, j), r];  y = yT^T + b"""
+    rp = math.ceil(lay.rows / ROW_LANES) * ROW_LANES
+
+    def fn(x: Any, *arrs: Any) -> Any:
+        nw = 1 if lay.bits == 0 else 3
+        ws, ix = list(arrs[:nw]), arrs[nw]
+        kin, rows = lay.k_in, lay.rows
+        xt = te.compute(
+            (lay.kx, rp),
+            lambda c, r: tirx.if_then_else(
+                tirx.all(c < kin, r < rows), x[tirx.min(r, rows - 1), tirx.min(c, kin - 1)], tirx.const(0.0, "float32")
+            ),
+            name="xt",
+        )
+
+        def xval(o: Any, j: Any, r: Any) -> Any:
+            base, code = _column(lay, ix, o, j, False)
+            return xt[base if code is None else base + code, r]
+
+        rg = te.reduce_axis((0, lay.groups), name="g")
+        ri = te.reduce_axis((0, lay.gsp), name="i")
+        yt = te.compute(
+            (lay.out, rp),
+            lambda o, r: te.sum(_weight(lay, ws, o, rg, ri, False) * xval(o, rg * lay.gs + ri, r), axis=[rg, ri]),
+            name="yt",
+        )
+        if has_bias:
+            b = arrs[nw + 1]
+            return te.compute((rows, lay.out), lambda r, o: yt[o, r] + b[o], name="y_out")
+        return te.compute((rows, lay.out), lambda r, o: yt[o, r], name="y_out")
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def _ext(sch: Any, loop: Any) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _divisor(n: int, cands: tuple[int, ...]) -> int:
+    return next((c for c in cands if n % c == 0), 1)
+
+
+def _elementwise(sch: Any, name: str) -> None:
+    try:
+        blk = sch.get_sblock(name)
+    except Exception:
+        return
+    loops = sch.get_loops(blk)
+    sch.parallel(loops[0])
+    inner = _ext(sch, loops[-1])
+    v = _divisor(inner, (8, 4))
+    if len(loops) > 1 and v > 1:
+        _, vi = sch.split(loops[-1], factors=[None, v])
+        sch.vectorize(vi)
+
+
+def _cpu_ovec_schedule(unroll: int) -> Any:
     def schedule(sch: Any, target: Any) -> None:
         blk = sch.get_sblock("y")
-        m, o, k = sch.get_loops(blk)
-        vec = next((f for f in (lanes * 2, lanes, 4) if out % f == 0), 1)
+        r, o, g, i = sch.get_loops(blk)
+        vec = _divisor(_ext(sch, o), (16, 8, 4))
         oo, oi = sch.split(o, factors=[None, vec])
-        # a register tile of rows reuses each decoded (value, index) pair across mi rows
-        mt = next(f for f in (4, 2, 1) if rows % f == 0)
-        mo, mi = sch.split(m, factors=[None, mt])
-        sch.reorder(oo, mo, k, mi, oi)
+        # a register tile of rows reuses each decoded (weight, column) across mt rows
+        mt = _divisor(_ext(sch, r), (4, 2))
+        ro, rt = sch.split(r, factors=[None, mt])
+        u = unroll if _ext(sch, i) % unroll == 0 else 1
+        io, ii = sch.split(i, factors=[None, u])
+        sch.reorder(oo, ro, g, io, ii, rt, oi)
         sch.parallel(oo)
+        if u > 1:
+            sch.unroll(ii)
         if mt > 1:
-            sch.unroll(mi)
+            sch.unroll(rt)
         if vec > 1:
             sch.vectorize(oi)
-        init = sch.decompose_reduction(blk, k)
+        init = sch.decompose_reduction(blk, g)
         if vec > 1:
             sch.vectorize(sch.get_loops(init)[-1])
-        try:
-            yb = sch.get_sblock("y_bias")
-        except Exception:
-            return
-        loops = sch.get_loops(yb)
-        sch.parallel(loops[0])
-        if out % 8 == 0:
-            _, inner = sch.split(loops[1], factors=[None, 8])
-            sch.vectorize(inner)
+        _elementwise(sch, "xpad")
+        _elementwise(sch, "y_bias")
+
+    return schedule
+
+
+def _cpu_rvec_schedule(unroll: int) -> Any:
+    def schedule(sch: Any, target: Any) -> None:
+        xt = sch.get_sblock("xt")
+        c, r = sch.get_loops(xt)
+        sch.parallel(c)
+        _, rv = sch.split(r, factors=[None, ROW_LANES])
+        sch.vectorize(rv)
+        blk = sch.get_sblock("yt")
+        o, r, g, i = sch.get_loops(blk)
+        nvec = _divisor(_ext(sch, r) // ROW_LANES, (4, 2))
+        ot = _divisor(_ext(sch, o), (8 // nvec, 2))
+        oo, oi = sch.split(o, factors=[None, ot])
+        ro, rvo, rv = sch.split(r, factors=[None, nvec, ROW_LANES])
+        u = unroll if _ext(sch, i) % unroll == 0 else 1
+        io, ii = sch.split(i, factors=[None, u])
+        sch.reorder(oo, ro, g, io, ii, oi, rvo, rv)
+        sch.parallel(oo)
+        if u > 1:
+            sch.unroll(ii)
+        sch.unroll(oi)
+        sch.unroll(rvo)
+        sch.vectorize(rv)
+        init = sch.decompose_reduction(blk, g)
+        sch.vectorize(sch.get_loops(init)[-1])
+        _elementwise(sch, "y_out")
 
     return schedule
 
 
 def _gpu_schedule(sch: Any, target: Any) -> None:
-    for name in ("y", "y_bias"):
+    """One thread per output element of every block (the reduction serial per thread)."""
+    for name in ("xpad", "xt", "y", "yt", "y_bias", "y_out"):
         try:
             blk = sch.get_sblock(name)
         except Exception:
@@ -88,72 +341,86 @@ def _gpu_schedule(sch: Any, target: Any) -> None:
         sch.bind(tx, "threadIdx.x")
 
 
-def _emit(ctx: LowerContext, node: Node, args: Args, name: str, out: int, k: int, vt: torch.Tensor, ix: torch.Tensor, xval: Any) -> Any:
-    x, b = args[0], (args[3] if len(args) > 3 else None)
+# ----------------------------------------------------------------------------- emission
+
+
+def _unroll(lay: _Layer) -> int:
+    per = [8 // b for b in ((lay.bits,) if lay.bits else ()) + ((index_bits(lay.m),) if lay.n else ()) if b in (1, 2, 4)]
+    return math.lcm(*per) if per else 1
+
+
+def _emit(ctx: LowerContext, node: Node, args: Args, b_slot: int, lay: _Layer, arrs: _Arrays, kind: str) -> Any:
+    x = args[0]
+    bias = args[b_slot] if len(args) > b_slot else None
     if ctx.dtype(x) != "float32":
         x = ctx.emit(R.astype(x, "float32"))
     shp = ctx.shape(x)
     rows = math.prod(shp[:-1])
     if len(shp) != 2:
         x = ctx.emit(R.reshape(x, (rows, shp[-1])))
-    ins = [x, ctx.const(vt, f"{node.name}.values_t"), ctx.const(ix, f"{node.name}.index_t")]
-    if b is not None:
-        ins.append(b if ctx.dtype(b) == "float32" else ctx.emit(R.astype(b, "float32")))
-    ctx.schedule_hint(name, schedule=_cpu_schedule(rows, out) if ctx.target == "llvm" else _gpu_schedule)
-    y = ctx.emit_te(_gather_te(rows, out, k, xval, b is not None), *ins, primfunc_name_hint=name)
+    lay = _Layer(**{**lay.__dict__, "rows": rows})
+    rvec = lay.row_lanes and ctx.target == "llvm"
+    if rvec:
+        ws, ix = arrs.weights, arrs.cols
+    else:  # lanes over outputs: o becomes the last (contiguous) axis
+        ws = [t.permute(*range(1, t.ndim), 0).contiguous() for t in arrs.weights]
+        ix = arrs.cols.t().contiguous()
+    ins = [x] + [ctx.const(t, f"{node.name}.{kind}{k}") for k, t in enumerate(ws)] + [ctx.const(ix, f"{node.name}.cols")]
+    if bias is not None:
+        ins.append(bias if ctx.dtype(bias) == "float32" else ctx.emit(R.astype(bias, "float32")))
+    name = f"spmm_{kind}_{'rvec' if rvec else 'ovec'}"
+    if ctx.target == "llvm":
+        ctx.schedule_hint(name, schedule=(_cpu_rvec_schedule if rvec else _cpu_ovec_schedule)(_unroll(lay)))
+    else:
+        ctx.schedule_hint(name, schedule=_gpu_schedule)
+    te_fn = (_rvec_te if rvec else _ovec_te)(lay, bias is not None)
+    y = ctx.emit_te(te_fn, *ins, primfunc_name_hint=name)
     if len(shp) != 2:
-        y = ctx.emit(R.reshape(y, (*shp[:-1], out)))
+        y = ctx.emit(R.reshape(y, (*shp[:-1], lay.out)))
     want = node.output.dtype
     return y if want == "float32" else ctx.emit(R.astype(y, want))
 
 
+def _kx(k_in: int, n: int, m: int, jp: int) -> int:
+    return max(k_in, ((jp - 1) // n) * m + m) if n else k_in
+
+
 @register_lowering("nm_linear")
 def _nm_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
-    """y[r, o] = sum_k values[o, k] * x[r, (k // N) * M + idx[o, k]] + b[o]   reading packed indices"""
-    n, m = int(node.attrs["n"]), int(node.attrs["m"])
+    """y[r, o] = sum_j values[o, j] * x[r, (j // N) * M + idx[o, j]] + b[o]   reading packed indices"""
+    n, m, k_in = int(node.attrs["n"]), int(node.attrs["m"]), int(node.attrs["in_features"])
     vv, iv = node.inputs[1], node.inputs[2]
     assert vv is not None and iv is not None
-    out, k = vv.shape
-    bits = index_bits(m)
-    idx = unpack_bits(ctx.value(iv), bits, (out, k)).to(torch.int64)  # type: ignore[arg-type]
-    per = 8 // bits if bits in (1, 2, 4) else 1  # 3-bit codes: one per byte
-    kp = math.ceil(k / per) * per
-    idx_p = torch.zeros(out, kp, dtype=torch.int64)
-    idx_p[:, :k] = idx
-    # byte [j, o] holds the codes of k = j*per .. j*per+per-1 of output o, low bits first
-    by = pack_bits(idx_p.reshape(out, kp // per, per), bits if per > 1 else 8).reshape(out, kp // per) if per > 1 else idx_p.to(torch.uint8)
-    ix = by.t().contiguous()
-    vt = ctx.value(vv).to(torch.float32).t().contiguous()  # type: ignore[union-attr]
+    out, kk = vv.shape
+    idx = unpack_bits(ctx.value(iv), index_bits(m), (out, kk)).to(torch.int64)  # type: ignore[arg-type]
+    lay = _Layer(0, out, k_in, k_in, 1, kk, kk, n, m, 0, 1)
+    lay = _Layer(**{**lay.__dict__, "unroll": _unroll(lay)})
+    arrs = _Arrays([ctx.value(vv).to(torch.float32)], _nm_index_bytes(idx, m, kk))  # type: ignore[union-attr]
+    return _emit(ctx, node, args, 3, lay, arrs, f"nm{n}x{m}")
 
-    def xval(x: Any, ixb: Any, row: Any, r: Any, o: Any) -> Any:
-        if per == 1:
-            code = ixb[r, o].astype("int32")
-        else:
-            byte = ixb[tirx.floordiv(r, per), o].astype("int32")
-            code = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(r, per) * bits), (1 << bits) - 1)
-        base = tirx.floordiv(r, n) * m
-        if m > 4:
-            return x[row, base + code]
-        # small groups: the M candidates are the same for every output lane (broadcast loads),
-        # so a select chain replaces a per-lane gather
-        val = x[row, base + (m - 1)]
-        for c in reversed(range(m - 1)):
-            val = tirx.Select(code == c, x[row, base + c], val)
-        return val
 
-    return _emit(ctx, node, args, f"nm{n}x{m}_linear", out, k, vt, ix, xval)
+@register_lowering("nm_qlinear")
+def _nm_qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
+    """y[r, o] = sum_{g, i} (u[o, j] - z[o, g]) * s[o, g] * x[r, (j // N) * M + idx[o, j]] + b[o]   (j = g * gs + i)"""
+    a = node.attrs
+    n, m, k_in, bits = int(a["n"]), int(a["m"]), int(a["in_features"]), int(a["bits"])
+    out, kk = (int(d) for d in a["shape"])
+    iv = node.inputs[4]
+    weights, ng, gs, gsp = _quant_arrays(ctx, node)
+    jp = (ng - 1) * gs + gsp
+    idx = unpack_bits(ctx.value(iv), index_bits(m), (out, kk)).to(torch.int64)  # type: ignore[arg-type]
+    lay = _Layer(0, out, k_in, _kx(k_in, n, m, jp), ng, gs, gsp, n, m, bits, 1)
+    lay = _Layer(**{**lay.__dict__, "unroll": _unroll(lay)})
+    return _emit(ctx, node, args, 5, lay, _Arrays(weights, _nm_index_bytes(idx, m, jp)), f"nm{n}x{m}_w{bits}")
 
 
 @register_lowering("sparse_linear")
 def _sparse_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
-    """y[r, o] = sum_k values[o, k] * x[r, cols[o, k]] + b[o]   (row-padded CSR)"""
+    """y[r, o] = sum_j values[o, j] * x[r, cols[o, j]] + b[o]   (row-padded CSR)"""
     vv, cv = node.inputs[1], node.inputs[2]
     assert vv is not None and cv is not None
-    out, k = vv.shape
-    vt = ctx.value(vv).to(torch.float32).t().contiguous()  # type: ignore[union-attr]
-    ct = ctx.value(cv).t().contiguous()  # type: ignore[union-attr]
-
-    def xval(x: Any, cols: Any, row: Any, r: Any, o: Any) -> Any:
-        return x[row, cols[r, o].astype("int32")]
-
-    return _emit(ctx, node, args, "csr_linear", out, k, vt, ct, xval)
+    out, kk = vv.shape
+    k_in = int(node.attrs["in_features"])
+    lay = _Layer(0, out, k_in, k_in, 1, kk, kk, 0, 0, 0, 1)
+    arrs = _Arrays([ctx.value(vv).to(torch.float32)], ctx.value(cv).contiguous())  # type: ignore[union-attr]
+    return _emit(ctx, node, args, 3, lay, arrs, "csr")

@@ -5,12 +5,20 @@
   (``[out, in / M * N]``) and ``indices`` their position inside the group, packed to
   ``ceil(log2 M)`` bits each (2:4 -> 2-bit indices, four per byte).
   ``y = x @ W^T + b`` with ``W[o, (k // N) * M + idx[o, k]] = values[o, k]``.
+* ``nm_qlinear(x, qvalues, scales, zeros?, indices, b?)``: N:M sparsity composed with
+  weight quantization (prune, then quantize).  The kept values ``[out, in / M * N]`` are
+  stored as packed integer codes (int2/3/4/8, attr ``shape`` is their logical shape) with
+  float16 scales and optional packed zero points per group of ``group_size`` consecutive
+  *kept* values of a row (Quantize's ``group_size`` applied to the values matrix, so a
+  scale costs the same per stored code as in a dense ``qlinear``; the last group may be
+  ragged), plus the packed in-group indices of ``nm_linear``.
+  ``y = x @ W^T + b`` with ``W[o, (k // N) * M + idx[o, k]] = (q[o, k] - z[o, k // gs]) * s[o, k // gs]``.
 * ``sparse_linear(x, values, cols, b?)``: unstructured sparsity in a row-padded CSR
   (ELLPACK) layout: every row stores ``K`` (value, column) pairs, ``K`` the largest row
   count; padding pairs hold value 0.  int16 columns when ``in <= 32767``.  Used only when
   it stores fewer bytes than the dense matrix (see `ell_pays_off`).
 
-Both are gather kernels: a backend reads ``x`` at the stored columns and multiplies by
+All three are gather kernels: a backend reads ``x`` at the stored columns and multiplies by
 the stored values, so no mask and no dense weight exists at run time.
 """
 
@@ -36,6 +44,7 @@ __all__ = [
     "index_bits",
     "is_nm_sparse",
     "nm_columns",
+    "nm_qvalues",
 ]
 
 
@@ -156,3 +165,59 @@ def sparse_linear(
 ) -> torch.Tensor:
     """y = x @ W^T + b   with W[o, cols[o, k]] += values[o, k]   (row-padded CSR)"""
     return F.linear(x, decode_ell(values, cols, in_features), b)
+
+
+def _infer_nm_qlinear(types: Sequence[TensorType | None], attrs: dict[str, Any]) -> list[TensorType]:
+    x, qv, idx = types[0], types[1], types[4]
+    if x is None or qv is None or idx is None:
+        raise IRError("nm_qlinear needs x, qvalues and indices")
+    shape = tuple(attrs["shape"])
+    n, m, k_in = int(attrs["n"]), int(attrs["m"]), int(attrs["in_features"])
+    if int(attrs["bits"]) not in (2, 3, 4, 8):
+        raise IRError(f"nm_qlinear: bits must be 2, 3, 4 or 8, got {attrs['bits']}")
+    if qv.shape != shape or idx.shape != shape:
+        raise IRError(f"nm_qlinear: codes {qv} and indices {idx} must both have the logical shape {list(shape)}")
+    if k_in % m or shape[1] != k_in // m * n:
+        raise IRError(f"nm_qlinear: {shape[1]} kept values per row do not match {n}:{m} of {k_in} inputs")
+    if x.shape[-1] != k_in:
+        raise IRError(f"nm_qlinear: x has {x.shape[-1]} features, the layer expects {k_in}")
+    return [TensorType((*x.shape[:-1], shape[0]), x.dtype)]
+
+
+def nm_qvalues(
+    qvalues: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    *,
+    shape: Sequence[int],
+    bits: int,
+    group_size: int,
+    signed: bool,
+) -> torch.Tensor:
+    """The float32 kept values [out, in/M*N] of an nm_qlinear: (q - z[:, k // gs]) * s[:, k // gs]."""
+    # imported here: bitpress.passes.quantize imports this package (its N:M rule), not the other way round
+    from bitpress.passes.quantize.ops import dequantize_weight
+
+    return dequantize_weight(qvalues, scales, zeros, shape=shape, bits=bits, group_size=group_size, signed=signed)
+
+
+@register_op("nm_qlinear", ("x", "qvalues", "scales", "zeros?", "indices", "b?"), infer=_infer_nm_qlinear)
+def nm_qlinear(
+    x: torch.Tensor,
+    qvalues: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    indices: torch.Tensor,
+    b: torch.Tensor | None = None,
+    *,
+    n: int,
+    m: int,
+    in_features: int,
+    shape: Sequence[int],
+    bits: int,
+    group_size: int,
+    signed: bool = True,
+) -> torch.Tensor:
+    """y = x @ W^T + b   with W[o, (k // N) * M + idx[o, k]] = (q[o, k] - z[o, k // gs]) * s[o, k // gs]   (N:M, packed codes)"""
+    vals = nm_qvalues(qvalues, scales, zeros, shape=shape, bits=bits, group_size=group_size, signed=signed)
+    return F.linear(x, decode_nm(vals, indices, n, m, in_features).to(x.dtype), b)

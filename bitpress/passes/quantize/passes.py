@@ -46,6 +46,7 @@ from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass, sqnr_db
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.compiler.rewrite import ExplainEvent
+from bitpress.passes.prune.quantized import quantize_nm_layers
 from bitpress.passes.quantize import _numerics as nq
 from bitpress.passes.quantize.ops import requantize, weight_dtype, zeros_dtype
 
@@ -310,6 +311,12 @@ class Quantize:
 
     # -- the pass
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
+        # N:M sparse layers (Prune first) become nm_qlinear: packed codes + packed indices
+        nm = quantize_nm_layers(self, g, ctx)
+        res = self._apply_dense(g, ctx)
+        return PassResult(res.graph, res.modified or nm > 0, {**res.stats, "nm_layers": nm}) if nm else res
+
+    def _apply_dense(self, g: Graph, ctx: PassContext) -> PassResult:
         cfg = _Plans()
         nodes = self._candidates(g, cfg.skipped)
         bits_of: dict[str, int | None] = {n.name: None for n in nodes}
