@@ -1,87 +1,300 @@
-"""Cortex-M kernel schedules for the int8 GEMV at the heart of qlinear_w8a8 / qconv2d_w8a8.
+"""Cortex-M schedules for the TVM-generated int8 kernels (qlinear_w8a8, qconv2d_w8a8).
 
-A schedule is data: the kernel variant in bp_kernels.h, the weight layout it reads (computed
-once at compile time, same bytes as the pass left them, only reordered) and the scratch it needs.
+The MCU backend builds each int8 layer as a TE compute with the quantized semantics
+(bitpress/backends/mcu/tvm_kernels.py: int8 x int8 -> int32, folded bias, integer
+requantization, clamp); this module schedules it with `tvm.s_tir.Schedule` for the core and
+says how the weights are laid out in flash (a permutation of the pass's int8 bytes plus zero
+padding to whole tiles, never an expansion).
 
-- `scalar`   (M0, M3): row-major weights, one MAC per multiply-accumulate instruction.
-- `dsp-4row` (M4, M7, M33): the DSP extension's SMLAD does two 16x16 MACs.  Activations are
-  sign-extended once per layer into int16 pairs in SXTB16 order [x0 x2 x1 x3]; weights are
-  stored in blocks of four rows with the rows' 4-byte chunks interleaved, so one pass over K
-  loads x once for four output channels and each weight word costs 2 SXTB16 + 2 SMLAD.
-- `dsp-2x2`  (conv on M4, M7, M33): two output pixels per pass share each weight word (2-row
-  blocks, chunks interleaved, bytes [w0 w2 w1 w3] per chunk), so 4 SXTB16 + 8 SMLAD cover 16
-  MACs; im2col writes int16 activations in natural order, so no separate expansion pass.
-- `mve-4row` (M55): Helium's VMLADAVA.S8 does 16 int8 MACs; four rows share each x load and
-  the K % 16 tail uses a tail-predicated load (no weight padding).
+A schedule is data (`KernelSchedule`): the register tile (output rows x pixels that share one
+pass over K), the activation type the inner loop reads, and the micro-kernel that the tile's
+reduction is tensorized into (`TensorIntrin`, impl = `call_extern` of a function in
+bitpress/backends/mcu/c/bp_ukernels.h):
+
+- `scalar`   (M0, M3): no tensorize; 4 output rows per pass over K, one MUL/MLA per MAC.
+- `dsp-4row` (linear on M4, M7, M33): SMLAD (two 16x16 MACs).  TVM expands x to int16 once per
+  row; weights in blocks of 4 rows with 4-byte chunks interleaved, bytes [w0 w2 w1 w3] per chunk
+  so SXTB16 pairs them with int16 x in natural order: 3 LDRD + 8 SXTB16 + 8 SMLAD per 16 MACs.
+- `dsp-2x2`  (conv on M4, M7, M33): 2 rows x 2 pixels share every weight word: 3 LDRD + 4
+  SXTB16 + 8 SMLAD per 16 MACs; TVM writes the two pixels' int16 patches (im2col) per tile.
+- `mve-4row` (linear on M55): Helium VMLADAVA.S8 (16 int8 MACs), 4 rows share each x load,
+  tail-predicated K (no padding of x or K).
+- `mve-4x2`  (conv on M55): 4 rows x 2 pixels: 2 x loads + 4 w loads + 8 VMLADAVA per 128 MACs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["SCHEDULES", "GemvSchedule", "conv_schedule", "gemv_schedule"]
+__all__ = [
+    "CONV_SCHEDULES",
+    "LINEAR_SCHEDULES",
+    "SCHEDULES",
+    "KernelSchedule",
+    "conv_schedule",
+    "gemv_schedule",
+    "schedule_conv",
+    "schedule_linear",
+]
+
+# bytes [w0 w2 w1 w3] per 4-byte chunk: SXTB16 gives (w0, w1), SXTB16 ROR 8 gives (w2, w3)
+_CHUNK = (0, 2, 1, 3)
 
 
 @dataclass(frozen=True)
-class GemvSchedule:
-    """One int8 GEMV kernel variant: `y[n] = requant(sum_k x[k] w[n, k] + b[n])`."""
+class KernelSchedule:
+    """How one int8 kernel family runs on a core."""
 
     name: str
-    kernel: str  # C function in bp_kernels.h
-    rows: int  # output rows per pass over K
-    expand: str | None  # C function preparing x (None: the kernel reads int8 x directly)
+    rows: int  # output channels per tile
+    pixels: int  # output pixels per tile (1 for linear layers)
+    x_dtype: str  # what the tensorized reduction reads: "int8" or "int16" (SXTB16 + SMLAD)
+    k_align: int  # K is padded with zero weights to a multiple of this
+    ukernel: str | None  # micro-kernel in bp_ukernels.h (None: TVM's own loops)
+
+    @property
+    def blocked(self) -> bool:
+        """Weights in blocks of `rows` rows with 4-byte chunks interleaved (the DSP layouts)."""
+        return self.x_dtype == "int16"
+
+    def padded(self, n: int, k: int) -> tuple[int, int]:
+        return -(-n // self.rows) * self.rows, -(-k // self.k_align) * self.k_align
+
+    def weight_shape(self, n: int, k: int) -> tuple[int, ...]:
+        """Shape of the weight buffer the TE compute reads (the flash array, as TVM sees it)."""
+        np_, kp = self.padded(n, k)
+        return (np_ // self.rows, kp // 4, self.rows, 4) if self.blocked else (np_, kp)
 
     def layout(self, w: torch.Tensor) -> torch.Tensor:
-        """Weights [N, K] int8 -> the flat int8 array the kernel reads (a permutation of w)."""
-        w = w.contiguous()
-        if not self.name.startswith("dsp"):
-            return w.reshape(-1)
-        r = self.rows
+        """Weights [N, K] int8 -> the array the kernel reads: zero-padded to whole tiles, then permuted."""
         n, k = w.shape
-        nb, k4 = n // r, k - k % 4
-        if self.name == "dsp-2x2":  # bytes [w0 w2 w1 w3] per chunk: SXTB16 then pairs with int16 x in natural order
-            perm = torch.arange(k)
-            perm[:k4] = perm[:k4].reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(-1)
-            w = w[:, perm]
-        parts = []
-        if nb:
-            blocks = w[: nb * r].reshape(nb, r, k)
-            chunks = blocks[:, :, :k4].reshape(nb, r, k4 // 4, 4).permute(0, 2, 1, 3).reshape(nb, -1)
-            tails = blocks[:, :, k4:].reshape(nb, -1)
-            parts.append(torch.cat([chunks, tails], 1).reshape(-1))
-        parts.append(w[nb * r :].reshape(-1))
-        return torch.cat(parts)
+        np_, kp = self.padded(n, k)
+        wp = torch.zeros(np_, kp, dtype=torch.int8)
+        wp[:n, :k] = w
+        if not self.blocked:
+            return wp
+        r = self.rows
+        chunks = wp.reshape(np_ // r, r, kp // 4, 4)[..., list(_CHUNK)]
+        return chunks.permute(0, 2, 1, 3).contiguous()
 
-    def x_scratch_bytes(self, k: int) -> int:
-        """Scratch for the prepared activation vector (int16 for the DSP schedule)."""
-        return 2 * k if self.expand else 0
+    def weight_index(self, w: Any, n: Any, k: Any) -> Any:
+        """TE access of logical weight [n, k] in `layout`'s buffer (the inverse permutation)."""
+        if not self.blocked:
+            return w[n, k]
+        j = k % 4
+        return w[n // self.rows, k // 4, n % self.rows, (j % 2) * 2 + j // 2]
 
 
-SCHEDULES: dict[str, GemvSchedule] = {
-    "scalar": GemvSchedule("scalar", "bp_gemv_s8_scalar", 1, None),
-    "dsp-4row": GemvSchedule("dsp-4row", "bp_gemv_s8_dsp4", 4, "bp_expand_s8_dsp"),
-    "mve-4row": GemvSchedule("mve-4row", "bp_gemv_s8_mve4", 4, None),
-    "dsp-2x2": GemvSchedule("dsp-2x2", "bp_gemm_s8_dsp2x2", 2, "bp_im2col_s16"),
+LINEAR_SCHEDULES: dict[str, KernelSchedule] = {
+    "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
+    "dsp-4row": KernelSchedule("dsp-4row", 4, 1, "int16", 4, "bp_uk_dsp_4row"),
+    "mve-4row": KernelSchedule("mve-4row", 4, 1, "int8", 1, "bp_uk_mve_4row"),
 }
+CONV_SCHEDULES: dict[str, KernelSchedule] = {
+    "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
+    "dsp-2x2": KernelSchedule("dsp-2x2", 2, 2, "int16", 4, "bp_uk_dsp_2x2"),
+    "mve-4x2": KernelSchedule("mve-4x2", 4, 2, "int8", 1, "bp_uk_mve_4x2"),
+}
+SCHEDULES: dict[str, KernelSchedule] = LINEAR_SCHEDULES | CONV_SCHEDULES
+_CONV_FOR = {"scalar": "scalar", "dsp-4row": "dsp-2x2", "mve-4row": "mve-4x2"}
 
 
-def conv_schedule(gemv: GemvSchedule) -> GemvSchedule:
-    """Convolutions reuse each weight word over two pixels on DSP cores; otherwise the GEMV schedule."""
-    return SCHEDULES["dsp-2x2"] if gemv.name == "dsp-4row" else gemv
-
-
-def gemv_schedule(*, dsp: bool, mve: bool, override: str | None = None) -> GemvSchedule:
-    """The best GEMV schedule the core supports (or `override`, when the core can run it)."""
+def gemv_schedule(*, dsp: bool, mve: bool, override: str | None = None) -> KernelSchedule:
+    """The linear-layer schedule for a core (or `override`, when the core can run it)."""
     if override is not None:
-        if override not in SCHEDULES:
-            raise ValueError(f"unknown MCU schedule {override!r}; known: {', '.join(SCHEDULES)}")
+        if override not in LINEAR_SCHEDULES:
+            raise ValueError(f"unknown MCU schedule {override!r}; known: {', '.join(LINEAR_SCHEDULES)}")
         if (override == "dsp-4row" and not dsp) or (override == "mve-4row" and not mve):
             raise ValueError(f"MCU schedule {override!r} needs a core with {'DSP' if override == 'dsp-4row' else 'MVE'}")
-        return SCHEDULES[override]
-    if mve:
-        return SCHEDULES["mve-4row"]
-    if dsp:
-        return SCHEDULES["dsp-4row"]
-    return SCHEDULES["scalar"]
+        return LINEAR_SCHEDULES[override]
+    return LINEAR_SCHEDULES["mve-4row" if mve else "dsp-4row" if dsp else "scalar"]
+
+
+def conv_schedule(linear: KernelSchedule) -> KernelSchedule:
+    """The convolution schedule that goes with a linear schedule (same core features)."""
+    return CONV_SCHEDULES[_CONV_FOR[linear.name]]
+
+
+# ----------------------------------------------------------------------------- tensor intrinsics
+
+
+def _intrin(sched: KernelSchedule, kp: int, x_scope_rows: int) -> str:
+    """Register (once) the tensor intrinsic for `sched`'s tile over a reduction of `kp`; returns its name.
+
+    desc: C[r, p] += X[p, k] * W[r, k] over the tile, with W in `sched.layout` order;
+    impl: one call of the micro-kernel on pointers to the tile's accumulators, activations and weights.
+    """
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = f"bp_{sched.name.replace('-', '_')}_k{kp}_p{sched.pixels}"
+    if name in _REGISTERED:
+        return name
+    rows, pix, xt = sched.rows, sched.pixels, sched.x_dtype
+    kc = kp // 4
+    uk = sched.ukernel
+    assert uk is not None
+    if sched.blocked:
+        # the extra argument of the 2x2 kernel is pixel B's byte offset (an immediate in its inner loop)
+        uk_call = f"{uk}_{2 * kp}" if pix == 2 else uk
+
+        @T.prim_func(s_tir=True)
+        def desc_b(
+            X: T.Buffer((pix, kp), xt, offset_factor=1),
+            W: T.Buffer((1, kc, rows, 4), "int8", offset_factor=1),
+            C: T.Buffer((rows, pix), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:4])
+                T.writes(C[0:rows, 0:pix])
+                for r, p, k in T.grid(rows, pix, kp):
+                    with T.sblock("update"):
+                        vr, vp, vk = T.axis.remap("SSR", [r, p, k])
+                        C[vr, vp] = C[vr, vp] + T.Cast("int32", X[vp, vk]) * T.Cast(
+                            "int32", W[0, vk // 4, vr, vk % 4 % 2 * 2 + vk % 4 // 2]
+                        )
+
+        @T.prim_func(s_tir=True)
+        def impl_b(
+            X: T.Buffer((pix, kp), xt, offset_factor=1),
+            W: T.Buffer((1, kc, rows, 4), "int8", offset_factor=1),
+            C: T.Buffer((rows, pix), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:4])
+                T.writes(C[0:rows, 0:pix])
+                T.evaluate(T.call_extern("int32", uk_call, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"), kc))
+
+        @T.prim_func(s_tir=True)
+        def desc_b1(
+            X: T.Buffer((1, kp), xt, offset_factor=1),
+            W: T.Buffer((1, kc, rows, 4), "int8", offset_factor=1),
+            C: T.Buffer((rows, 1), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:1], X[0:1, 0:kp], W[0, 0:kc, 0:rows, 0:4])
+                T.writes(C[0:rows, 0:1])
+                for r, k in T.grid(rows, kp):
+                    with T.sblock("update"):
+                        vr, vk = T.axis.remap("SR", [r, k])
+                        C[vr, 0] = C[vr, 0] + T.Cast("int32", X[0, vk]) * T.Cast("int32", W[0, vk // 4, vr, vk % 4 % 2 * 2 + vk % 4 // 2])
+
+        if pix == 1:
+            s_tir.TensorIntrin.register(name, desc_b1, impl_b, override=True)
+        else:
+            s_tir.TensorIntrin.register(name, desc_b, impl_b, override=True)
+    else:
+        xs0 = T.int32()
+
+        @T.prim_func(s_tir=True)
+        def desc_m(
+            X: T.Buffer((pix, kp), xt, offset_factor=1, strides=[xs0, 1]),
+            W: T.Buffer((rows, kp), "int8", offset_factor=1),
+            C: T.Buffer((rows, pix), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0:rows, 0:kp])
+                T.writes(C[0:rows, 0:pix])
+                for r, p, k in T.grid(rows, pix, kp):
+                    with T.sblock("update"):
+                        vr, vp, vk = T.axis.remap("SSR", [r, p, k])
+                        C[vr, vp] = C[vr, vp] + T.Cast("int32", X[vp, vk]) * T.Cast("int32", W[vr, vk])
+
+        @T.prim_func(s_tir=True)
+        def impl_m(
+            X: T.Buffer((pix, kp), xt, offset_factor=1, strides=[xs0, 1]),
+            W: T.Buffer((rows, kp), "int8", offset_factor=1),
+            C: T.Buffer((rows, pix), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0:rows, 0:kp])
+                T.writes(C[0:rows, 0:pix])
+                T.evaluate(T.call_extern("int32", uk, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"), kp, xs0))
+
+        @T.prim_func(s_tir=True)
+        def desc_m1(
+            X: T.Buffer((1, kp), xt, offset_factor=1, strides=[xs0, 1]),
+            W: T.Buffer((rows, kp), "int8", offset_factor=1),
+            C: T.Buffer((rows, 1), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:rows, 0:1], X[0:1, 0:kp], W[0:rows, 0:kp])
+                T.writes(C[0:rows, 0:1])
+                for r, k in T.grid(rows, kp):
+                    with T.sblock("update"):
+                        vr, vk = T.axis.remap("SR", [r, k])
+                        C[vr, 0] = C[vr, 0] + T.Cast("int32", X[0, vk]) * T.Cast("int32", W[vr, vk])
+
+        if pix == 1:
+            s_tir.TensorIntrin.register(name, desc_m1, impl_m, override=True)
+        else:
+            s_tir.TensorIntrin.register(name, desc_m, impl_m, override=True)
+    _REGISTERED.add(name)
+    return name
+
+
+_REGISTERED: set[str] = set()
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def schedule_linear(func: Any, sched: KernelSchedule, kp: int) -> Any:
+    """Schedule the TE qlinear (blocks `xs`? , `acc`, `Y`): rows of x outer, tiles of `rows` outputs,
+    the tile's whole reduction tensorized (or, for `scalar`, x[k] loaded once for 4 unrolled rows)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    y = sch.get_sblock("Y")
+    m, n = sch.get_loops(y)
+    no, _ = sch.split(n, [None, sched.rows])
+    acc = sch.get_sblock("acc")
+    sch.compute_at(acc, no)
+    if sched.blocked:
+        sch.compute_at(sch.get_sblock("xs"), m)
+    loops = sch.get_loops(acc)
+    _, _, ni, k = loops[-4:] if len(loops) >= 4 else (None, *loops)  # type: ignore[misc]
+    init = sch.decompose_reduction(acc, ni)
+    del init
+    if sched.ukernel is None:
+        sch.reorder(k, ni)
+        sch.unroll(ni)
+    else:
+        sch.tensorize(ni, _intrin(sched, kp, 1))
+    return sch.mod["main"]
+
+
+def schedule_conv(func: Any, sched: KernelSchedule, kp: int, row: int) -> Any:
+    """Schedule the TE qconv2d (blocks `xpad`, `patch`, `acc`, `Y`): per image the padded NHWC copy,
+    per tile of `pixels` output pixels their im2col patches, per tile of `rows` channels the
+    tensorized reduction, then the requantization epilogue.  `row` = kw * C (one kernel row of a patch)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    y = sch.get_sblock("Y")
+    b, o, oy, ox = sch.get_loops(y)
+    p = sch.fuse(oy, ox)
+    pt, pi = sch.split(p, [None, sched.pixels])
+    ot, oi = sch.split(o, [None, sched.rows])
+    sch.reorder(pt, ot, oi, pi)
+    acc = sch.get_sblock("acc")
+    sch.compute_at(acc, ot)
+    patch = sch.get_sblock("patch")
+    sch.compute_at(patch, pt)
+    # one patch row (kernel row i) is `row` = kw * C contiguous values: loop over rows, then within a row
+    sch.split(sch.get_loops(patch)[-1], [None, row])
+    sch.compute_at(sch.get_sblock("xpad"), b)
+    loops = sch.get_loops(acc)
+    ri = loops[3]  # b, pt, ot | r, p, k
+    sch.decompose_reduction(acc, ri)
+    loops = sch.get_loops(acc)
+    r, pp, k = loops[3:6]
+    if sched.ukernel is None:
+        sch.reorder(k, r, pp)
+        sch.unroll(r)
+    else:
+        sch.tensorize(r, _intrin(sched, kp, sched.pixels))
+    return sch.mod["main"]

@@ -1,0 +1,181 @@
+/* Micro-kernels that TVM-scheduled int8 kernels are tensorized into (bitpress/schedules/mcu.py).
+ *
+ * Each one is the reduction of one register tile: acc[r][p] += sum_k x[p][k] * w[r][k] for `rows`
+ * output channels x `pixels` pixels, in the weight layout the schedule chose.  TVM generates
+ * everything around them (loops, activation packing / im2col, requantization); its C calls them by
+ * name with pointers into its buffers, and they are inlined into the generated kernels.
+ * Signature as TVM's C declares it: int32_t f(void *acc, void *x, void *w, int32_t k[, int32_t xstride]). */
+#ifndef BP_UKERNELS_H
+#define BP_UKERNELS_H
+#include <stdint.h>
+#include <string.h>
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+#if defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+#endif
+
+#define BP_UK static inline __attribute__((always_inline))
+
+#if defined(__ARM_FEATURE_DSP)
+/* dsp-4row: 4 rows x 1 pixel.  x: int16 [4 * kc] in natural order; w: kc chunks of 4 rows x 4 bytes, each
+ * chunk [w0 w2 w1 w3] so SXTB16 gives (w0, w1) and SXTB16 ROR 8 gives (w2, w3).
+ * Per chunk: 3 LDRD, 8 SXTB16, 8 SMLAD, SUBS, BNE = 21 instructions for 16 MACs. */
+BP_UK int32_t bp_uk_dsp_4row(void *accp, void *xv, void *wv, int32_t kc) {
+    int32_t *acc = (int32_t *)accp;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    const int16_t *xp = (const int16_t *)xv;
+    const int8_t *wp = (const int8_t *)wv;
+    int32_t cnt = kc;
+    if (cnt) {
+        uint32_t xa, xb, w0, w1, w2, w3, t;
+        __asm__ volatile("1:\n\t"
+                         "ldrd %[xa], %[xb], [%[xp]], #8\n\t"
+                         "ldrd %[w0], %[w1], [%[wp]], #8\n\t"
+                         "ldrd %[w2], %[w3], [%[wp]], #8\n\t"
+                         "sxtb16 %[t], %[w0]\n\t"
+                         "smlad %[a0], %[t], %[xa], %[a0]\n\t"
+                         "sxtb16 %[w0], %[w0], ror #8\n\t"
+                         "smlad %[a0], %[w0], %[xb], %[a0]\n\t"
+                         "sxtb16 %[t], %[w1]\n\t"
+                         "smlad %[a1], %[t], %[xa], %[a1]\n\t"
+                         "sxtb16 %[w1], %[w1], ror #8\n\t"
+                         "smlad %[a1], %[w1], %[xb], %[a1]\n\t"
+                         "sxtb16 %[t], %[w2]\n\t"
+                         "smlad %[a2], %[t], %[xa], %[a2]\n\t"
+                         "sxtb16 %[w2], %[w2], ror #8\n\t"
+                         "smlad %[a2], %[w2], %[xb], %[a2]\n\t"
+                         "sxtb16 %[t], %[w3]\n\t"
+                         "smlad %[a3], %[t], %[xa], %[a3]\n\t"
+                         "sxtb16 %[w3], %[w3], ror #8\n\t"
+                         "smlad %[a3], %[w3], %[xb], %[a3]\n\t"
+                         "subs %[cnt], %[cnt], #1\n\t"
+                         "bne 1b\n"
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [xp] "+r"(xp), [wp] "+r"(wp), [cnt] "+r"(cnt),
+                           [xa] "=&r"(xa), [xb] "=&r"(xb), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3), [t] "=&r"(t)
+                         :
+                         : "cc", "memory");
+    }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    return 0;
+}
+
+/* dsp-2x2: 2 rows x 2 pixels; acc [row][pixel].  x: int16 patches of both pixels, pixel B OFF bytes after
+ * pixel A (an LDRD immediate, so 14 registers hold 4 accumulators, 7 operands and 3 pointers/counters);
+ * w: kc chunks of 2 rows x 4 bytes [w0 w2 w1 w3].  Per chunk: 3 LDRD, 4 SXTB16, 8 SMLAD, SUBS, BNE = 17
+ * instructions for 16 MACs.  BP_DEFINE_UK_DSP2X2(OFF) defines bp_uk_dsp_2x2_<OFF> (OFF <= 1020). */
+#define BP_DEFINE_UK_DSP2X2(OFF)                                                                                                         \
+    BP_UK int32_t bp_uk_dsp_2x2_##OFF(void *accp, void *xv, void *wv, int32_t kc) {                                                      \
+        int32_t *acc = (int32_t *)accp;                                                                                                  \
+        int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];                                                                  \
+        const int16_t *px = (const int16_t *)xv;                                                                                         \
+        const int8_t *wp = (const int8_t *)wv;                                                                                           \
+        int32_t cnt = kc;                                                                                                                \
+        if (cnt) {                                                                                                                       \
+            uint32_t w0, w1, x0, x1, y0, y1, t;                                                                                          \
+            __asm__ volatile("1:\n\t"                                                                                                    \
+                             "ldrd %[y0], %[y1], [%[px], #" #OFF "]\n\t"                                                                 \
+                             "ldrd %[x0], %[x1], [%[px]], #8\n\t"                                                                        \
+                             "ldrd %[w0], %[w1], [%[wp]], #8\n\t"                                                                        \
+                             "sxtb16 %[t], %[w0]\n\t"                                                                                    \
+                             "smlad %[a00], %[t], %[x0], %[a00]\n\t"                                                                     \
+                             "smlad %[a01], %[t], %[y0], %[a01]\n\t"                                                                     \
+                             "sxtb16 %[w0], %[w0], ror #8\n\t"                                                                           \
+                             "smlad %[a00], %[w0], %[x1], %[a00]\n\t"                                                                    \
+                             "smlad %[a01], %[w0], %[y1], %[a01]\n\t"                                                                    \
+                             "sxtb16 %[t], %[w1]\n\t"                                                                                    \
+                             "smlad %[a10], %[t], %[x0], %[a10]\n\t"                                                                     \
+                             "smlad %[a11], %[t], %[y0], %[a11]\n\t"                                                                     \
+                             "sxtb16 %[w1], %[w1], ror #8\n\t"                                                                           \
+                             "smlad %[a10], %[w1], %[x1], %[a10]\n\t"                                                                    \
+                             "smlad %[a11], %[w1], %[y1], %[a11]\n\t"                                                                    \
+                             "subs %[cnt], %[cnt], #1\n\t"                                                                               \
+                             "bne 1b\n"                                                                                                  \
+                             : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [px] "+r"(px), [wp] "+r"(wp),        \
+                               [cnt] "+r"(cnt), [w0] "=&r"(w0), [w1] "=&r"(w1), [x0] "=&r"(x0), [x1] "=&r"(x1), [y0] "=&r"(y0),          \
+                               [y1] "=&r"(y1), [t] "=&r"(t)                                                                              \
+                             :                                                                                                           \
+                             : "cc", "memory");                                                                                          \
+        }                                                                                                                                \
+        acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;                                                                          \
+        return 0;                                                                                                                        \
+    }
+
+/* the same tile in C for offsets LDRD cannot reach */
+#define BP_DEFINE_UK_DSP2X2_C(OFF)                                                                                                       \
+    BP_UK int32_t bp_uk_dsp_2x2_##OFF(void *accp, void *xv, void *wv, int32_t kc) {                                                      \
+        int32_t *acc = (int32_t *)accp;                                                                                                  \
+        const int16_t *pa = (const int16_t *)xv, *pb = pa + (OFF) / 2;                                                                   \
+        const int8_t *wp = (const int8_t *)wv;                                                                                           \
+        for (int32_t c = 0; c < kc; c++, pa += 4, pb += 4, wp += 8) {                                                                    \
+            uint32_t w0, w1, a0, a1, b0, b1;                                                                                             \
+            memcpy(&w0, wp, 4), memcpy(&w1, wp + 4, 4), memcpy(&a0, pa, 4), memcpy(&a1, pa + 2, 4), memcpy(&b0, pb, 4),                  \
+                memcpy(&b1, pb + 2, 4);                                                                                                  \
+            uint32_t lo = __sxtb16(w0), hi = __sxtb16(__ror(w0, 8));                                                                     \
+            acc[0] = __smlad(hi, a1, __smlad(lo, a0, acc[0]));                                                                           \
+            acc[1] = __smlad(hi, b1, __smlad(lo, b0, acc[1]));                                                                           \
+            lo = __sxtb16(w1), hi = __sxtb16(__ror(w1, 8));                                                                              \
+            acc[2] = __smlad(hi, a1, __smlad(lo, a0, acc[2]));                                                                           \
+            acc[3] = __smlad(hi, b1, __smlad(lo, b0, acc[3]));                                                                           \
+        }                                                                                                                                \
+        return 0;                                                                                                                        \
+    }
+#endif
+
+#if defined(__ARM_FEATURE_MVE)
+/* mve-4row: 4 rows x 1 pixel; w rows K bytes apart; VMLADAVA.S8 = 16 MACs; the K % 16 tail uses zeroing
+ * tail-predicated loads, so neither x nor w is padded.  Per 16 k: 5 VLDRB, 4 VMLADAVA, loop end. */
+BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K, int32_t xstride) {
+    (void)xstride;
+    int32_t *acc = (int32_t *)accp;
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    const int8_t *x = (const int8_t *)xv, *w0 = (const int8_t *)wv, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    int32_t n = K >> 4;
+    for (; n > 0; n--, x += 16, w0 += 16, w1 += 16, w2 += 16, w3 += 16) {
+        int8x16_t xq = vldrbq_s8(x);
+        a0 = vmladavaq_s8(a0, xq, vldrbq_s8(w0));
+        a1 = vmladavaq_s8(a1, xq, vldrbq_s8(w1));
+        a2 = vmladavaq_s8(a2, xq, vldrbq_s8(w2));
+        a3 = vmladavaq_s8(a3, xq, vldrbq_s8(w3));
+    }
+    if (K & 15) {
+        mve_pred16_t p = vctp8q((uint32_t)(K & 15));
+        int8x16_t xq = vldrbq_z_s8(x, p);
+        a0 = vmladavaq_s8(a0, xq, vldrbq_z_s8(w0, p));
+        a1 = vmladavaq_s8(a1, xq, vldrbq_z_s8(w1, p));
+        a2 = vmladavaq_s8(a2, xq, vldrbq_z_s8(w2, p));
+        a3 = vmladavaq_s8(a3, xq, vldrbq_z_s8(w3, p));
+    }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    return 0;
+}
+
+/* mve-4x2: 4 rows x 2 pixels; acc [row][pixel]; pixel B's patch `xstride` bytes after pixel A's.
+ * Per 16 k: 6 VLDRB, 8 VMLADAVA (128 MACs), loop end. */
+BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K, int32_t xstride) {
+    int32_t *acc = (int32_t *)accp;
+    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
+    const int8_t *xa = (const int8_t *)xv, *xb = xa + xstride;
+    const int8_t *w0 = (const int8_t *)wv, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    int32_t n = K >> 4;
+    for (; n > 0; n--, xa += 16, xb += 16, w0 += 16, w1 += 16, w2 += 16, w3 += 16) {
+        int8x16_t pa = vldrbq_s8(xa), pb = vldrbq_s8(xb), q;
+        q = vldrbq_s8(w0), a00 = vmladavaq_s8(a00, pa, q), a01 = vmladavaq_s8(a01, pb, q);
+        q = vldrbq_s8(w1), a10 = vmladavaq_s8(a10, pa, q), a11 = vmladavaq_s8(a11, pb, q);
+        q = vldrbq_s8(w2), a20 = vmladavaq_s8(a20, pa, q), a21 = vmladavaq_s8(a21, pb, q);
+        q = vldrbq_s8(w3), a30 = vmladavaq_s8(a30, pa, q), a31 = vmladavaq_s8(a31, pb, q);
+    }
+    if (K & 15) {
+        mve_pred16_t p = vctp8q((uint32_t)(K & 15));
+        int8x16_t pa = vldrbq_z_s8(xa, p), pb = vldrbq_z_s8(xb, p), q;
+        q = vldrbq_z_s8(w0, p), a00 = vmladavaq_s8(a00, pa, q), a01 = vmladavaq_s8(a01, pb, q);
+        q = vldrbq_z_s8(w1, p), a10 = vmladavaq_s8(a10, pa, q), a11 = vmladavaq_s8(a11, pb, q);
+        q = vldrbq_z_s8(w2, p), a20 = vmladavaq_s8(a20, pa, q), a21 = vmladavaq_s8(a21, pb, q);
+        q = vldrbq_z_s8(w3, p), a30 = vmladavaq_s8(a30, pa, q), a31 = vmladavaq_s8(a31, pb, q);
+    }
+    acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11, acc[4] = a20, acc[5] = a21, acc[6] = a30, acc[7] = a31;
+    return 0;
+}
+#endif
+#endif

@@ -1,0 +1,2 @@
+/* bitpress shim: stands in for TVM's tvm/ffi/extra/c_env_api.h so TVM's "c" target output builds bare-metal (see bp_tvm_shim.h). */
+#include "bp_tvm_shim.h"

@@ -1,0 +1,217 @@
+"""The int8 layers as TVM kernels: TE computes with the quantized semantics, scheduled for the core
+(bitpress.schedules.mcu), printed as C by TVM's "c" target, run on the device through a shim.
+
+Per layer, `KernelBuilder.add_linear` / `add_conv` builds a TE compute:
+
+    acc[n, p] = sum_k x[p, k] * w[n, k]                      int8 x int8 -> int32
+    y[p, n]   = clamp(requant(acc[n, p] + bias[n]), -128, 127)
+
+where `bias` already holds `b - x_zp * sum_k w[n, k]` (exact in int32), so x enters as stored.
+Requantization is the interpreter's `((acc * m + 2^(r-1)) >> r) + zp` (int64 product); when every
+shift of the layer exceeds 32 it is written in the equivalent 32-bit form
+`(((acc * m) >> 32) + c) >> (r - 32)` with `c = 2^(r-33) + zp * 2^(r-32)` (floor division by
+2^(r-32) after adding a multiple of it adds exactly zp; the compile-time bound keeps it in int32),
+which GCC turns into SMULL, ADD, ASR and SSAT.  A convolution first copies the image into a
+zero-point-padded NHWC buffer (so im2col patches are contiguous rows), then writes per tile the
+patches the micro-kernel reads.
+
+`build()` compiles every kernel of the model into one C source with `tvm.compile(target="c")`.
+The source keeps TVM's packed calling convention (`__tvm_ffi_<name>(self, args, n, ret)` over
+`DLTensor`s); the project's shim (c/tvm/*.h, c/bp_tvm_shim.c) supplies the few types and
+symbols it uses, with no TVM runtime on the device.  model.c passes static `DLTensor`s that
+point into the arena and flash.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bitpress.compiler.target import LoweringError
+from bitpress.schedules.mcu import KernelSchedule, schedule_conv, schedule_linear
+
+__all__ = ["Kernel", "KernelBuilder", "requant_consts"]
+
+
+@dataclass
+class Kernel:
+    """One generated layer kernel: its TVM symbol and the C types/shapes of its arguments."""
+
+    name: str
+    args: list[tuple[str, str, tuple[int, ...]]]  # (role, dtype, shape) in call order
+    workspace: int = 0  # bytes of TVMBackendAllocWorkspace the kernel asks for (bounded by the arena plan)
+
+
+@dataclass
+class KernelBuilder:
+    funcs: dict[str, Any] = field(default_factory=dict)
+    kernels: list[Kernel] = field(default_factory=list)
+
+    def add_linear(self, name: str, m: int, n: int, k: int, sched: KernelSchedule, req: dict[str, Any]) -> Kernel:
+        from tvm import te, tirx
+
+        np_, kp = sched.padded(n, k)
+        x = te.placeholder((m, k), "int8", name="X")
+        w = te.placeholder(sched.weight_shape(n, k), "int8", name="W")
+        consts = _req_placeholders(np_, req)
+        kr = te.reduce_axis((0, kp), name="k")
+        ins = [x, w, *consts]
+        if sched.blocked:
+            xs = te.compute(
+                (m, kp),
+                lambda i, j: tirx.if_then_else(j < k, x[i, tirx.min(j, k - 1)], tirx.const(0, "int8")).astype("int16"),
+                name="xs",
+            )
+            acc = te.compute(
+                (np_, m),
+                lambda j, i: te.sum(xs[i, kr].astype("int32") * sched.weight_index(w, j, kr).astype("int32"), axis=kr),
+                name="acc",
+            )
+        else:
+            acc = te.compute(
+                (np_, m),
+                lambda j, i: te.sum(x[i, kr].astype("int32") * sched.weight_index(w, j, kr).astype("int32"), axis=kr),
+                name="acc",
+            )
+        y = te.compute((m, n), lambda i, j: _requant(acc[j, i], j, consts, req), name="Y")
+        func = schedule_linear(te.create_prim_func([*ins, y]), sched, kp)
+        return self._add(
+            name, func, [("x", "int8", (m, k)), ("w", "int8", sched.weight_shape(n, k)), *_req_args(np_, req), ("y", "int8", (m, n))]
+        )
+
+    def add_conv(self, name: str, geo: dict[str, int], o: int, sched: KernelSchedule, req: dict[str, Any], xzp: int) -> Kernel:
+        from tvm import te, tirx
+
+        nb, c, h, wd, oh, ow = geo["N"], geo["C"], geo["H"], geo["W"], geo["OH"], geo["OW"]
+        kh, kw, sh, sw, ph, pw, dh, dw = (geo[a] for a in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw"))
+        k = c * kh * kw
+        op_, kp = sched.padded(o, k)
+        p = oh * ow
+        pp = -(-p // sched.pixels) * sched.pixels
+        hp, wp = h + 2 * ph, wd + 2 * pw
+        xdt = sched.x_dtype
+        x = te.placeholder((nb, c, h, wd), "int8", name="X")
+        w = te.placeholder(sched.weight_shape(o, k), "int8", name="W")
+        consts = _req_placeholders(op_, req)
+
+        def pad_body(b: Any, yy: Any, xx: Any, cc: Any) -> Any:
+            iy, ix = yy - ph, xx - pw
+            inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+            v = x[b, cc, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, wd - 1), 0)]
+            return tirx.if_then_else(inside, v, tirx.const(xzp, "int8")).astype(xdt)
+
+        xpad = te.compute((nb, hp, wp, c), pad_body, name="xpad")
+
+        def patch_body(b: Any, q: Any, kk: Any) -> Any:
+            # k runs over (i, j, c): the patch row i is kw * c contiguous bytes of the padded NHWC image
+            qq = tirx.min(q, p - 1)  # pixels past the end of a ragged last tile repeat the last one
+            i, rest = kk // (kw * c), kk % (kw * c)
+            j, cc = rest // c, rest % c
+            v = xpad[b, (qq // ow) * sh + tirx.min(i, kh - 1) * dh, (qq % ow) * sw + j * dw, cc]
+            return tirx.if_then_else(kk < k, v, tirx.const(0, xdt))
+
+        patch = te.compute((nb, pp, kp), patch_body, name="patch")
+        kr = te.reduce_axis((0, kp), name="k")
+        acc = te.compute(
+            (nb, op_, pp),
+            lambda b, oc, q: te.sum(patch[b, q, kr].astype("int32") * sched.weight_index(w, oc, kr).astype("int32"), axis=kr),
+            name="acc",
+        )
+        y = te.compute((nb, o, oh, ow), lambda b, oc, yy, xx: _requant(acc[b, oc, yy * ow + xx], oc, consts, req), name="Y")
+        func = schedule_conv(te.create_prim_func([x, w, *consts, y]), sched, kp, kw * c)
+        return self._add(
+            name,
+            func,
+            [("x", "int8", (nb, c, h, wd)), ("w", "int8", sched.weight_shape(o, k)), *_req_args(op_, req), ("y", "int8", (nb, o, oh, ow))],
+        )
+
+    def _add(self, name: str, func: Any, args: list[tuple[str, str, tuple[int, ...]]]) -> Kernel:
+        self.funcs[name] = func.with_attr("global_symbol", name)
+        kern = Kernel(name, args)
+        self.kernels.append(kern)
+        return kern
+
+    def build(self) -> str:
+        """C source of every kernel (TVM's "c" target); records each kernel's workspace bytes."""
+        import tvm
+
+        if not self.funcs:
+            return ""
+        try:
+            src = tvm.compile(tvm.IRModule(self.funcs), target="c").mod.inspect_source()
+        except Exception as e:  # TVM errors are long C++ traces: keep the first line
+            raise LoweringError(f"TVM C code generation failed: {str(e).strip().splitlines()[0]}") from None
+        for kern in self.kernels:
+            body = _function_body(src, f"__tvm_ffi_{kern.name}")
+            sizes = [int(s) for s in re.findall(r"TVMBackendAllocWorkspace\([^,]+, [^,]+, \(uint64_t\)(\d+)ULL", body)]
+            kern.workspace = sum(-(-s // 16) * 16 for s in sizes)
+        return src
+
+
+def _function_body(src: str, name: str) -> str:
+    i = src.find(f"{name}(void* self_handle")
+    i = src.find("{", i)
+    j = src.find("\n}\n", i)
+    return src[i:j]
+
+
+def requant_consts(
+    mult: torch.Tensor, shift: torch.Tensor, bias: torch.Tensor, yzp: int, acc_bound: torch.Tensor, n_padded: int
+) -> dict[str, Any]:
+    """Per-channel requantization arrays, padded to `n_padded` rows with harmless values.
+
+    The bias enters as the int64 constant bias * m (+ the rounding term), so the epilogue is one
+    multiply-accumulate-long: (acc + b) * m = acc * m + b * m exactly.  The 32-bit form is used
+    when every shift exceeds 32 and the folded zero point provably fits in int32."""
+    n = bias.numel()
+    m = mult.reshape(-1).expand(n).to(torch.int64)
+    r = shift.reshape(-1).expand(n).to(torch.int64)
+    b = bias.to(torch.int64)
+    pad = n_padded - n
+
+    def padded(t: torch.Tensor, fill: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+        return torch.cat([t.to(torch.int64), torch.full((pad,), fill, dtype=torch.int64)]).to(dtype)
+
+    if not bool(((r >= 1) & (r < 63)).all()):
+        raise LoweringError(f"requantization shifts {r.min().item()}..{r.max().item()} outside 1..62")
+    if bool((r > 32).all()):
+        s = r - 32
+        c = (torch.ones_like(s) << (s - 1)) + yzp * (torch.ones_like(s) << s)
+        hi = ((acc_bound + b.abs()) * m.abs() >> 32) + 1
+        if bool(((hi + c.abs()) < 2**31).all()):
+            return {"form": "hi", "mult": padded(m, 0), "bm": padded(b * m, 0, torch.int64), "rnd": padded(c, 0), "shift": padded(s, 1)}
+    bmr = b * m + (torch.ones_like(r) << (r - 1))
+    return {"form": "wide", "mult": padded(m, 0), "bm": padded(bmr, 0, torch.int64), "shift": padded(r, 1), "zp": yzp}
+
+
+def _req_names(req: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("mult", "int32"), ("bm", "int64"), ("rnd", "int32"), ("shift", "int32")][: None if req["form"] == "hi" else 2] + (
+        [] if req["form"] == "hi" else [("shift", "int32")]
+    )
+
+
+def _req_placeholders(n: int, req: dict[str, Any]) -> list[Any]:
+    from tvm import te
+
+    return [te.placeholder((n,), dt, name=nm) for nm, dt in _req_names(req)]
+
+
+def _req_args(n: int, req: dict[str, Any]) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(nm, dt, (n,)) for nm, dt in _req_names(req)]
+
+
+def _requant(acc: Any, ch: Any, consts: list[Any], req: dict[str, Any]) -> Any:
+    """y = clamp((((acc + b) * m + 2^(r-1)) >> r) + zp, -128, 127), in the form `requant_consts` chose."""
+    from tvm import tirx
+
+    prod = acc.astype("int64") * consts[0][ch].astype("int64") + consts[1][ch]
+    if req["form"] == "hi":
+        _, _, rnd, shift = consts
+        hi = (prod >> tirx.const(32, "int64")).astype("int32")
+        v = (hi + rnd[ch]) >> shift[ch]
+        return tirx.max(tirx.min(v, 127), -128).astype("int8")
+    v = (prod >> consts[2][ch].astype("int64")) + tirx.const(int(req["zp"]), "int64")
+    return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
