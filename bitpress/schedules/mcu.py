@@ -275,8 +275,7 @@ def schedule_conv(func: Any, sched: KernelSchedule, kp: int, row: int) -> Any:
 
     sch = s_tir.Schedule(func)
     y = sch.get_sblock("Y")
-    b, o, oy, ox = sch.get_loops(y)
-    p = sch.fuse(oy, ox)
+    b, o, p = sch.get_loops(y)
     pt, pi = sch.split(p, [None, sched.pixels])
     ot, oi = sch.split(o, [None, sched.rows])
     sch.reorder(pt, ot, oi, pi)

@@ -6,6 +6,7 @@ Skipped only when the toolchain is absent (`make apt` installs it; CI has it).
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -19,7 +20,7 @@ from bitpress.backends.mcu.plan import plan_memory
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType
 from bitpress.compiler.target import LoweringError
-from bitpress.schedules.mcu import SCHEDULES, gemv_schedule
+from bitpress.schedules.mcu import SCHEDULES, conv_schedule, gemv_schedule
 
 needs_toolchain = pytest.mark.skipif(
     shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
@@ -67,6 +68,28 @@ def test_int8_mlp_bit_exact(target: str) -> None:
     lin = [r for r in layers.values() if r["op"] == "qlinear_w8a8"]
     assert len(lin) == 3 and all(r["instructions"] > 0 and r["macs"] > 0 for r in lin)
     assert lin[0]["macs"] == 2 * 52 * 37
+    _assert_tvm_kernels(cm, 3)
+
+
+def _assert_tvm_kernels(cm: bp.CompiledModel, count: int) -> None:
+    """The int8 layers that ran are the ones TVM generated: kernels_tvm.c is TVM's "c" target output
+    (packed entry points, the micro-kernels as call_extern), model.c calls each of them, the ELF holds them."""
+    from bitpress.backends.mcu.toolchain import symbols
+
+    proj = cm.executable.project
+    src, model = (proj / "kernels_tvm.c").read_text(), (proj / "model.c").read_text()
+    assert src.startswith("// tvm target:") and '"kind":"c"' in src.splitlines()[0]
+    names = re.findall(
+        r"TVM_DLL int32_t __tvm_ffi_(bp_k\d+\w*)\(void\* self_handle, void\* args, int32_t num_args, void\* result\) \{", src
+    )
+    assert len(names) == count, names
+    elf_syms = {s.name for s in symbols(cm.executable.elf)}
+    for name in names:
+        assert f"__tvm_ffi_{name}(0, a, " in model and f"__tvm_ffi_{name}" in elf_syms
+    sched = cm.report.backend["schedule"]
+    if sched != "scalar":  # the reduction is tensorized into the core's micro-kernel
+        assert re.search(r"bp_uk_(dsp|mve)_\w+\(\(&\(acc", src)
+    assert "bp_gemv" not in model and "bp_gemm" not in model  # no hand-written GEMV left in the model
 
 
 @needs_toolchain
@@ -111,8 +134,9 @@ def test_int8_conv_schedules_bit_exact(target: str) -> None:
     cm = _int8(m, (1, 4, 7, 7), target)
     convs = [r for r in cm.report.backend["layers"] if r["op"] == "qconv2d_w8a8"]
     assert [r["macs"] for r in convs] == [5 * 49 * 36, 6 * 16 * 45]
-    assert {r["schedule"] for r in convs} == {"dsp-2x2" if target == "cortex-m4" else "mve-4row"}
+    assert {r["schedule"] for r in convs} == {"dsp-2x2" if target == "cortex-m4" else "mve-4x2"}
     _bit_exact(cm, [torch.randn(1, 4, 7, 7) * 2 for _ in range(4)])
+    _assert_tvm_kernels(cm, 2)
 
 
 @needs_toolchain
@@ -227,7 +251,19 @@ def test_save_load_round_trip(tmp_path: object) -> None:
 
     cm = _int8(_mlp(), (1, 37), "cortex-m4", profile=False)
     out = cm.save(Path(str(tmp_path)) / "art")
-    for f in ("model.c", "model.h", "bp_kernels.h", "startup.c", "link.ld", "Makefile", "README.md", "model.elf"):
+    for f in (
+        "model.c",
+        "model.h",
+        "kernels_tvm.c",
+        "bp_ukernels.h",
+        "bp_tvm_shim.c",
+        "bp_kernels.h",
+        "startup.c",
+        "link.ld",
+        "Makefile",
+        "README.md",
+        "model.elf",
+    ):
         assert (out / "mcu" / f).is_file(), f
     assert "bp_model_run" in (out / "mcu" / "README.md").read_text()
     loaded = bp.load(out)
@@ -240,20 +276,31 @@ def test_save_load_round_trip(tmp_path: object) -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(n=st.integers(1, 11), k=st.integers(1, 23))
-def test_dsp_layout_is_a_permutation(n: int, k: int) -> None:
+@given(n=st.integers(1, 11), k=st.integers(1, 23), name=st.sampled_from(["dsp-4row", "dsp-2x2", "mve-4row", "scalar"]))
+def test_weight_layout_is_a_padded_permutation(n: int, k: int, name: str) -> None:
+    """The flash array holds the pass's int8 bytes, reordered, plus zero padding to whole tiles only."""
+    sched = SCHEDULES[name]
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-    lay = SCHEDULES["dsp-4row"].layout(w)
-    assert lay.numel() == w.numel()
-    assert torch.equal(lay.sort().values, w.reshape(-1).sort().values)
-    if n >= 4 and k >= 4:  # first chunk: row 0 bytes 0..3, then row 1 bytes 0..3
-        assert torch.equal(lay[:8], torch.cat([w[0, :4], w[1, :4]]))
+    lay = sched.layout(w)
+    np_, kp = sched.padded(n, k)
+    assert tuple(lay.shape) == sched.weight_shape(n, k) and lay.numel() == np_ * kp
+    assert np_ - n < sched.rows and kp - k < sched.k_align
+    flat = lay.reshape(-1)
+    assert torch.equal(flat[flat != 0].sort().values, w.reshape(-1)[w.reshape(-1) != 0].sort().values)
+    # the TE access the kernel is built from reads back every logical weight
+    idx = torch.tensor([[int(sched.weight_index(lay, i, j)) for j in range(k)] for i in range(n)], dtype=torch.int8)
+    assert torch.equal(idx, w)
 
 
 def test_schedule_choice() -> None:
     assert gemv_schedule(dsp=False, mve=False).name == "scalar"
     assert gemv_schedule(dsp=True, mve=False).name == "dsp-4row"
     assert gemv_schedule(dsp=True, mve=True).name == "mve-4row"
+    assert [conv_schedule(gemv_schedule(dsp=d, mve=m)).name for d, m in ((False, False), (True, False), (True, True))] == [
+        "scalar",
+        "dsp-2x2",
+        "mve-4x2",
+    ]
     with pytest.raises(ValueError, match="unknown MCU schedule"):
         gemv_schedule(dsp=True, mve=False, override="avx")
 

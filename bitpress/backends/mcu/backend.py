@@ -115,7 +115,7 @@ class McuExecutable:
         dest = directory / "mcu"
         shutil.copytree(self.project, dest, dirs_exist_ok=True)
         (dest / "info.json").write_text(json.dumps(self.info, indent=1))
-        return [f"mcu/{p.name}" for p in sorted(dest.iterdir()) if p.is_file()]
+        return [p.relative_to(directory).as_posix() for p in sorted(dest.rglob("*")) if p.is_file()]
 
 
 class McuBackend:

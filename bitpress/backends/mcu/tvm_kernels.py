@@ -120,12 +120,13 @@ class KernelBuilder:
             lambda b, oc, q: te.sum(patch[b, q, kr].astype("int32") * sched.weight_index(w, oc, kr).astype("int32"), axis=kr),
             name="acc",
         )
-        y = te.compute((nb, o, oh, ow), lambda b, oc, yy, xx: _requant(acc[b, oc, yy * ow + xx], oc, consts, req), name="Y")
+        # the output as [N, O, OH * OW]: the same bytes as NCHW, with the pixel tiles on one axis
+        y = te.compute((nb, o, p), lambda b, oc, q: _requant(acc[b, oc, q], oc, consts, req), name="Y")
         func = schedule_conv(te.create_prim_func([x, w, *consts, y]), sched, kp, kw * c)
         return self._add(
             name,
             func,
-            [("x", "int8", (nb, c, h, wd)), ("w", "int8", sched.weight_shape(o, k)), *_req_args(op_, req), ("y", "int8", (nb, o, oh, ow))],
+            [("x", "int8", (nb, c, h, wd)), ("w", "int8", sched.weight_shape(o, k)), *_req_args(op_, req), ("y", "int8", (nb, o, p))],
         )
 
     def _add(self, name: str, func: Any, args: list[tuple[str, str, tuple[int, ...]]]) -> Kernel:
