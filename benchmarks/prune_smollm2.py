@@ -3,13 +3,16 @@ side by side with llm-compressor's SparseGPT and Wanda kernels on the same text 
 
 Run:
     .venv/bin/pip install --no-deps --target /tmp/prune_peer llmcompressor==0.14.0.1 loguru
-    .venv/bin/python benchmarks/prune_smollm2.py [--seq 128] [--cal 8] [--eval 8] [--peer-dir /tmp/prune_peer]
+    .venv/bin/python benchmarks/prune_smollm2.py [--seq 128] [--cal 32] [--eval 8] [--peer-dir /tmp/prune_peer]
 
-Text: bitpress.models.text.english_text() (GPL-3).  Calibration: the first `--cal` windows of
-`--seq` tokens; evaluation: the next `--eval` windows (disjoint).  Every linear layer of
+Text: bitpress.models.text.english_text() (GPL-3, 7161 tokens).  Evaluation: the first
+`--eval` windows of `--seq` tokens; calibration: the next `--cal` windows (disjoint), the
+same tensors for bitpress and the peer.  Every linear layer of
 the 30 decoder blocks is pruned; lm_head (tied to the embedding) is left dense, as in the
-SparseGPT and Wanda papers.  bitpress runs in its interpreter (the numerics oracle) on
-the compressed graph (nm_linear / sparse_linear ops).
+SparseGPT and Wanda papers.  bitpress calibrates block by block (`--sequential block`: each
+decoder block on the outputs of the blocks already pruned, `calibrate.sequential`; `layer`:
+also within a block) and runs in its interpreter (the numerics oracle) on the compressed
+graph (nm_linear / sparse_linear ops).
 
 The peer: llm-compressor's `oneshot` pipeline needs `datasets`, `auto-round` and
 `compressed-tensors` (not installable offline here), so its per-layer kernels
@@ -25,7 +28,9 @@ import argparse
 import contextlib
 import copy
 import importlib.util
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -123,73 +128,87 @@ def peer_prune(model: Any, method: str, sparsity: float | str, cal: list[torch.T
     return model
 
 
+CONFIGS = [
+    f"{tool} {m} {s}"
+    for s in ("2:4", "0.5")
+    for tool, m in (("bitpress", "magnitude"), ("bitpress", "wanda"), ("bitpress", "sparsegpt"), ("peer", "wanda"), ("peer", "sparsegpt"))
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--cal", type=int, default=8)
-    ap.add_argument("--eval", type=int, default=8)
+    ap.add_argument("--cal", type=int, default=32, help="calibration windows (taken after the evaluation windows)")
+    ap.add_argument("--eval", type=int, default=8, help="evaluation windows (the first of the text)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-dir", default="/tmp/prune_peer")
-    ap.add_argument("--only", default="", help="comma list of configs to run, e.g. 'sparsegpt 2:4,peer sparsegpt 2:4'")
-    ap.add_argument("--hessian-mb", type=int, default=1200)
+    ap.add_argument("--only", default="", help="comma list of configs, e.g. 'dense,bitpress sparsegpt 2:4,peer wanda 0.5'")
+    ap.add_argument("--hessian-mb", type=int, default=512)
+    ap.add_argument("--sequential", default="block", choices=("block", "layer", "none"), help="bitpress: Prune(sequential=...)")
+    ap.add_argument("--out", default="", help="append one JSON line per finished config to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_smollm2()
     text = english_text()
-    cal = token_windows(tok, text, args.seq, args.cal)
-    ev = token_windows(tok, text, args.seq, args.eval, offset=args.cal)
+    ev = token_windows(tok, text, args.seq, args.eval)
+    cal = token_windows(tok, text, args.seq, args.cal, offset=args.eval)
     wrapper = SmolLMLogits(model).eval()
     t0 = time.perf_counter()
     g0 = import_module(wrapper, (cal[0],))
     g0, _ = Pipeline(canonicalize_pipeline()).run(g0, PassContext(example_inputs=(cal[0],)))
     print(f"import + canonicalize: {time.perf_counter() - t0:.1f} s, {len(g0)} nodes", flush=True)
-    wanted = {s.strip() for s in args.only.split(",") if s.strip()}
-    rows = []
+    wanted = [c.strip() for c in args.only.split(",") if c.strip()] or ["dense", *CONFIGS]
+    for c in wanted:
+        if c != "dense" and c not in CONFIGS:
+            raise SystemExit(f"unknown config {c!r}; choose from dense, {', '.join(CONFIGS)}")
 
     def record(label: str, ppl: float, secs: float, extra: str = "") -> None:
-        rows.append((label, ppl, secs, extra))
-        print(f"| {label} | {ppl:.2f} | {secs:.0f} s | {extra} |", flush=True)
+        load = os.getloadavg()[0]
+        print(f"| {label} | {ppl:.2f} | {secs:.0f} s | {extra} | load {load:.1f}", flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                row = {"config": label, "ppl": ppl, "secs": secs, "extra": extra, "load": load, "seq": args.seq}
+                row.update({"cal": args.cal, "eval": args.eval, "sequential": args.sequential})
+                f.write(json.dumps(row) + "\n")
 
-    if not wanted or "dense" in wanted:
-        t = time.perf_counter()
-        record("dense fp32 (eager torch)", nll_ppl(lambda w: wrapper(w), ev), time.perf_counter() - t)
     peer = None
-    try:
+    if any(c.startswith("peer") for c in wanted):
         peer = load_peer(args.peer_dir)
-    except (OSError, ImportError) as e:
-        print(f"peer unavailable: {e}")
-    for sparsity in ("2:4", 0.5):
-        for method in ("magnitude", "wanda", "sparsegpt"):
-            label = f"{method} {sparsity}"
-            if wanted and label not in wanted:
-                continue
+    for c in wanted:
+        if c == "dense":
+            t = time.perf_counter()
+            record("dense", nll_ppl(lambda w: wrapper(w), ev), time.perf_counter() - t, "eager torch")
+            continue
+        tool, method, sp = c.split()
+        sparsity: float | str = sp if ":" in sp else float(sp)
+        t = time.perf_counter()
+        if tool == "bitpress":
             g = g0.clone()
             ctx = PassContext(example_inputs=(cal[0],), calibration=[(w,) for w in cal])
-            t = time.perf_counter()
-            p = bp.passes.Prune(method=method, sparsity=sparsity, exclude=("*lm_head*",), hessian_budget_mb=args.hessian_mb)
+            p = bp.passes.Prune(
+                method=method,
+                sparsity=sparsity,
+                exclude=("*lm_head*",),
+                hessian_budget_mb=args.hessian_mb,
+                sequential=args.sequential,
+            )
             g, _ = Pipeline([p], check_every_pass=False).run(g, ctx)
             secs = time.perf_counter() - t
             ppl = nll_ppl(lambda w, g=g: run(g, (w,))[0], ev)
             ops = sorted({n.op for n in g.nodes if n.op.endswith("linear")})
-            sq = [n.meta["sqnr_db"] for n in g.nodes if "sqnr_db" in n.meta and math.isfinite(n.meta["sqnr_db"])]
-            extra = f"bitpress; ops {ops}; weights {g.weight_bytes() / 2**20:.1f} MiB; median layer SQNR {sorted(sq)[len(sq) // 2]:.1f} dB"
-            record(f"bitpress {label}", ppl, secs, extra)
-        if peer is not None:
-            for method in ("wanda", "sparsegpt"):
-                label = f"peer {method} {sparsity}"
-                if wanted and label not in wanted:
-                    continue
-                t = time.perf_counter()
-                pm = peer_prune(model, method, sparsity, cal, *peer)
-                secs = time.perf_counter() - t
-                record(
-                    f"llm-compressor {method} {sparsity}",
-                    nll_ppl(lambda w, pm=pm: pm(input_ids=w, use_cache=False).logits, ev),
-                    secs,
-                    "peer kernels, sequential",
-                )
-                del pm
-    print(f"\nwindows: {args.cal} calibration + {args.eval} evaluation of {args.seq} tokens")
+            sq = sorted(n.meta["sqnr_db"] for n in g.nodes if "sqnr_db" in n.meta and math.isfinite(n.meta["sqnr_db"]))
+            extra = f"ops {ops}; weights {g.weight_bytes() / 2**20:.1f} MiB; median layer SQNR {sq[len(sq) // 2]:.1f} dB"
+            record(c, ppl, secs, extra)
+            del g
+        else:
+            assert peer is not None
+            pm = peer_prune(model, method, sparsity, cal, *peer)
+            secs = time.perf_counter() - t
+            zeros = [float((lin.weight == 0).float().mean()) for lin in pm.model.layers.modules() if isinstance(lin, torch.nn.Linear)]
+            ppl = nll_ppl(lambda w, pm=pm: pm(input_ids=w, use_cache=False).logits, ev)
+            record(c, ppl, secs, f"llm-compressor kernels, sequential; mean sparsity {sum(zeros) / len(zeros):.3f}")
+            del pm
+    print(f"\nwindows: {args.eval} evaluation (first) + {args.cal} calibration of {args.seq} tokens")
 
 
 if __name__ == "__main__":

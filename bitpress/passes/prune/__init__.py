@@ -50,8 +50,10 @@ class Prune:
         format: "auto" (compressed storage where it stores fewer bytes) or "dense".
         exclude: fnmatch patterns of layer names left alone (e.g. "*lm_head*").
         reconstruct: structured only: refit the next layer by least squares on calibration data.
-        sequential: calibrate block by block on the outputs of the blocks already pruned
-            (True, as SparseGPT and Wanda do) or every layer on the unpruned model (False).
+        sequential: calibrate each group of layers on the outputs of the groups already
+            pruned: "block" (a transformer/residual block, as SparseGPT and Wanda do),
+            "layer" (within a block too: o_proj sees pruned q/k/v, down_proj pruned gate/up)
+            or "none" (every layer on the unpruned model).  True/False mean "block"/"none".
     """
 
     name: ClassVar[str] = "prune"
@@ -67,7 +69,7 @@ class Prune:
     blocksize: int = 128
     damp: float = 0.01
     hessian_budget_mb: int = 512
-    sequential: bool = True
+    sequential: str | bool = "block"
     allocation_range: float = 0.3
     max_layer_sparsity: float = 0.95
 
@@ -100,6 +102,10 @@ class Prune:
             raise ValueError("Prune: method 'sparsegpt' is unstructured; use 'magnitude' or 'wanda' with structure=")
         if self.structure is None and self.reconstruct:
             raise ValueError("Prune: reconstruct=True applies to structured pruning only (SparseGPT reconstructs by itself)")
+        if isinstance(self.sequential, bool):
+            object.__setattr__(self, "sequential", "block" if self.sequential else "none")
+        if self.sequential not in ("block", "layer", "none"):
+            raise ValueError(f"Prune: sequential must be 'block', 'layer' or 'none', got {self.sequential!r}")
         if self.round_to < 1 or self.blocksize < 1 or self.damp < 0 or self.hessian_budget_mb < 1:
             raise ValueError("Prune: round_to, blocksize and hessian_budget_mb must be >= 1 and damp >= 0")
 

@@ -15,12 +15,14 @@ Convolutions keep dense storage (with zeros): there is no sparse conv kernel.
 
 Calibration: Wanda and SparseGPT need it (``ctx.calibration``); magnitude does not, but
 when data is present it is used to measure each layer's output error.  Hessians are
-gathered block by block (``sequential=True``, the default, as in the SparseGPT and Wanda
-papers): `bitpress.compiler.calibrate.sequential` calibrates each block (a transformer
-layer, a residual block; split further where its Hessians exceed `hessian_budget_mb`) on
-the outputs of the blocks already pruned, with the block inputs cached.
-``sequential=False`` calibrates chunks of layers that fit the budget by re-running the
-graph from its inputs (one chunk: every layer sees the dense model).
+gathered group by group with `bitpress.compiler.calibrate.sequential`, each group
+calibrated on the outputs of the groups already pruned, with the group inputs cached:
+``sequential="block"`` (default; a transformer layer or residual block, as the SparseGPT
+and Wanda reference code and llm-compressor do) or ``"layer"`` (the layers of a block that
+share an input: q/k/v, then o, then gate/up, then down, so o_proj sees pruned q/k/v);
+groups are split where their Hessians exceed `hessian_budget_mb`.  ``sequential="none"``
+calibrates chunks of layers that fit the budget by re-running the graph from its inputs
+(one chunk: every layer sees the dense model).
 
 Per-layer sparsity (``allocation``): ``"uniform"`` (every layer at ``sparsity``),
 ``"global"`` (one threshold on the method's score across all layers), or
@@ -90,18 +92,20 @@ def _chunks(nodes: list[Node], budget_bytes: int) -> list[list[Node]]:
     return [c for c in chunks if c]
 
 
-def _block_groups(nodes: list[Node], budget_bytes: int) -> Callable[[Node], str]:
-    """Group key per layer: its block (`block_key`), split where a block's Hessians exceed the budget."""
+def _calibration_groups(nodes: list[Node], mode: str, budget_bytes: int) -> Callable[[Node], str]:
+    """Group key per layer for `sequential`: its block (`block_key`), or in mode "layer" the
+    layers of a block that read the same input (q/k/v, then o, then gate/up, then down);
+    split wherever a group's Hessians would exceed the budget."""
     keys: dict[str, str] = {}
-    cur, part, used = None, 0, 0
+    cur: tuple[str, str] | None = None
+    part, used = 0, 0
     for n in nodes:
-        k = block_key(n.name)
+        x = n.inputs[0]
+        k = (block_key(n.name), x.name if mode == "layer" and x is not None else "")
         cost = _matrix(n).shape[1] ** 2 * 8
-        if k != cur:
-            cur, part, used = k, 0, 0
-        elif used + cost > budget_bytes:
-            part, used = part + 1, 0
-        keys[n.name] = k if part == 0 else f"{k}#{part}"
+        if k != cur or used + cost > budget_bytes:
+            cur, part, used = k, part + 1, 0
+        keys[n.name] = f"{k[0]}#{part}"
         used += cost
     return lambda n: keys[n.name]
 
@@ -232,10 +236,11 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         n.meta["format"] = "dense"
         layers[n.name] = {"sparsity": n.meta["sparsity"], "sqnr_db": sq, "target": s}
 
-    if data and cfg.sequential:
-        # each block is calibrated on the outputs of the blocks already pruned
+    if data and cfg.sequential != "none":
+        # each group is calibrated on the outputs of the groups already pruned
         names = {n.name for n in nodes}
-        for step in sequential(g, data, nodes=names, group=_block_groups(nodes, cfg.hessian_budget_mb << 20), hessian=True):
+        groups = _calibration_groups(nodes, cfg.sequential, cfg.hessian_budget_mb << 20)
+        for step in sequential(g, data, nodes=names, group=groups, hessian=True):
             for n in step.nodes:
                 prune_layer(n, step.stats.get(n.name))
     else:

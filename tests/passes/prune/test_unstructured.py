@@ -98,6 +98,7 @@ def test_conv_layers_are_pruned_dense_with_report() -> None:
         ({"allocation": "owl"}, "allocation must be"),
         ({"sparsity": "2:4", "structure": "head"}, "cannot be combined"),
         ({"reconstruct": True}, "structured pruning only"),
+        ({"sequential": "yes"}, "sequential must be"),
     ],
 )
 def test_bad_options_are_one_line_value_errors(kwargs: dict[str, object], match: str) -> None:
@@ -240,3 +241,26 @@ def test_later_layers_are_calibrated_on_the_pruned_earlier_layers(correlated_mod
     h, want = (h_pruned, want_pruned) if sequential else (h_dense, want_dense)
     torch.testing.assert_close(_dense_weight(cm.graph.find("fc2")), want)
     assert cm.graph.find("fc2").meta["sqnr_db"] == pytest.approx(layer_sqnr_db(w2, want, h.t() @ h), abs=0.01)
+
+
+def test_layer_mode_calibrates_within_a_block() -> None:
+    """sequential="layer": o-like layers of one block see their block's earlier layers pruned; "block" does not."""
+
+    class TwoInOne(torch.nn.Module):  # one block ("0") holding two chained linears
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Correlated()])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.blocks[0](x)
+
+    torch.manual_seed(0)
+    m = TwoInOne().eval()
+    cal = correlated_batches(4)
+    sq = {}
+    for mode in ("block", "layer", "none"):
+        cm = _compile(m, cal, method="wanda", sparsity="2:4", sequential=mode, format="dense")
+        sq[mode] = cm.graph.find("blocks.0.fc2").meta["sqnr_db"]
+    assert Prune(sequential=True).sequential == "block" and Prune(sequential=False).sequential == "none"
+    assert sq["block"] == sq["none"]  # one block: fc2 calibrated on the dense fc1 either way
+    assert sq["layer"] != sq["block"]
