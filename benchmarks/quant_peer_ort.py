@@ -51,6 +51,33 @@ def fold_weight_transposes(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(live)
 
 
+def patch_ort_zero_point_packing() -> None:
+    """Work around an onnxruntime 1.32 bug in its GPTQ path (neural_compressor.weight_only):
+    4-bit zero points are packed two per byte over the flattened [N * k_blocks] array, so a
+    row with an odd number of blocks (K = 576 at block 128 -> 5 blocks) cannot be reshaped to
+    [N, -1] and quantization fails.  This packs them per row (the MatMulNBits layout:
+    [N, ceil(k_blocks / 2)], padded with the default zero point 8)."""
+    from onnx import helper
+    from onnxruntime.quantization.neural_compressor import weight_only as wo
+
+    orig = wo.make_matmul_weight_only_node
+
+    def fixed(node, weight_shape, num_bits, group_size, k_blocks, q_weight, scale, zero_point, accuracy_level=0):  # type: ignore[no-untyped-def]
+        qnode, inits = orig(node, weight_shape, num_bits, group_size, k_blocks, q_weight, scale, None, accuracy_level)
+        if zero_point is not None:
+            n = weight_shape[1]
+            z = np.asarray(zero_point).reshape(n, k_blocks).astype(np.uint8)
+            if k_blocks % 2:
+                z = np.concatenate([z, np.full((n, 1), 8, dtype=np.uint8)], 1)
+            packed = (z[:, ::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+            t = helper.make_tensor(node.input[1] + "_zp", onnx.TensorProto.UINT8, packed.shape, packed.tobytes(), raw=True)
+            qnode.input.append(t.name)
+            inits.append(t)
+        return qnode, inits
+
+    wo.make_matmul_weight_only_node = fixed
+
+
 def main() -> None:
     from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -67,6 +94,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/quant_peer_ort.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    patch_ort_zero_point_packing()
     model, tok = load_smollm2()
     text = english_text()
     cal = token_windows(tok, text, 64, 8, offset=100)

@@ -9,10 +9,11 @@
   scales gathered per column, then MatMul / Conv.
 - W8A8: `quantize_act` / `dequantize_act` are QuantizeLinear / DequantizeLinear (the same
   float32 arithmetic and round-half-even as the reference); `qlinear_w8a8` is
-  MatMulInteger (int8 x int8 -> int32) and `qconv2d_w8a8` ConvInteger, followed by the
-  reference's integer requantization in int64 (multiply, add 2^(r-1), floor division by 2^r
-  written as a truncating Div on a shifted numerator, add the zero point, clip), so the
-  integer path is bit-exact.
+  MatMulInteger and `qconv2d_w8a8` ConvInteger, followed by the reference's integer
+  requantization in int64 (multiply, add 2^(r-1), floor division by 2^r written as a
+  truncating Div on a shifted numerator, add the zero point, clip), so the integer path is
+  bit-exact.  Between these ops the int8 activations travel as uint8 (q + 128, zero points
+  + 128; see `_offset_u8`), the encoding onnxruntime's CPU kernels and QDQ rewrites expect.
 """
 
 from __future__ import annotations
@@ -171,11 +172,47 @@ def lower_qconv2d(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]
 # ----------------------------------------------------------------------------- W8A8
 
 
+# In ONNX the int8 activations between the W8A8 ops travel as uint8 holding q + 128 (zero
+# points shifted by 128 too): the integers (q - zp) are the same, MatMulInteger runs its
+# u8 x s8 kernel, and onnxruntime's QDQ rewrites (QDQPropagationTransformer, then
+# QDQS8ToU8Transformer) do not fire.  With int8, onnxruntime 1.32 copies a DequantizeLinear
+# through a Reshape as Q/DQ with `output_dtype=INT8`, then switches the zero point to uint8
+# and leaves that attribute, so the session fails to load ("output_dtype INT8 does not match
+# y_zero_point type UINT8").  A value that leaves this family of ops (a graph output, or any
+# other consumer) stays int8.
+_W8A8_OPS = ("quantize_act", "qlinear_w8a8", "qconv2d_w8a8")
+_W8A8_READERS = ("qlinear_w8a8", "qconv2d_w8a8", "dequantize_act")
+
+
+def _offset_u8(v: Value | None) -> bool:
+    """True when the int8 value `v` is carried as uint8 (q + 128) in the ONNX graph."""
+    if v is None or v.producer is None or v.producer.op not in _W8A8_OPS:
+        return False
+    if any(o is v for o in v.graph.outputs):
+        return False
+    return all(u.op in _W8A8_READERS and u.inputs and u.inputs[0] is v for u in v.users)
+
+
+def _zp(ctx: OnnxLowerContext, zp: int, u8: bool, hint: str) -> str:
+    if u8:
+        return ctx.add_initializer(np.array(zp + 128, dtype=np.uint8), f"{hint}_u8")
+    return ctx.scalar(zp, "int8", hint)
+
+
+def _as_u8(ctx: OnnxLowerContext, name: str, v: Value | None) -> str:
+    """An int8 activation as uint8 q + 128 (no-op when it already travels that way)."""
+    if _offset_u8(v):
+        return name
+    x = ctx.add_node("Cast", [name], to=onnx.TensorProto.INT16)[0]
+    x = ctx.add_node("Add", [x, ctx.scalar(128, "int16")])[0]
+    return ctx.add_node("Cast", [x], to=onnx.TensorProto.UINT8)[0]
+
+
 @register_onnx_lowering("quantize_act")
 def lower_quantize_act(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
-    """q = clamp(round(x / s) + zp, -128, 127)   QuantizeLinear"""
+    """q = clamp(round(x / s) + zp, -128, 127)   QuantizeLinear (uint8 q + 128 between W8A8 ops)"""
     s = ctx.scalar(float(node.attrs["scale"]), "float32", "x_scale")
-    zp = ctx.scalar(int(node.attrs["zero_point"]), "int8", "x_zero_point")
+    zp = _zp(ctx, int(node.attrs["zero_point"]), _offset_u8(node.output), "x_zero_point")
     return ctx.add_node("QuantizeLinear", [_f32(ctx, str(inputs[0]), node.inputs[0]), s, zp])
 
 
@@ -183,7 +220,7 @@ def lower_quantize_act(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list
 def lower_dequantize_act(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """x = (q - zp) * s   DequantizeLinear"""
     s = ctx.scalar(float(node.attrs["scale"]), "float32", "y_scale")
-    zp = ctx.scalar(int(node.attrs["zero_point"]), "int8", "y_zero_point")
+    zp = _zp(ctx, int(node.attrs["zero_point"]), _offset_u8(node.inputs[0]), "y_zero_point")
     return ctx.add_node("DequantizeLinear", [str(inputs[0]), s, zp])
 
 
@@ -204,9 +241,10 @@ def _requant(ctx: OnnxLowerContext, node: Node, acc: str, bias: str | None, chan
     neg = ctx.add_node("Less", [a, ctx.scalar(0, "int64")])[0]
     adj = ctx.add_node("Where", [neg, ctx.add_initializer(d - 1, f"{node.name}.dm1"), ctx.scalar(0, "int64")])[0]
     q = ctx.add_node("Div", [ctx.add_node("Sub", [a, adj])[0], ctx.add_initializer(d, f"{node.name}.divisor")])[0]
-    q = ctx.add_node("Add", [q, ctx.scalar(int(node.attrs["out_zero_point"]), "int64")])[0]
-    q = ctx.add_node("Clip", [q, ctx.scalar(-128, "int64"), ctx.scalar(127, "int64")])[0]
-    return ctx.add_node("Cast", [q], to=onnx.TensorProto.INT8)
+    off = 128 if _offset_u8(node.output) else 0
+    q = ctx.add_node("Add", [q, ctx.scalar(int(node.attrs["out_zero_point"]) + off, "int64")])[0]
+    q = ctx.add_node("Clip", [q, ctx.scalar(-128 + off, "int64"), ctx.scalar(127 + off, "int64")])[0]
+    return ctx.add_node("Cast", [q], to=onnx.TensorProto.UINT8 if off else onnx.TensorProto.INT8)
 
 
 @register_onnx_lowering("qlinear_w8a8")
@@ -215,7 +253,7 @@ def lower_qlinear_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list
     wv = node.inputs[1]
     assert wv is not None
     wt = ctx.add_initializer(wv.value.t().contiguous(), f"{node.name}.wT")
-    xzp = ctx.scalar(int(node.attrs["x_zero_point"]), "int8", "x_zero_point")
+    xzp = _zp(ctx, int(node.attrs["x_zero_point"]), _offset_u8(node.inputs[0]), "x_zero_point")
     acc = ctx.add_node("MatMulInteger", [str(inputs[0]), wt, xzp])[0]
     return _requant(ctx, node, acc, inputs[4] if len(inputs) > 4 else None, [-1])
 
@@ -224,9 +262,7 @@ def lower_qlinear_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list
 def lower_qconv2d_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """y = requant(conv2d(x - xzp, w) + b)   ConvInteger (uint8 activations) + int64 requantization"""
     # ConvInteger takes uint8 activations: x + 128 with zero point xzp + 128 is the same integer x - xzp
-    xu = ctx.add_node("Cast", [str(inputs[0])], to=onnx.TensorProto.INT16)[0]
-    xu = ctx.add_node("Add", [xu, ctx.scalar(128, "int16")])[0]
-    xu = ctx.add_node("Cast", [xu], to=onnx.TensorProto.UINT8)[0]
+    xu = _as_u8(ctx, str(inputs[0]), node.inputs[0])
     xzp = ctx.add_initializer(np.array(int(node.attrs["x_zero_point"]) + 128, dtype=np.uint8), "x_zero_point_u8")
     acc = ctx.add_node("ConvInteger", [xu, str(inputs[1]), xzp], **_conv_attrs(node))[0]
     return _requant(ctx, node, acc, inputs[4] if len(inputs) > 4 else None, [1, -1, 1, 1])
