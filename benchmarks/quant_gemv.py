@@ -1,9 +1,17 @@
-"""W4A16 GEMV speed at SmolLM2 MLP shapes: bitpress TVM int4 (g128) vs TVM fp32 vs torch fp32.
+"""W4A16 GEMV/GEMM speed at SmolLM2 shapes: bitpress TVM int4 (g128) vs TVM fp32 vs torch fp32.
 
-Run: .venv/bin/python benchmarks/quant_gemv.py [--threads 2] [--repeat 200]
+Run: .venv/bin/python benchmarks/quant_gemv.py [--threads 1] [--batches 1,32] [--rounds 5]
 
-Cold-weight variant: cycles through `--layers` distinct copies of the layer (a working set
-larger than the last-level cache), like decoding through every layer of a model in turn.
+Per shape (N x K) and batch, every variant is timed in one process, round-robin over
+`--rounds` rounds (the best round counts; the machine is shared), and the load average is
+printed with the table:
+
+- torch: `F.linear` on the fp32 weight;
+- call: the whole `bp.compile(...)` callable (torch -> DLPack, Relax VM, back), fp32 and W4;
+- kernel: the Relax VM's `time_evaluator` on the compiled main function (no Python
+  conversion), fp32 and W4: the kernel's own speed;
+- cold: the call cycling through `--layers` distinct weight copies per call (a working set
+  larger than L2, as when decoding walks through every layer in turn).
 """
 
 from __future__ import annotations
@@ -11,10 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 import bitpress as bp
+
+SHAPES = {"gate/up": (1536, 576), "down": (576, 1536), "q/o": (576, 576), "k/v": (192, 576), "lm_head": (49152, 576)}
 
 
 class Layer(torch.nn.Module):
@@ -26,61 +39,87 @@ class Layer(torch.nn.Module):
         return self.lin(x)
 
 
-def _best(call, repeat: int, trials: int = 10) -> float:  # type: ignore[no-untyped-def]
-    """Milliseconds per call: the best of `trials` runs of `repeat // trials` calls (load on a shared machine)."""
+def per_call_ms(call: Callable[[int], Any], seconds: float) -> float:
+    """Milliseconds per call over about `seconds` of calls (after one warm-up)."""
     call(0)
-    per = max(1, repeat // trials)
-    best = float("inf")
-    for _ in range(trials):
-        t = time.perf_counter()
-        for i in range(per):
-            call(i)
-        best = min(best, (time.perf_counter() - t) / per * 1e3)
-    return best
+    n, t0 = 0, time.perf_counter()
+    while True:
+        call(n)
+        n += 1
+        el = time.perf_counter() - t0
+        if el >= seconds and n >= 5:
+            return el / n * 1e3
 
 
-def timeit(fn, xs, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    return _best(lambda i: fn(xs[i % len(xs)]), repeat)
+def kernel_ms(cm: Any, x: torch.Tensor, number: int, repeat: int = 10) -> float:
+    """The VM main function alone (arguments already on the device): best of `repeat` means of `number` calls, in ms."""
+    exe = cm.executable
+    exe.run([x])  # makes the VM
+    args = [exe._to_dev(x), *exe._params]
+    res = exe._vm.time_evaluator("main", exe._dev, number=number, repeat=repeat)(*args)
+    return float(min(res.results) * 1e3)
 
 
-def timeit_cycle(fns, x: torch.Tensor, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    """Each call uses the next of len(fns) distinct weight copies (cold caches)."""
-    return _best(lambda i: fns[i % len(fns)](x), repeat)
+def quant(bits: int, gs: int) -> list[Any]:
+    return [bp.passes.Quantize(bits=bits, group_size=gs, weight_clip="minmax")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=300)
-    ap.add_argument("--layers", type=int, default=24, help="distinct weight copies for the cold-cache run")
-    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=0.2, help="timing window per variant per round")
+    ap.add_argument("--layers", type=int, default=8, help="distinct weight copies for the cold run")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--shapes", default="gate/up,down,q/o,k/v,lm_head")
+    ap.add_argument("--bits", type=int, default=4)
+    ap.add_argument("--group-size", type=int, default=128)
     args = ap.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # read when tvm starts its pool
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"threads {args.threads}; load average at start {os.getloadavg()}")
     print(
-        "| shape (N x K) | batch | torch fp32 ms | TVM fp32 ms | TVM W4 g128 ms | W4 vs TVM fp32 | W4 vs torch | cold: torch | cold: TVM fp32 | cold: W4 |"
+        "| layer | N x K | batch | torch fp32 | TVM fp32 call | TVM W4 call | TVM fp32 kernel | TVM W4 kernel | "
+        "W4/TVM fp32 (kernel) | W4/torch (call) | cold: torch | cold: TVM fp32 | cold: W4 | cold W4/TVM fp32 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for n, k in [(1536, 576), (576, 1536)]:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.shapes.split(","):
+        n, k = SHAPES[name]
         for batch in [int(b) for b in args.batches.split(",")]:
             x = torch.randn(batch, k)
-            hot = {}
-            cold = {}
-            mods = [Layer(k, n).eval() for _ in range(args.layers)]
+            copies = 1 if name == "lm_head" else args.layers  # lm_head alone is 113 MB fp32: already cold
+            mods = [Layer(k, n).eval() for _ in range(copies)]
             fp = [bp.compile(m, (x,), target="llvm", quiet=True) for m in mods]
-            q4 = [
-                bp.compile(m, (x,), passes=[bp.passes.Quantize(bits=4, group_size=128, weight_clip="minmax")], target="llvm", quiet=True)
-                for m in mods
-            ]
+            q4 = [bp.compile(m, (x,), passes=quant(args.bits, args.group_size), target="llvm", quiet=True) for m in mods]
+            ws = [m.lin.weight.detach() for m in mods]
+            err = (q4[0](x) - bp.compile(q4[0].graph, (x,), target="torch", canonicalize=False, quiet=True)(x)).abs().max().item()
+            for f in (*fp, *q4):
+                f(x)  # every copy's VM exists before any timing
+            best: dict[str, float] = {}
+
+            def keep(key: str, v: float, best: dict[str, float] = best) -> None:
+                best[key] = min(best.get(key, float("inf")), v)
+
             with torch.no_grad():
-                for key, fns in (("torch", mods), ("fp", fp), ("q4", q4)):
-                    hot[key] = timeit(fns[0], [x], args.repeat)
-                    cold[key] = timeit_cycle(fns, x, args.repeat)
+                for _ in range(args.rounds):
+                    keep("torch", per_call_ms(lambda i, x=x, w=ws[0]: F.linear(x, w), args.seconds))
+                    keep("fp", per_call_ms(lambda i, x=x, f=fp[0]: f(x), args.seconds))
+                    keep("q4", per_call_ms(lambda i, x=x, f=q4[0]: f(x), args.seconds))
+                    keep("kfp", kernel_ms(fp[0], x, 20))
+                    keep("kq4", kernel_ms(q4[0], x, 20))
+                    keep("ctorch", per_call_ms(lambda i, x=x, ws=ws: F.linear(x, ws[i % len(ws)]), args.seconds))
+                    keep("cfp", per_call_ms(lambda i, x=x, fs=fp: fs[i % len(fs)](x), args.seconds))
+                    keep("cq4", per_call_ms(lambda i, x=x, fs=q4: fs[i % len(fs)](x), args.seconds))
+            b = best
             print(
-                f"| {n} x {k} | {batch} | {hot['torch']:.3f} | {hot['fp']:.3f} | {hot['q4']:.3f} | {hot['fp'] / hot['q4']:.2f}x | "
-                f"{hot['torch'] / hot['q4']:.2f}x | {cold['torch']:.3f} | {cold['fp']:.3f} | {cold['q4']:.3f} |",
+                f"| {name} | {n} x {k} | {batch} | {b['torch']:.3f} | {b['fp']:.3f} | {b['q4']:.3f} | {b['kfp']:.3f} | "
+                f"{b['kq4']:.3f} | {b['kfp'] / b['kq4']:.2f}x | {b['torch'] / b['q4']:.2f}x | {b['ctorch']:.3f} | "
+                f"{b['cfp']:.3f} | {b['cq4']:.3f} | {b['cfp'] / b['cq4']:.2f}x |",
                 flush=True,
             )
+            print(f"  (max |W4 llvm - interpreter| {err:.1e}; load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"load average at end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits
 from bitpress.passes.quantize.ops import unpack_codes
+from bitpress.schedules.default import _root_blocks
 
 Args = list[Any]
 
@@ -40,8 +41,26 @@ Args = list[Any]
 # ----------------------------------------------------------------------------- layout
 
 
-def _weight_layout(node: Node, ctx: LowerContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
-    """(bytes [G, Bpg, N] uint8, scales [G, N] f32, zero*scale [G, N] f32, gs, gs_padded)."""
+def _strip_width(n: int, lanes: int = 32) -> int:
+    """Output channels per weight strip (the vectorized axis of the CPU kernels), at most `lanes`."""
+    return next(c for c in (32, 16, 8, 4, 2, 1) if c <= lanes and n % c == 0)
+
+
+def _word_codes(bits: int) -> int:
+    """Codes per storage unit: 32-bit words of 8 int4 / 16 int2 codes; bytes (8- and 3-bit) count 1."""
+    return 32 // bits if bits in (2, 4) else 1
+
+
+def _weight_layout(
+    node: Node, ctx: LowerContext, nb: int = 1, words: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+    """(codes [N / nb, G, units per group, nb], scales [G, N] f32, zero*scale [G, N] f32, gs, gs_padded).
+
+    Still packed at the weight's bit width, in the IR's order within a channel (low bits
+    first): only the order of the storage units changes, to strips of nb output channels,
+    each strip one contiguous run of groups.  A unit is a byte, or with `words` (2/4-bit) a
+    little-endian 32-bit word of 4 consecutive bytes (8 int4 / 16 int2 codes of one channel).
+    """
     a = node.attrs
     shape, bits, gs, signed = list(a["shape"]), int(a["bits"]), int(a["group_size"]), bool(a.get("signed", True))
     n, k = shape[0], math.prod(shape[1:])
@@ -57,7 +76,8 @@ def _weight_layout(node: Node, ctx: LowerContext) -> tuple[torch.Tensor, torch.T
     else:
         z = torch.zeros(n, ng)
     z = z + off
-    align = 8 if bits == 3 else 8 // bits
+    words = words and bits in (2, 4)
+    align = _word_codes(bits) if words else (8 if bits == 3 else max(8 // bits, 4))
     gsp = math.ceil(gs / align) * align
     u3 = torch.zeros(n, ng, gsp, dtype=torch.int64)
     for g in range(ng):
@@ -67,25 +87,82 @@ def _weight_layout(node: Node, ctx: LowerContext) -> tuple[torch.Tensor, torch.T
     packed = pack_bits(u3, bits).reshape(n, ng, bpg)
     if bits == 3:  # a code may straddle two bytes: one spare byte keeps the read in bounds
         packed = torch.cat([packed, torch.zeros(n, ng, 1, dtype=torch.uint8)], 2)
-    bt = packed.permute(1, 2, 0).contiguous()
+    if words:
+        packed = packed.contiguous().view(torch.int32)  # [n, ng, bpg / 4], little-endian like the IR's bytes
+    bt = packed.reshape(n // nb, nb, ng, packed.shape[2]).permute(0, 2, 3, 1).contiguous()
     return bt, s.t().contiguous(), (z * s).t().contiguous(), gs, gsp
 
 
 def _code(bt: Any, g: Any, i: Any, n: Any, bits: int) -> Any:
+    """Unsigned code i of group g, output channel n (int32), from the strip layout."""
+    nb = int(bt.shape[-1])
+    no, ni = tirx.floordiv(n, nb), tirx.floormod(n, nb)
     if bits == 8:
-        return bt[g, i, n].astype("int32")
+        return bt[no, g, i, ni].astype("int32")
     if bits == 3:
         bo = i * 3
-        lo = bt[g, tirx.shift_right(bo, 3), n].astype("int32")
-        hi = bt[g, tirx.shift_right(bo, 3) + 1, n].astype("int32")
+        lo = bt[no, g, tirx.shift_right(bo, 3), ni].astype("int32")
+        hi = bt[no, g, tirx.shift_right(bo, 3) + 1, ni].astype("int32")
         return tirx.bitwise_and(tirx.shift_right(tirx.bitwise_or(lo, tirx.shift_left(hi, 8)), tirx.bitwise_and(bo, 7)), 7)
-    per = 8 // bits
-    b = bt[g, tirx.floordiv(i, per), n].astype("int32")
-    return tirx.bitwise_and(tirx.shift_right(b, tirx.floormod(i, per) * bits), (1 << bits) - 1)
+    per = 32 // bits if str(bt.dtype) == "int32" else 8 // bits
+    b = bt[no, g, tirx.floordiv(i, per), ni].astype("int32")
+    # an arithmetic shift of the top code of a word sign-extends; the mask drops those bits
+    moved = _by_slot(tirx.floormod(i, per), per, lambda q: tirx.shift_right(b, tirx.const(q * bits, "int32")))
+    return tirx.bitwise_and(moved, (1 << bits) - 1)
 
 
-def _qmatmul_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, has_bias: bool) -> Any:
+def _by_slot(p: Any, per: int, fn: Any) -> Any:
+    """fn(p) for a slot index p in [0, per) as a select over constants.
+
+    Shift amounts stay int32 constants (an expression of int64 loop variables would widen
+    the word to 64-bit lanes), and once the slot loop is unrolled each select folds to one
+    constant shift.
+    """
+    out = fn(per - 1)
+    for q in reversed(range(per - 1)):
+        out = tirx.if_then_else(p == q, fn(q), out)
+    return out
+
+
+def _mantissa_code(word: Any, p: Any, bits: int) -> Any:
+    """1 + u / 2^bits as float32, for code slot p of a 32-bit word: the code's bits moved to the
+    top of the mantissa of 1.0 (a shift and an and-or, no int->float conversion).  Exact."""
+    top = 23 - bits  # the code's lowest bit lands here
+
+    def shifted(q: int) -> Any:
+        d = top - q * bits
+        return tirx.shift_left(word, tirx.const(d, "int32")) if d >= 0 else tirx.shift_right(word, tirx.const(-d, "int32"))
+
+    moved = _by_slot(p, 32 // bits, shifted)
+    mask = ((1 << bits) - 1) << top
+    return tirx.reinterpret("float32", tirx.bitwise_or(tirx.bitwise_and(moved, mask), 0x3F800000))
+
+
+GEMV_ACC_LANES = 256  # float lanes of partial sums a GEMV kernel keeps in registers (16 x 512-bit)
+
+
+def _gemv_plan(m: int, n: int, bits: int) -> tuple[int, int] | None:
+    """(slots per unit, strip width) of the GEMV kernel for m rows, or None when m is too large."""
+    slots = _word_codes(bits) if bits in (2, 4) else 4
+    if m * slots > 16:
+        return None
+    return slots, _strip_width(n, max(1, GEMV_ACC_LANES // (m * slots)))
+
+
+def _qgemv_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, slots: int, has_bias: bool) -> Any:
+    """Few rows: y = sum_g s' * sum_p part[p] - zs' * xsum, one partial sum per code slot p.
+
+    part[m, g, p, n] = sum_j xg[m, g, j*P + p] * c(g, j*P + p, n) keeps the P codes of a
+    storage unit in P independent accumulators (no dependency chain between the codes of
+    one load).  For 2/4-bit words c = 1 + u / 2^b (from the mantissa, see _mantissa_code),
+    so sum_i x c = xsum + sum_i x u / 2^b and the caller passes s' = 2^b s, zs' = s' + z s;
+    for bytes c = u, s' = s, zs' = z s.
+    """
+    per = slots
+    words = bits in (2, 4)
+
     def fn(x: Any, bt: Any, s: Any, zs: Any, *rest: Any) -> Any:
+        nb = int(bt.shape[-1])
         xg = te.compute(
             (m, ng, gsp),
             lambda mm, g, i: tirx.if_then_else(
@@ -95,14 +172,25 @@ def _qmatmul_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, h
         )
         r1 = te.reduce_axis((0, gsp), name="i")
         xsum = te.compute((m, ng), lambda mm, g: te.sum(xg[mm, g, r1], axis=r1), name="xsum")
-        r2 = te.reduce_axis((0, gsp), name="i")
-        part = te.compute(
-            (m, ng, n),
-            lambda mm, g, nn: te.sum(xg[mm, g, r2] * _code(bt, g, r2, nn, bits).astype("float32"), axis=r2),
-            name="part",
-        )
+        rj = te.reduce_axis((0, gsp // per), name="j")
+
+        def term(mm: Any, g: Any, p: Any, nn: Any) -> Any:
+            if words:
+                c = _mantissa_code(bt[nn // nb, g, rj, nn % nb], p, bits)
+            else:
+                c = _code(bt, g, rj * per + p, nn, bits).astype("float32")
+            return xg[mm, g, rj * per + p] * c
+
+        part = te.compute((m, ng, per, n), lambda mm, g, p, nn: te.sum(term(mm, g, p, nn), axis=rj), name="part")
+
+        def group_sum(mm: Any, g: Any, nn: Any) -> Any:
+            acc = part[mm, g, 0, nn]
+            for p in range(1, per):
+                acc = acc + part[mm, g, p, nn]
+            return acc
+
         rg = te.reduce_axis((0, ng), name="g")
-        y = te.compute((m, n), lambda mm, nn: te.sum(s[rg, nn] * part[mm, rg, nn] - zs[rg, nn] * xsum[mm, rg], axis=rg), name="y")
+        y = te.compute((m, n), lambda mm, nn: te.sum(s[rg, nn] * group_sum(mm, rg, nn) - zs[rg, nn] * xsum[mm, rg], axis=rg), name="y")
         if has_bias:
             b = rest[0]
             y = te.compute((m, n), lambda mm, nn: y[mm, nn] + b[nn], name="y_bias")
@@ -111,57 +199,121 @@ def _qmatmul_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, h
     return fn
 
 
-def _cpu_qmatmul_schedule(m: int, n: int, bits: int) -> Any:
+def _qgemm_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, has_bias: bool) -> Any:
+    """Many rows: w = c * s' - zs' decoded into a strip cache [G, gs_padded, nb], then a float GEMM.
+
+    c, s', zs' as in _qgemv_te: for 2/4-bit words c = 1 + u / 2^b, s' = 2^b s, zs' = s' + z s,
+    so c s' - zs' = (u - z) s.
+    """
+
+    def fn(x: Any, bt: Any, s: Any, zs: Any, *rest: Any) -> Any:
+        nb = int(bt.shape[-1])
+        words = str(bt.dtype) == "int32"
+        per = 32 // bits
+
+        def code(no: Any, g: Any, i: Any, ni: Any) -> Any:
+            if words:
+                return _mantissa_code(bt[no, g, i // per, ni], i % per, bits)
+            return _code(bt, g, i, no * nb + ni, bits).astype("float32")
+
+        wdeq = te.compute(
+            (n // nb, ng, gsp, nb),
+            lambda no, g, i, ni: code(no, g, i, ni) * s[g, no * nb + ni] - zs[g, no * nb + ni],
+            name="wdeq",
+        )
+        r = te.reduce_axis((0, k), name="k")
+        y = te.compute((m, n), lambda mm, nn: te.sum(x[mm, r] * wdeq[nn // nb, r // gs, r % gs, nn % nb], axis=r), name="y")
+        if has_bias:
+            b = rest[0]
+            y = te.compute((m, n), lambda mm, nn: y[mm, nn] + b[nn], name="y_bias")
+        return y
+
+    return fn
+
+
+def _vectorize(sch: Any, loop: Any, width: int) -> None:
+    if width > 1:
+        sch.vectorize(loop)
+
+
+def _cpu_qgemv_schedule(nb: int) -> Any:
+    """parallel(strip) . group . [partial sums in registers: j . unroll(m, p) . vector(nb)] . y += s * part"""
+
     def schedule(sch: Any, target: Any) -> None:
-        lanes = 8
-        # the padded activations are materialized once per call (tiny), so the hot loop has no bounds test
-        xg = sch.get_sblock("xg")
-        sch.parallel(sch.get_loops(xg)[0]) if m > 1 else None
-        ni = 16 if n % 16 == 0 else (8 if n % 8 == 0 else 1)
-        part = sch.get_sblock("part")
-        mm, g, nn, i = sch.get_loops(part)
-        no, nin = sch.split(nn, factors=[None, ni])
-        mi_f = next(f for f in (4, 2, 1) if m % f == 0)
-        mo, mi = sch.split(mm, factors=[None, mi_f])
-        per = 8 // bits if bits in (2, 4) else 1
-        io, ii = sch.split(i, factors=[None, per])
-        sch.reorder(no, mo, g, io, ii, mi, nin)
+        y = sch.get_sblock("y")
+        mm, nn, g = sch.get_loops(y)
+        no, ni = sch.split(nn, factors=[None, nb])
+        sch.reorder(no, g, mm, ni)
         sch.parallel(no)
-        if per > 1:
-            sch.unroll(ii)  # the codes of one byte: constant shifts after unrolling
-        if mi_f > 1:
-            sch.unroll(mi)
-        if ni > 1:
-            sch.vectorize(nin)
-        init = sch.decompose_reduction(part, io)
-        if ni > 1:
-            sch.vectorize(sch.get_loops(init)[-1])
-        ys = sch.get_sblock("y")
-        ym, yn, yg = sch.get_loops(ys)
-        yno, yni = sch.split(yn, factors=[None, lanes if n % lanes == 0 else 1])
-        sch.reorder(yno, ym, yg, yni)
-        sch.parallel(yno)
-        if n % lanes == 0:
-            sch.vectorize(yni)
-        yinit = sch.decompose_reduction(ys, yg)
-        if n % lanes == 0:
-            sch.vectorize(sch.get_loops(yinit)[-1])
-        xs = sch.get_sblock("xsum")
-        sch.parallel(sch.get_loops(xs)[0]) if m > 1 else None
-        try:
-            yb = sch.get_sblock("y_bias")
-        except Exception:
-            return
-        fused = sch.fuse(*sch.get_loops(yb))
-        sch.parallel(fused)
+        part = sch.get_sblock("part")
+        sch.compute_at(part, g, preserve_unit_loops=True)
+        # the strip's partial sums live in registers: nb lanes x P slots x m rows
+        sch.set_scope(part, 0, "local")
+        pm, _, pp, pn, pj = sch.get_loops(part)[-5:]
+        sch.reorder(pj, pm, pp, pn)
+        sch.unroll(pm)
+        sch.unroll(pp)
+        _vectorize(sch, pn, nb)
+        init = sch.decompose_reduction(part, pj)
+        _vectorize(sch, sch.get_loops(init)[-1], nb)
+        _vectorize(sch, ni, nb)
+        yinit = sch.decompose_reduction(y, g)
+        _vectorize(sch, sch.get_loops(yinit)[-1], nb)
+        _schedule_bias(sch)
 
     return schedule
 
 
+def _cpu_qgemm_schedule(m: int, nb: int, per: int) -> Any:
+    """parallel(strip) . [decode the strip's [K, nb] weights once] . row tiles . k . unroll(mi) . vector(nb)
+
+    The decoded strip (K x nb floats, at most a few hundred KB) stays in L2 while every row
+    tile of the batch streams through it: the fp32 GEMM's register tile, fed from a cache
+    instead of from the fp32 weight in memory.
+    """
+
+    def schedule(sch: Any, target: Any) -> None:
+        y = sch.get_sblock("y")
+        mm, nn, r = sch.get_loops(y)
+        no, ni = sch.split(nn, factors=[None, nb])
+        mi_f = next(f for f in (8, 6, 4, 3, 2, 1) if m % f == 0)
+        mo, mi = sch.split(mm, factors=[None, mi_f])
+        sch.reorder(no, mo, r, mi, ni)
+        wb = sch.cache_write(y, 0, "global")
+        if _has_block(sch, "y_bias"):
+            sch.reverse_compute_inline(sch.get_sblock("y_bias"))
+        sch.parallel(no)
+        sch.reverse_compute_at(wb, mo, preserve_unit_loops=True)
+        wd = sch.get_sblock("wdeq")
+        sch.compute_at(wd, no)
+        wi, wn = sch.get_loops(wd)[-2:]
+        if per > 1:  # the codes of one storage unit: constant shifts once unrolled
+            _, wq = sch.split(wi, factors=[None, per])
+            sch.unroll(wq)
+        _vectorize(sch, wn, nb)
+        sch.unroll(mi)
+        _vectorize(sch, ni, nb)
+        init = sch.decompose_reduction(y, r)
+        _vectorize(sch, sch.get_loops(init)[-1], nb)
+        _vectorize(sch, sch.get_loops(wb)[-1], nb)
+
+    return schedule
+
+
+def _has_block(sch: Any, name: str) -> bool:
+    return any(sch.get(b).name_hint == name for b in _root_blocks(sch))
+
+
+def _schedule_bias(sch: Any) -> None:
+    if not _has_block(sch, "y_bias"):
+        return
+    yb = sch.get_sblock("y_bias")
+    fused = sch.fuse(*sch.get_loops(yb))
+    sch.parallel(fused)
+
+
 def _gpu_schedule(sch: Any, target: Any) -> None:
     """One thread per output element of every block (reductions serial per thread)."""
-    from bitpress.schedules.default import _root_blocks
-
     for blk in _root_blocks(sch):
         try:
             sch.compute_inline(blk)
@@ -201,18 +353,29 @@ def _qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
     shape = list(node.attrs["shape"])
     n, k = shape[0], shape[1]
     bits = int(node.attrs["bits"])
-    bt, s, zs, gs, gsp = _weight_layout(node, ctx)
-    ng = s.shape[0]
     x2, shp, m = _flatten_in(ctx, _f32(ctx, x), k)
+    cpu = ctx.target == "llvm"
+    plan = _gemv_plan(m, n, bits) if cpu else None
     name = f"qmatmul_int{bits}_{'gemv' if m == 1 else 'gemm'}"
-    fn = _qmatmul_te(m, k, n, ng, gs, gsp, bits, b is not None)
-    ins = [x2, ctx.const(bt, f"{node.name}.qbytes"), ctx.const(s, f"{node.name}.scales"), ctx.const(zs, f"{node.name}.zs")]
+    nb = (plan[1] if plan is not None else _strip_width(n)) if cpu else 1
+    bt, s, zs, gs, gsp = _weight_layout(node, ctx, nb, words=cpu)
+    if cpu and bits in (2, 4):  # the codes come as c = 1 + u / 2^b: see _qgemv_te
+        s = s * float(1 << bits)
+        zs = s + zs
+    ng = s.shape[0]
+    if plan is not None:
+        fn = _qgemv_te(m, k, n, ng, gs, gsp, bits, plan[0], b is not None)
+    else:
+        fn = _qgemm_te(m, k, n, ng, gs, gsp, bits, b is not None)
+    ins = [x2, ctx.const(bt, f"{node.name}.qcodes"), ctx.const(s, f"{node.name}.scales"), ctx.const(zs, f"{node.name}.zs")]
     if b is not None:
         ins.append(_f32(ctx, b))
-    if ctx.target == "llvm":
-        ctx.schedule_hint(name, schedule=_cpu_qmatmul_schedule(m, n, bits))
-    else:
+    if not cpu:
         ctx.schedule_hint(name, schedule=_gpu_schedule)
+    elif plan is not None:
+        ctx.schedule_hint(name, schedule=_cpu_qgemv_schedule(nb))
+    else:
+        ctx.schedule_hint(name, schedule=_cpu_qgemm_schedule(m, nb, _word_codes(bits) if bits in (2, 4) else 1))
     y = ctx.emit_te(fn, *ins, primfunc_name_hint=name)
     if len(shp) != 2:
         y = ctx.emit(R.reshape(y, (*shp[:-1], n)))
