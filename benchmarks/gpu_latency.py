@@ -133,18 +133,23 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=64)
     args = ap.parse_args()
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def attempt(name: str, m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], passes: list[Any], tune: int) -> None:
+        try:
+            rows.append(bench(name, m, inputs, passes, tune))
+            print(rows[-1], flush=True)
+        except Exception as e:  # one failed build must not lose the other rows
+            print(f"{name}: FAILED {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}", flush=True)
+
     for key, name, m, inputs in models(args.models.split(",")):
         print(f"== {name}", flush=True)
-        rows.append(bench(name, m, inputs, [], 0))
-        print(rows[-1], flush=True)
+        attempt(name, m, inputs, [], 0)
         if key in args.tune_models.split(","):
-            rows.append(bench(name + f", tuned {args.trials} trials", m, inputs, [], args.trials))
-            print(rows[-1], flush=True)
+            attempt(name + f", tuned {args.trials} trials", m, inputs, [], args.trials)
         if args.quant and key in ("mlp", "smollm2-64", "smollm2-1"):
             q = bp.passes.Quantize(method="rtn", bits=4, group_size=128 if key != "mlp" else 32)
-            rows.append(bench(name + f", W4A16 g{q.group_size} RTN", m, inputs, [q], 0))
-            print(rows[-1], flush=True)
+            attempt(name + f", W4A16 g{q.group_size} RTN", m, inputs, [q], 0)
     print()
     print(
         "| model | bitpress cuda e2e | torch eager e2e | bitpress cuda device | torch eager device | max err (rel) | compile s | weight bytes |"

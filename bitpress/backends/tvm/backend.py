@@ -54,7 +54,10 @@ def make_target(target: str, options: dict[str, Any] | None = None) -> Any:
         return tvm.target.Target(spec)
     if target == "cuda":
         arch = options.get("arch") or _cuda_arch()
-        return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+        # MetaSchedule's thread binding needs the per-block limits, which a bare {"kind", "arch"}
+        # target lacks (these are the values of TVM's nvidia/* tags from sm_50 on)
+        spec = {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32}
+        return tvm.target.Target(spec, host={"kind": "llvm"})
     raise ValueError(f"TVM backend: unknown target {target!r} (use 'llvm' or 'cuda')")
 
 
