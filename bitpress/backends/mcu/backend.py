@@ -8,7 +8,8 @@ per inference and per layer in QEMU on the example input.  run() feeds samples t
 through semihosting files; save() copies the project and ELF into the artifact.
 
 Options (compile(..., options={...})): allow_float (bool, default False), schedule
-("scalar" | "dsp-4row" | "mve-4row"), profile (bool, default True), opt ("-O2").
+("scalar" | "dsp-4row" | "mve-4row"), profile (bool, default True), opt ("-O2"), integer_glue
+(bool, default True: residual adds and average pools before a quantize in fixed point, see legalize.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bitpress.schedules.mcu import gemv_schedule
 __all__ = ["McuBackend", "McuExecutable"]
 
 _C_DIR = Path(__file__).resolve().parent / "c"
-_OPTIONS = {"allow_float", "schedule", "profile", "opt"}
+_OPTIONS = {"allow_float", "schedule", "profile", "opt", "integer_glue"}
 
 MAKEFILE = """# Builds model.elf for {core} ({machine} in QEMU).  `make run` runs it on input.bin -> output.bin.
 CC = arm-none-eabi-gcc
@@ -87,6 +88,7 @@ class McuExecutable:
     board: Board
     out_types: list[tuple[tuple[int, ...], str]]
     info: dict[str, Any] = field(default_factory=dict)
+    graph: Graph | None = None  # the legalized graph the firmware computes (run it in the interpreter to compare)
 
     @property
     def elf(self) -> Path:
@@ -136,7 +138,7 @@ class McuBackend:
             raise ValueError(f"unknown MCU option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
         check_tools()
         sched = gemv_schedule(dsp=board.dsp, mve=board.mve, override=opts.get("schedule"))
-        lg = legalize(g)
+        lg, glue = legalize(g, integer_glue=bool(opts.get("integer_glue", True)))
         gen = generate(lg, board, sched, allow_float=bool(opts.get("allow_float", False)))
         if gen.plan.peak > board.ram_length:
             raise ValueError(
@@ -149,9 +151,10 @@ class McuBackend:
         except BaseException:
             shutil.rmtree(project, ignore_errors=True)
             raise
-        exe = McuExecutable(project, board, [(o.shape, o.dtype) for o in g.outputs])
+        exe = McuExecutable(project, board, [(o.shape, o.dtype) for o in g.outputs], graph=lg)
         weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
         exe.info = build_info(gen, board, sched.name, elf)
+        exe.info["integer_glue"] = glue  # quantize nodes computed in fixed point (see legalize.py)
         if opts.get("profile", True):
             ex = options.example_inputs or tuple(torch.zeros(v.shape, dtype=to_torch_dtype(v.dtype)) for v in g.inputs)
             exe.info.update(profile_info(exe, gen, list(ex)))

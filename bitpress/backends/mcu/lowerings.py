@@ -110,7 +110,7 @@ def _tvm_layer(
     bound = w2.to(torch.int64).abs().sum(1) * 128
     np_ = sched.padded(*w2.shape)[0]
     req = requant_consts(m.value, r.value, bias, int(n.attrs["out_zero_point"]), bound, np_)
-    kern = build(f"bp_k{len(ctx.kernels.kernels)}_{_cname(n.name)}", req)
+    kern = build(_kname(ctx, n), req)
     x = n.inputs[0]
     ptrs = {
         "x": ctx.ptr(x),
@@ -121,8 +121,13 @@ def _tvm_layer(
         "shift": ctx.array(req["shift"], "int32_t", f"{r.name}.{sched.name}"),
         "y": ctx.ptr(n.output),
     }
+    return _tvm_call(ctx, n, kern, ptrs)
+
+
+def _tvm_call(ctx: McuLowerContext, n: Node, kern: Kernel, ptrs: dict[str, str]) -> str:
+    """C that calls a TVM kernel through the packed-API shim: static DLTensors over the arena and flash."""
     ctx.tvm_nodes[n.name] = kern
-    codes = {"int8": (0, 8), "int16": (0, 16), "int32": (0, 32), "int64": (0, 64)}
+    codes = {"int8": (0, 8), "uint8": (1, 8), "int16": (0, 16), "int32": (0, 32), "int64": (0, 64)}
     shapes = "\n".join(f"    static int64_t s{i}[] = {{{', '.join(str(d) for d in shp)}}};" for i, (_, _, shp) in enumerate(kern.args))
     tensors = ",\n        ".join(
         f"{{(void *){ptrs[role]}, {{kDLCPU, 0}}, {len(shp)}, {{{codes[dt][0]}, {codes[dt][1]}, 1}}, s{i}, 0, 0}}"
@@ -136,6 +141,77 @@ def _tvm_layer(
         f"    TVMFFIAny ret;\n    bp_tvm_ws = bp_arena + @WS[{n.name}];\n"
         f'    if (__tvm_ffi_{kern.name}(0, a, {len(kern.args)}, &ret) != 0) bp_tvm_fail("{kern.name}");'
     )
+
+
+def _kname(ctx: McuLowerContext, n: Node) -> str:
+    return f"bp_k{len(ctx.kernels.kernels)}_{_cname(n.name)}"
+
+
+# ----------------------------------------------------------------------------- fixed-point glue (TVM, default schedule)
+
+
+@register_mcu_lowering("rescale_add_int32")
+def _rescale_add(ctx: McuLowerContext, n: Node) -> str:
+    """y = ma f(a) + mb f(b): TE elementwise compute, TVM's loop."""
+    from tvm import te, tirx
+
+    a = n.attrs
+    ins = [v for v in n.inputs if v is not None]
+
+    def f(t: Any, i: tuple[Any, ...], tag: str) -> Any:
+        v = t(*i).astype("int32") - int(a[f"{tag}_zero_point"])
+        return tirx.max(v, 0) if a[f"{tag}_relu"] else v
+
+    def fn(*ts: Any) -> Any:
+        def body(*i: Any) -> Any:
+            y = f(ts[0], i, "a") * int(a["a_mult"])
+            return y + f(ts[1], i, "b") * int(a["b_mult"]) if len(ts) > 1 else y
+
+        return te.compute(ts[0].shape, body, name="Y")
+
+    shape = tuple(n.output.shape)
+    roles = ["a", "b"][: len(ins)]
+    kern = ctx.kernels.add_te(_kname(ctx, n), [(r, "int8", shape) for r in roles], ("int32", shape), fn)
+    return _tvm_call(ctx, n, kern, {**{r: ctx.ptr(v) for r, v in zip(roles, ins, strict=True)}, "y": ctx.ptr(n.output)})
+
+
+@register_mcu_lowering("sum_pool2d_int32")
+def _sum_pool(ctx: McuLowerContext, n: Node) -> str:
+    """y = sum over each window: TE reduction, TVM's loop."""
+    from tvm import te
+
+    x = n.inputs[0]
+    assert x is not None
+    (kh, kw), (sh, sw) = _pair(n.attrs["kernel_size"]), _pair(n.attrs["stride"])
+    oshape = tuple(n.output.shape)
+
+    def fn(t: Any) -> Any:
+        i, j = te.reduce_axis((0, kh), name="i"), te.reduce_axis((0, kw), name="j")
+        return te.compute(oshape, lambda b, c, y, xx: te.sum(t[b, c, y * sh + i, xx * sw + j], axis=[i, j]), name="Y")
+
+    kern = ctx.kernels.add_te(_kname(ctx, n), [("x", "int32", tuple(x.shape))], ("int32", oshape), fn)
+    return _tvm_call(ctx, n, kern, {"x": ctx.ptr(x), "y": ctx.ptr(n.output)})
+
+
+@register_mcu_lowering("requantize_int32")
+def _requantize(ctx: McuLowerContext, n: Node) -> str:
+    """q = clamp(((x m + 2^(r-1)) >> r) + zp): TE elementwise compute in int64, TVM's loop."""
+    from tvm import te, tirx
+
+    x = n.inputs[0]
+    assert x is not None
+    m, r, zp = int(n.attrs["multiplier"]), int(n.attrs["shift"]), int(n.attrs["zero_point"])
+    shape = tuple(x.shape)
+
+    def fn(t: Any) -> Any:
+        def body(*i: Any) -> Any:
+            v = ((t(*i).astype("int64") * m + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
+            return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
+
+        return te.compute(shape, body, name="Y")
+
+    kern = ctx.kernels.add_te(_kname(ctx, n), [("x", "int32", shape)], ("int8", shape), fn)
+    return _tvm_call(ctx, n, kern, {"x": ctx.ptr(x), "y": ctx.ptr(n.output)})
 
 
 @register_mcu_lowering("qlinear_w8a8")

@@ -129,6 +129,14 @@ class KernelBuilder:
             [("x", "int8", (nb, c, h, wd)), ("w", "int8", sched.weight_shape(o, k)), *_req_args(op_, req), ("y", "int8", (nb, o, p))],
         )
 
+    def add_te(self, name: str, inputs: list[tuple[str, str, tuple[int, ...]]], out: tuple[str, tuple[int, ...]], fn: Any) -> Kernel:
+        """An elementwise / pooling kernel straight from its TE compute (TVM's default loop nest)."""
+        from tvm import te
+
+        phs = [te.placeholder(shape, dt, name=role) for role, dt, shape in inputs]
+        y = fn(*phs)
+        return self._add(name, te.create_prim_func([*phs, y]), [*inputs, ("y", out[0], out[1])])
+
     def _add(self, name: str, func: Any, args: list[tuple[str, str, tuple[int, ...]]]) -> Kernel:
         self.funcs[name] = func.with_attr("global_symbol", name)
         kern = Kernel(name, args)
@@ -153,10 +161,10 @@ class KernelBuilder:
 
 
 def _function_body(src: str, name: str) -> str:
-    i = src.find(f"{name}(void* self_handle")
-    i = src.find("{", i)
-    j = src.find("\n}\n", i)
-    return src[i:j]
+    i = src.find(f"{name}(void* self_handle, void* args, int32_t num_args, void* result) {{")
+    if i < 0:
+        raise LoweringError(f"TVM's C has no definition of {name}")
+    return src[i : src.find("\n}\n", i)]
 
 
 def requant_consts(
