@@ -4,7 +4,9 @@ Run: .venv/bin/python benchmarks/quant_gemv.py [--threads 1] [--batches 1,32] [-
 
 Per shape (N x K) and batch, every variant is timed in one process, round-robin over
 `--rounds` rounds (the best round counts; the machine is shared), and the load average is
-printed with the table:
+printed with the table.  `--clock cpu` (default) times with the process's CPU time, which a
+loaded machine does not inflate by preempting the (single-threaded) run; `--clock wall`
+uses wall time (use it with `--threads` > 1, where CPU time sums over threads):
 
 - torch: `F.linear` on the fp32 weight;
 - call: the whole `bp.compile(...)` callable (torch -> DLPack, Relax VM, back), fp32 and W4;
@@ -39,25 +41,28 @@ class Layer(torch.nn.Module):
         return self.lin(x)
 
 
+CLOCK = time.process_time
+
+
 def per_call_ms(call: Callable[[int], Any], seconds: float) -> float:
     """Milliseconds per call over about `seconds` of calls (after one warm-up)."""
     call(0)
-    n, t0 = 0, time.perf_counter()
+    n, t0 = 0, CLOCK()
     while True:
         call(n)
         n += 1
-        el = time.perf_counter() - t0
+        el = CLOCK() - t0
         if el >= seconds and n >= 5:
             return el / n * 1e3
 
 
-def kernel_ms(cm: Any, x: torch.Tensor, number: int, repeat: int = 10) -> float:
-    """The VM main function alone (arguments already on the device): best of `repeat` means of `number` calls, in ms."""
+def kernel_ms(cm: Any, x: torch.Tensor, seconds: float) -> float:
+    """The VM main function alone (arguments already on the device, no torch conversions), in ms."""
     exe = cm.executable
     exe.run([x])  # makes the VM
     args = [exe._to_dev(x), *exe._params]
-    res = exe._vm.time_evaluator("main", exe._dev, number=number, repeat=repeat)(*args)
-    return float(min(res.results) * 1e3)
+    main_fn = exe._vm["main"]
+    return per_call_ms(lambda i: main_fn(*args), seconds)
 
 
 def quant(bits: int, gs: int) -> list[Any]:
@@ -74,11 +79,14 @@ def main() -> None:
     ap.add_argument("--shapes", default="gate/up,down,q/o,k/v,lm_head")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # read when tvm starts its pool
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"threads {args.threads}; load average at start {os.getloadavg()}")
+    print(f"threads {args.threads}, clock {args.clock}; load average at start {os.getloadavg()}")
     print(
         "| layer | N x K | batch | torch fp32 | TVM fp32 call | TVM W4 call | TVM fp32 kernel | TVM W4 kernel | "
         "W4/TVM fp32 (kernel) | W4/torch (call) | cold: torch | cold: TVM fp32 | cold: W4 | cold W4/TVM fp32 |"
@@ -106,8 +114,8 @@ def main() -> None:
                     keep("torch", per_call_ms(lambda i, x=x, w=ws[0]: F.linear(x, w), args.seconds))
                     keep("fp", per_call_ms(lambda i, x=x, f=fp[0]: f(x), args.seconds))
                     keep("q4", per_call_ms(lambda i, x=x, f=q4[0]: f(x), args.seconds))
-                    keep("kfp", kernel_ms(fp[0], x, 20))
-                    keep("kq4", kernel_ms(q4[0], x, 20))
+                    keep("kfp", kernel_ms(fp[0], x, args.seconds))
+                    keep("kq4", kernel_ms(q4[0], x, args.seconds))
                     keep("ctorch", per_call_ms(lambda i, x=x, ws=ws: F.linear(x, ws[i % len(ws)]), args.seconds))
                     keep("cfp", per_call_ms(lambda i, x=x, fs=fp: fs[i % len(fs)](x), args.seconds))
                     keep("cq4", per_call_ms(lambda i, x=x, fs=q4: fs[i % len(fs)](x), args.seconds))

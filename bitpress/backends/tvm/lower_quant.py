@@ -172,25 +172,41 @@ def _qgemv_te(m: int, k: int, n: int, ng: int, gs: int, gsp: int, bits: int, slo
         )
         r1 = te.reduce_axis((0, gsp), name="i")
         xsum = te.compute((m, ng), lambda mm, g: te.sum(xg[mm, g, r1], axis=r1), name="xsum")
-        rj = te.reduce_axis((0, gsp // per), name="j")
 
-        def term(mm: Any, g: Any, p: Any, nn: Any) -> Any:
+        def term(mm: Any, g: Any, p: Any, nn: Any, rj: Any) -> Any:
             if words:
                 c = _mantissa_code(bt[nn // nb, g, rj, nn % nb], p, bits)
             else:
                 c = _code(bt, g, rj * per + p, nn, bits).astype("float32")
             return xg[mm, g, rj * per + p] * c
 
-        part = te.compute((m, ng, per, n), lambda mm, g, p, nn: te.sum(term(mm, g, p, nn), axis=rj), name="part")
-
-        def group_sum(mm: Any, g: Any, nn: Any) -> Any:
-            acc = part[mm, g, 0, nn]
+        def slot_sum(pt: Any, *idx: Any) -> Any:
+            acc = pt(*idx[:-1], 0, idx[-1])
             for p in range(1, per):
-                acc = acc + part[mm, g, p, nn]
+                acc = acc + pt(*idx[:-1], p, idx[-1])
             return acc
 
-        rg = te.reduce_axis((0, ng), name="g")
-        y = te.compute((m, n), lambda mm, nn: te.sum(s[rg, nn] * group_sum(mm, rg, nn) - zs[rg, nn] * xsum[mm, rg], axis=rg), name="y")
+        # a ragged last group gets its own, shorter reduction instead of padding every row
+        tail_units = -(-(k - (ng - 1) * gs) // per)
+        split = ng > 1 and tail_units * per < gsp
+        ngm = ng - 1 if split else ng
+        rj = te.reduce_axis((0, gsp // per), name="j")
+        part = te.compute((m, ngm, per, n), lambda mm, g, p, nn: te.sum(term(mm, g, p, nn, rj), axis=rj), name="part")
+        rg = te.reduce_axis((0, ngm), name="g")
+        y = te.compute(
+            (m, n),
+            lambda mm, nn: te.sum(s[rg, nn] * slot_sum(part, mm, rg, nn) - zs[rg, nn] * xsum[mm, rg], axis=rg),
+            name="y",
+        )
+        if split:
+            rt = te.reduce_axis((0, tail_units), name="jt")
+            part_t = te.compute((m, per, n), lambda mm, p, nn: te.sum(term(mm, ng - 1, p, nn, rt), axis=rt), name="part_tail")
+            t = ng - 1
+            y = te.compute(
+                (m, n),
+                lambda mm, nn: y[mm, nn] + (s[t, nn] * slot_sum(part_t, mm, nn) - zs[t, nn] * xsum[mm, t]),
+                name="y_tail",
+            )
         if has_bias:
             b = rest[0]
             y = te.compute((m, n), lambda mm, nn: y[mm, nn] + b[nn], name="y_bias")
@@ -237,7 +253,10 @@ def _vectorize(sch: Any, loop: Any, width: int) -> None:
 
 
 def _cpu_qgemv_schedule(nb: int) -> Any:
-    """parallel(strip) . group . [partial sums in registers: j . unroll(m, p) . vector(nb)] . y += s * part"""
+    """parallel(strip) . group . [partial sums in registers: j . unroll(m, p) . vector(nb)] . y += s * part
+
+    A ragged last group (part_tail, y_tail) runs once per strip after the full groups.
+    """
 
     def schedule(sch: Any, target: Any) -> None:
         y = sch.get_sblock("y")
@@ -259,6 +278,24 @@ def _cpu_qgemv_schedule(nb: int) -> Any:
         _vectorize(sch, ni, nb)
         yinit = sch.decompose_reduction(y, g)
         _vectorize(sch, sch.get_loops(yinit)[-1], nb)
+        if _has_block(sch, "y_tail"):
+            # its own pass over the strips: reverse_compute_at into `no` would need xsum there too
+            yt = sch.get_sblock("y_tail")
+            tm_, tn_ = sch.get_loops(yt)
+            tno, tni = sch.split(tn_, factors=[None, nb])
+            sch.reorder(tno, tm_, tni)
+            sch.parallel(tno)
+            pt = sch.get_sblock("part_tail")
+            sch.compute_at(pt, tno, preserve_unit_loops=True)
+            sch.set_scope(pt, 0, "local")
+            tm, tp, tn, tj = sch.get_loops(pt)[-4:]
+            sch.reorder(tj, tm, tp, tn)
+            sch.unroll(tm)
+            sch.unroll(tp)
+            _vectorize(sch, tn, nb)
+            tinit = sch.decompose_reduction(pt, tj)
+            _vectorize(sch, sch.get_loops(tinit)[-1], nb)
+            _vectorize(sch, sch.get_loops(yt)[-1], nb)
         _schedule_bias(sch)
 
     return schedule
