@@ -243,8 +243,8 @@ _REGISTERED: set[str] = set()
 
 
 def schedule_linear(func: Any, sched: KernelSchedule, kp: int) -> Any:
-    """Schedule the TE qlinear (blocks `xs`? , `acc`, `Y`): rows of x outer, tiles of `rows` outputs,
-    the tile's whole reduction tensorized (or, for `scalar`, x[k] loaded once for 4 unrolled rows)."""
+    """Schedule the TE qlinear (blocks `xs` (DSP only), `acc`, `Y`): rows of x outer, tiles of `rows`
+    outputs, the tile's whole reduction tensorized (or, for `scalar`, x[k] loaded once for 4 unrolled rows)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -255,15 +255,9 @@ def schedule_linear(func: Any, sched: KernelSchedule, kp: int) -> Any:
     sch.compute_at(acc, no)
     if sched.blocked:
         sch.compute_at(sch.get_sblock("xs"), m)
-    loops = sch.get_loops(acc)
-    _, _, ni, k = loops[-4:] if len(loops) >= 4 else (None, *loops)  # type: ignore[misc]
-    init = sch.decompose_reduction(acc, ni)
-    del init
-    if sched.ukernel is None:
-        sch.reorder(k, ni)
-        sch.unroll(ni)
-    else:
-        sch.tensorize(ni, _intrin(sched, kp, 1))
+    own = sch.get_loops(acc)[2:]  # (rows, k): the tile's output rows and the reduction (k absent when K = 1)
+    sch.decompose_reduction(acc, own[0])
+    _finish_tile(sch, acc, sched, kp, 2)
     return sch.mod["main"]
 
 
@@ -286,14 +280,21 @@ def schedule_conv(func: Any, sched: KernelSchedule, kp: int, row: int) -> Any:
     # one patch row (kernel row i) is `row` = kw * C contiguous values: loop over rows, then within a row
     sch.split(sch.get_loops(patch)[-1], [None, row])
     sch.compute_at(sch.get_sblock("xpad"), b)
-    loops = sch.get_loops(acc)
-    ri = loops[3]  # b, pt, ot | r, p, k
-    sch.decompose_reduction(acc, ri)
-    loops = sch.get_loops(acc)
-    r, pp, k = loops[3:6]
-    if sched.ukernel is None:
-        sch.reorder(k, r, pp)
-        sch.unroll(r)
-    else:
-        sch.tensorize(r, _intrin(sched, kp, sched.pixels))
+    own = sch.get_loops(acc)[3:]  # (rows, pixels, k) under b, pixel tile, row tile
+    sch.decompose_reduction(acc, own[0])
+    _finish_tile(sch, acc, sched, kp, 3)
     return sch.mod["main"]
+
+
+def _finish_tile(sch: Any, acc: Any, sched: KernelSchedule, kp: int, outer: int) -> None:
+    """Tensorize the tile's reduction into the micro-kernel, or (scalar schedule, or K = 1) keep TVM's
+    loops with the reduction outside the unrolled rows so each x[k] is loaded once per tile."""
+    own = sch.get_loops(acc)[outer:]
+    if sched.ukernel is not None and kp >= 2:
+        sch.tensorize(own[0], _intrin(sched, kp, sched.pixels))
+        return
+    if kp < 2:
+        sch.unroll(own[0])
+        return
+    sch.reorder(own[-1], *own[:-1])
+    sch.unroll(sch.get_loops(acc)[outer + 1])
