@@ -1,22 +1,36 @@
-"""2:4 sparse vs dense linear on llvm at SmolLM2 MLP shapes (gate/up 1536x576, down 576x1536).
+"""Sparse (and sparse + int4) linear kernels vs dense on llvm at SmolLM2 MLP shapes.
 
-Run: .venv/bin/python benchmarks/prune_kernels.py [--threads 2] [--repeat 200] [--layers 16]
+Run: .venv/bin/python benchmarks/prune_kernels.py [--threads 2] [--repeat 50] [--rounds 7] [--layers 8] [--batches 1,32]
 
-Compares, per call: torch fp32 dense, bitpress TVM dense `linear` (default CPU schedule),
-bitpress TVM `nm_linear` 2:4 (gather kernel over values + 2-bit packed indices), and
-bitpress TVM `sparse_linear` at 50% unstructured (row-padded CSR, int16 columns).  Hot: one
-layer called repeatedly.  Cold: `--layers` distinct copies cycled (working set beyond the
-last-level cache), as when decoding through a model's layers.
+Per shape (gate/up 1536x576, down 576x1536) and batch, every variant is built for
+`--layers` distinct random layers and timed side by side, round-robin (each round times
+every variant once, so load from other processes hits all of them alike):
+
+- torch fp32 eager (`F.linear`, MKL)
+- TVM dense fp32 `linear` (bitpress's default CPU GEMM/GEMV schedule)
+- TVM `nm_linear` 2:4 (fp32 values + 2-bit packed indices)
+- TVM `sparse_linear` 50% unstructured (row-padded CSR, int16 columns)
+- TVM dense W4 g128 `qlinear` (packed int4 + fp16 scales/zeros)
+- TVM `nm_qlinear` 2:4 + W4 g128 (int4 codes of the kept values + scales/zeros per 128
+  kept values + 2-bit indices)
+
+"hot": one layer called repeatedly (weights in cache); "cold": the `--layers` copies
+cycled, a working set beyond the L2 caches, as when decoding through a model's layers.
+Times are the best round (ms per call); ratios are against TVM dense fp32 in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
 
 import torch
 
 import bitpress as bp
+
+Fn = Callable[[torch.Tensor], object]
 
 
 class Layer(torch.nn.Module):
@@ -28,53 +42,88 @@ class Layer(torch.nn.Module):
         return self.lin(x)
 
 
-def timeit(fns, x: torch.Tensor, repeat: int, rounds: int = 5) -> float:  # type: ignore[no-untyped-def]
-    """Best of `rounds` rounds of `repeat` calls (the minimum is robust to other load on a shared machine)."""
-    for f in fns[:2]:
-        f(x)
-    best = float("inf")
+def side_by_side(variants: dict[str, list[Fn]], x: torch.Tensor, repeat: int, rounds: int) -> dict[str, float]:
+    """Best-of-`rounds` ms per call for each variant; each round times every variant in turn."""
+    for fns in variants.values():
+        for f in fns:
+            f(x)
+    best = dict.fromkeys(variants, float("inf"))
     for _ in range(rounds):
-        t = time.perf_counter()
-        for i in range(repeat):
-            fns[i % len(fns)](x)
-        best = min(best, (time.perf_counter() - t) / repeat * 1e3)
+        for name, fns in variants.items():
+            t = time.perf_counter()
+            for i in range(repeat):
+                fns[i % len(fns)](x)
+            best[name] = min(best[name], (time.perf_counter() - t) / repeat * 1e3)
     return best
+
+
+PASSES = {
+    "TVM dense fp32": [],
+    "TVM 2:4": [bp.passes.Prune(sparsity="2:4")],
+    "TVM CSR 50%": [bp.passes.Prune(sparsity=0.5)],
+    "TVM W4 g128": [bp.passes.Quantize(bits=4, group_size=128)],
+    "TVM 2:4+W4 g128": [bp.passes.Prune(sparsity="2:4"), bp.passes.Quantize(bits=4, group_size=128)],
+}
+OPS = {
+    "TVM dense fp32": "linear",
+    "TVM 2:4": "nm_linear",
+    "TVM CSR 50%": "sparse_linear",
+    "TVM W4 g128": "qlinear",
+    "TVM 2:4+W4 g128": "nm_qlinear",
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=200)
-    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--variants", default=",".join(PASSES), help="comma-separated subset of: " + ", ".join(PASSES))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| shape (N x K) | batch | weights | torch fp32 | TVM dense | TVM 2:4 | TVM CSR 50% | 2:4 vs TVM dense | 2:4 vs torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    chosen = [v for v in PASSES if v in args.variants.split(",")]
+    print(f"load average at start: {os.getloadavg()}")
+    cols = ["torch fp32", *chosen]
+    print("| shape (N x K) | batch | weights | " + " | ".join(cols) + " | " + " | ".join(f"{c} vs dense" for c in chosen[1:]) + " |")
+    print("|---" * (3 + len(cols) + len(chosen) - 1) + "|")
+    sizes: dict[str, dict[str, int]] = {}
+    failed: dict[str, str] = {}
     for n, k in [(1536, 576), (576, 1536)]:
-        for batch in (1, 16):
+        for batch in (int(b) for b in args.batches.split(",")):
+            torch.manual_seed(0)
             x = torch.randn(batch, k)
             mods = [Layer(k, n).eval() for _ in range(args.layers)]
-            cal = [(torch.randn(batch, k),)]
-            dense = [bp.compile(m, (x,), target="llvm", quiet=True) for m in mods]
-            nm = [bp.compile(m, (x,), passes=[bp.passes.Prune(sparsity="2:4")], target="llvm", quiet=True, calibration=cal) for m in mods]
-            csr = [bp.compile(m, (x,), passes=[bp.passes.Prune(sparsity=0.5)], target="llvm", quiet=True, calibration=cal) for m in mods]
-            assert nm[0].graph.find("lin").op == "nm_linear" and csr[0].graph.find("lin").op == "sparse_linear"
+            built: dict[str, list[Fn]] = {}
+            for name in chosen:  # magnitude pruning and RTN: no calibration data needed
+                try:
+                    cms = [bp.compile(m, (x,), passes=PASSES[name], target="llvm", quiet=True) for m in mods]
+                except Exception as e:  # another kernel's build failing must not hide the others' numbers
+                    failed.setdefault(name, f"{n}x{k} batch {batch}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:160]}")
+                    continue
+                assert cms[0].graph.find("lin").op == OPS[name], (name, cms[0].graph.find("lin").op)
+                sizes.setdefault(f"{n}x{k}", {})[name] = cms[0].report.total_bytes
+                built[name] = cms  # type: ignore[assignment]
             for label, count in (("hot", 1), ("cold", args.layers)):
-                with torch.no_grad():
-                    t_torch = timeit([m.forward for m in mods[:count]], x, args.repeat)
-                t_dense = timeit(dense[:count], x, args.repeat)
-                t_nm = timeit(nm[:count], x, args.repeat)
-                t_csr = timeit(csr[:count], x, args.repeat)
+                variants: dict[str, list[Fn]] = {"torch fp32": [torch.no_grad()(m.forward) for m in mods[:count]]}
+                variants.update({name: fns[:count] for name, fns in built.items()})
+                t = side_by_side(variants, x, args.repeat, args.rounds)
+                base = t.get(chosen[0], float("nan"))
                 print(
-                    f"| {n}x{k} | {batch} | {label} | {t_torch:.3f} ms | {t_dense:.3f} ms | {t_nm:.3f} ms | {t_csr:.3f} ms "
-                    f"| {t_dense / t_nm:.2f}x | {t_torch / t_nm:.2f}x |"
+                    f"| {n}x{k} | {batch} | {label} | "
+                    + " | ".join(f"{t[c]:.3f} ms" if c in t else "build failed" for c in cols)
+                    + " | "
+                    + " | ".join(f"{base / t[c]:.2f}x" if c in t else "-" for c in chosen[1:])
+                    + " |"
                 )
-    b_dense = dense[0].report.total_bytes
-    b_nm = nm[0].report.total_bytes
-    b_csr = csr[0].report.total_bytes
-    print(
-        f"\nstored bytes per {n}x{k} layer: dense {b_dense:,}, 2:4 {b_nm:,} ({b_nm / b_dense:.3f}), CSR 50% {b_csr:,} ({b_csr / b_dense:.3f})"
-    )
+    print(f"\nload average at end: {os.getloadavg()}")
+    for name, why in failed.items():
+        print(f"{name}: build failed ({why})")
+    print("\nstored bytes per layer (report.total_bytes):")
+    for shape, per in sizes.items():
+        dense = per.get("TVM dense fp32")
+        print(f"  {shape}: " + ", ".join(f"{k} {v:,}" + (f" ({v / dense:.3f})" if dense else "") for k, v in per.items()))
 
 
 if __name__ == "__main__":
