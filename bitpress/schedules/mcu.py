@@ -19,7 +19,9 @@ bitpress/backends/mcu/c/bp_ukernels.h):
   SXTB16 + 8 SMLAD per 16 MACs; TVM writes the two pixels' int16 patches (im2col) per tile.
 - `mve-4row` (linear on M55): Helium VMLADAVA.S8 (16 int8 MACs), 4 rows share each x load,
   tail-predicated K (no padding of x or K).
-- `mve-4x2`  (conv on M55): 4 rows x 2 pixels: 2 x loads + 4 w loads + 8 VMLADAVA per 128 MACs.
+- `mve-4x2`  (conv on M55): 4 rows x 2 pixels: 2 x loads + 4 w loads + 8 VMLADAVA per 128 MACs;
+  weights in blocks of 4 rows with 16-byte pieces interleaved and K padded to 16, so one pointer
+  walks the tile and 8 accumulators, 2 activation pointers and it fit the registers.
 """
 
 from __future__ import annotations
@@ -54,10 +56,16 @@ class KernelSchedule:
     x_dtype: str  # what the tensorized reduction reads: "int8" or "int16" (SXTB16 + SMLAD)
     k_align: int  # K is padded with zero weights to a multiple of this
     ukernel: str | None  # micro-kernel in bp_ukernels.h (None: TVM's own loops)
+    chunk: int = 0  # weights in blocks of `rows` rows with `chunk`-byte pieces interleaved (0: row-major)
 
     @property
     def blocked(self) -> bool:
-        """Weights in blocks of `rows` rows with 4-byte chunks interleaved (the DSP layouts)."""
+        """Weights in blocks of `rows` rows, the rows' `chunk`-byte pieces interleaved (one pointer walks a tile)."""
+        return self.chunk > 0
+
+    @property
+    def sxtb16(self) -> bool:
+        """DSP layouts: bytes [w0 w2 w1 w3] per 4-byte chunk, paired with int16 x in natural order."""
         return self.x_dtype == "int16"
 
     def padded(self, n: int, k: int) -> tuple[int, int]:
@@ -66,7 +74,7 @@ class KernelSchedule:
     def weight_shape(self, n: int, k: int) -> tuple[int, ...]:
         """Shape of the weight buffer the TE compute reads (the flash array, as TVM sees it)."""
         np_, kp = self.padded(n, k)
-        return (np_ // self.rows, kp // 4, self.rows, 4) if self.blocked else (np_, kp)
+        return (np_ // self.rows, kp // self.chunk, self.rows, self.chunk) if self.blocked else (np_, kp)
 
     def layout(self, w: torch.Tensor) -> torch.Tensor:
         """Weights [N, K] int8 -> the array the kernel reads: zero-padded to whole tiles, then permuted."""
@@ -76,27 +84,31 @@ class KernelSchedule:
         wp[:n, :k] = w
         if not self.blocked:
             return wp
-        r = self.rows
-        chunks = wp.reshape(np_ // r, r, kp // 4, 4)[..., list(_CHUNK)]
+        r, c = self.rows, self.chunk
+        chunks = wp.reshape(np_ // r, r, kp // c, c)
+        if self.sxtb16:
+            chunks = chunks[..., list(_CHUNK)]
         return chunks.permute(0, 2, 1, 3).contiguous()
 
     def weight_index(self, w: Any, n: Any, k: Any) -> Any:
         """TE access of logical weight [n, k] in `layout`'s buffer (the inverse permutation)."""
         if not self.blocked:
             return w[n, k]
+        if not self.sxtb16:
+            return w[n // self.rows, k // self.chunk, n % self.rows, k % self.chunk]
         j = k % 4
         return w[n // self.rows, k // 4, n % self.rows, (j % 2) * 2 + j // 2]
 
 
 LINEAR_SCHEDULES: dict[str, KernelSchedule] = {
     "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
-    "dsp-4row": KernelSchedule("dsp-4row", 4, 1, "int16", 4, "bp_uk_dsp_4row"),
+    "dsp-4row": KernelSchedule("dsp-4row", 4, 1, "int16", 4, "bp_uk_dsp_4row", 4),
     "mve-4row": KernelSchedule("mve-4row", 4, 1, "int8", 1, "bp_uk_mve_4row"),
 }
 CONV_SCHEDULES: dict[str, KernelSchedule] = {
     "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
-    "dsp-2x2": KernelSchedule("dsp-2x2", 2, 2, "int16", 4, "bp_uk_dsp_2x2"),
-    "mve-4x2": KernelSchedule("mve-4x2", 4, 2, "int8", 1, "bp_uk_mve_4x2"),
+    "dsp-2x2": KernelSchedule("dsp-2x2", 2, 2, "int16", 4, "bp_uk_dsp_2x2", 4),
+    "mve-4x2": KernelSchedule("mve-4x2", 4, 2, "int8", 16, "bp_uk_mve_4x2", 16),
 }
 SCHEDULES: dict[str, KernelSchedule] = LINEAR_SCHEDULES | CONV_SCHEDULES
 _CONV_FOR = {"scalar": "scalar", "dsp-4row": "dsp-2x2", "mve-4row": "mve-4x2"}
@@ -134,53 +146,60 @@ def _intrin(sched: KernelSchedule, kp: int, x_scope_rows: int) -> str:
     if name in _REGISTERED:
         return name
     rows, pix, xt = sched.rows, sched.pixels, sched.x_dtype
-    kc = kp // 4
+    ch = sched.chunk or 4
+    kc = kp // ch
     uk = sched.ukernel
     assert uk is not None
     if sched.blocked:
         # the extra argument of the 2x2 kernel is pixel B's byte offset (an immediate in its inner loop)
-        uk_call = f"{uk}_{2 * kp}" if pix == 2 else uk
+        uk_call = f"{uk}_{2 * kp}" if pix == 2 and sched.sxtb16 else uk
+        if sched.sxtb16:
+
+            def w_at(W: Any, vk: Any, vr: Any) -> Any:
+                return W[0, vk // 4, vr, vk % 4 % 2 * 2 + vk % 4 // 2]
+        else:
+
+            def w_at(W: Any, vk: Any, vr: Any) -> Any:
+                return W[0, vk // ch, vr, vk % ch]
 
         @T.prim_func(s_tir=True)
         def desc_b(
             X: T.Buffer((pix, kp), xt, offset_factor=1),
-            W: T.Buffer((1, kc, rows, 4), "int8", offset_factor=1),
+            W: T.Buffer((1, kc, rows, ch), "int8", offset_factor=1),
             C: T.Buffer((rows, pix), "int32", offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:4])
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:ch])
                 T.writes(C[0:rows, 0:pix])
                 for r, p, k in T.grid(rows, pix, kp):
                     with T.sblock("update"):
                         vr, vp, vk = T.axis.remap("SSR", [r, p, k])
-                        C[vr, vp] = C[vr, vp] + T.Cast("int32", X[vp, vk]) * T.Cast(
-                            "int32", W[0, vk // 4, vr, vk % 4 % 2 * 2 + vk % 4 // 2]
-                        )
+                        C[vr, vp] = C[vr, vp] + T.Cast("int32", X[vp, vk]) * T.Cast("int32", w_at(W, vk, vr))
 
         @T.prim_func(s_tir=True)
         def impl_b(
             X: T.Buffer((pix, kp), xt, offset_factor=1),
-            W: T.Buffer((1, kc, rows, 4), "int8", offset_factor=1),
+            W: T.Buffer((1, kc, rows, ch), "int8", offset_factor=1),
             C: T.Buffer((rows, pix), "int32", offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:4])
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:ch])
                 T.writes(C[0:rows, 0:pix])
                 T.evaluate(T.call_extern("int32", uk_call, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"), kc))
 
         @T.prim_func(s_tir=True)
         def desc_b1(
             X: T.Buffer((1, kp), xt, offset_factor=1),
-            W: T.Buffer((1, kc, rows, 4), "int8", offset_factor=1),
+            W: T.Buffer((1, kc, rows, ch), "int8", offset_factor=1),
             C: T.Buffer((rows, 1), "int32", offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:1], X[0:1, 0:kp], W[0, 0:kc, 0:rows, 0:4])
+                T.reads(C[0:rows, 0:1], X[0:1, 0:kp], W[0, 0:kc, 0:rows, 0:ch])
                 T.writes(C[0:rows, 0:1])
                 for r, k in T.grid(rows, kp):
                     with T.sblock("update"):
                         vr, vk = T.axis.remap("SR", [r, k])
-                        C[vr, 0] = C[vr, 0] + T.Cast("int32", X[0, vk]) * T.Cast("int32", W[0, vk // 4, vr, vk % 4 % 2 * 2 + vk % 4 // 2])
+                        C[vr, 0] = C[vr, 0] + T.Cast("int32", X[0, vk]) * T.Cast("int32", w_at(W, vk, vr))
 
         if pix == 1:
             s_tir.TensorIntrin.register(name, desc_b1, impl_b, override=True)

@@ -59,7 +59,7 @@ class KernelBuilder:
         consts = _req_placeholders(np_, req)
         kr = te.reduce_axis((0, kp), name="k")
         ins = [x, w, *consts]
-        if sched.blocked:
+        if sched.sxtb16:
             xs = te.compute(
                 (m, kp),
                 lambda i, j: tirx.if_then_else(j < k, x[i, tirx.min(j, k - 1)], tirx.const(0, "int8")).astype("int16"),
@@ -221,6 +221,7 @@ def _requant(acc: Any, ch: Any, consts: list[Any], req: dict[str, Any]) -> Any:
         _, _, rnd, shift = consts
         hi = (prod >> tirx.const(32, "int64")).astype("int32")
         v = (hi + rnd[ch]) >> shift[ch]
-        return tirx.max(tirx.min(v, 127), -128).astype("int8")
+        # bp_sat8(v) = clamp(v, -128, 127): SSAT #8 where the core has it (bp_ukernels.h)
+        return tirx.call_pure_extern("int32", "bp_sat8", v).astype("int8")
     v = (prod >> consts[2][ch].astype("int64")) + tirx.const(int(req["zp"]), "int64")
     return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")

@@ -9,7 +9,7 @@
 #define BP_UKERNELS_H
 #include <stdint.h>
 #include <string.h>
-#if defined(__ARM_FEATURE_DSP)
+#if defined(__ARM_FEATURE_DSP) || defined(__ARM_FEATURE_SAT)
 #include <arm_acle.h>
 #endif
 #if defined(__ARM_FEATURE_MVE)
@@ -17,6 +17,15 @@
 #endif
 
 #define BP_UK static inline __attribute__((always_inline))
+
+/* clamp(v, -128, 127): the requantization epilogue's saturation, one SSAT where the core has it */
+BP_UK int32_t bp_sat8(int32_t v) {
+#if defined(__ARM_FEATURE_SAT)
+    return __ssat(v, 8);
+#else
+    return v < -128 ? -128 : (v > 127 ? 127 : v);
+#endif
+}
 
 #if defined(__ARM_FEATURE_DSP)
 /* dsp-4row: 4 rows x 1 pixel.  x: int16 [4 * kc] in natural order; w: kc chunks of 4 rows x 4 bytes, each
@@ -151,29 +160,40 @@ BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K, int32_t 
     return 0;
 }
 
-/* mve-4x2: 4 rows x 2 pixels; acc [row][pixel]; pixel B's patch `xstride` bytes after pixel A's.
- * Per 16 k: 6 VLDRB, 8 VMLADAVA (128 MACs), loop end. */
-BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K, int32_t xstride) {
+/* mve-4x2: 4 rows x 2 pixels; acc [row][pixel]; x: both pixels' patches, 16 * kc bytes each, pixel B after
+ * pixel A; w: kc pieces of 4 rows x 16 bytes (one pointer walks the tile), K padded to 16 with zero weights.
+ * Per piece: 6 VLDRB, 8 VMLADAVA, ADDS, SUBS, BNE = 17 instructions for 128 MACs (kc >= 1). */
+BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t kc) {
     int32_t *acc = (int32_t *)accp;
-    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
-    const int8_t *xa = (const int8_t *)xv, *xb = xa + xstride;
-    const int8_t *w0 = (const int8_t *)wv, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-    int32_t n = K >> 4;
-    for (; n > 0; n--, xa += 16, xb += 16, w0 += 16, w1 += 16, w2 += 16, w3 += 16) {
-        int8x16_t pa = vldrbq_s8(xa), pb = vldrbq_s8(xb), q;
-        q = vldrbq_s8(w0), a00 = vmladavaq_s8(a00, pa, q), a01 = vmladavaq_s8(a01, pb, q);
-        q = vldrbq_s8(w1), a10 = vmladavaq_s8(a10, pa, q), a11 = vmladavaq_s8(a11, pb, q);
-        q = vldrbq_s8(w2), a20 = vmladavaq_s8(a20, pa, q), a21 = vmladavaq_s8(a21, pb, q);
-        q = vldrbq_s8(w3), a30 = vmladavaq_s8(a30, pa, q), a31 = vmladavaq_s8(a31, pb, q);
-    }
-    if (K & 15) {
-        mve_pred16_t p = vctp8q((uint32_t)(K & 15));
-        int8x16_t pa = vldrbq_z_s8(xa, p), pb = vldrbq_z_s8(xb, p), q;
-        q = vldrbq_z_s8(w0, p), a00 = vmladavaq_s8(a00, pa, q), a01 = vmladavaq_s8(a01, pb, q);
-        q = vldrbq_z_s8(w1, p), a10 = vmladavaq_s8(a10, pa, q), a11 = vmladavaq_s8(a11, pb, q);
-        q = vldrbq_z_s8(w2, p), a20 = vmladavaq_s8(a20, pa, q), a21 = vmladavaq_s8(a21, pb, q);
-        q = vldrbq_z_s8(w3, p), a30 = vmladavaq_s8(a30, pa, q), a31 = vmladavaq_s8(a31, pb, q);
-    }
+    /* VMLADAVA accumulates into an even register: pin the 8 accumulators to r0, r2, ..., r12, lr */
+    register int32_t a00 __asm__("r0") = acc[0], a01 __asm__("r2") = acc[1], a10 __asm__("r4") = acc[2], a11 __asm__("r6") = acc[3];
+    register int32_t a20 __asm__("r8") = acc[4], a21 __asm__("r10") = acc[5], a30 __asm__("r12") = acc[6], a31 __asm__("lr") = acc[7];
+    register const int8_t *xa __asm__("r1") = (const int8_t *)xv;
+    register const int8_t *xb __asm__("r3") = (const int8_t *)xv + 16 * kc;
+    register const int8_t *w __asm__("r5") = (const int8_t *)wv;
+    register int32_t n __asm__("r9") = kc;
+    __asm__ volatile("1:\n\t"
+                     "vldrb.8 q0, [%[xa]], #16\n\t"
+                     "vldrb.8 q1, [%[xb]], #16\n\t"
+                     "vldrb.8 q2, [%[w]]\n\t"
+                     "vldrb.8 q3, [%[w], #16]\n\t"
+                     "vmladava.s8 %[a00], q0, q2\n\t"
+                     "vmladava.s8 %[a01], q1, q2\n\t"
+                     "vldrb.8 q4, [%[w], #32]\n\t"
+                     "vmladava.s8 %[a10], q0, q3\n\t"
+                     "vmladava.s8 %[a11], q1, q3\n\t"
+                     "vldrb.8 q5, [%[w], #48]\n\t"
+                     "vmladava.s8 %[a20], q0, q4\n\t"
+                     "vmladava.s8 %[a21], q1, q4\n\t"
+                     "adds %[w], #64\n\t"
+                     "vmladava.s8 %[a30], q0, q5\n\t"
+                     "vmladava.s8 %[a31], q1, q5\n\t"
+                     "subs %[n], #1\n\t"
+                     "bne 1b\n"
+                     : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [a20] "+r"(a20), [a21] "+r"(a21),
+                       [a30] "+r"(a30), [a31] "+r"(a31), [xa] "+r"(xa), [xb] "+r"(xb), [w] "+r"(w), [n] "+r"(n)
+                     :
+                     : "q0", "q1", "q2", "q3", "q4", "q5", "cc", "memory");
     acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11, acc[4] = a20, acc[5] = a21, acc[6] = a30, acc[7] = a31;
     return 0;
 }
