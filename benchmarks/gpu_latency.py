@@ -110,6 +110,8 @@ def bench(name: str, m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], passe
     compile_s = time.perf_counter() - t
     ref = run(cm.graph, list(inputs))[0]
     got = cm(*inputs)
+    if ref.isnan().any() or got.isnan().any():
+        print(f"  NaN in outputs: interpreter {ref.isnan().sum().item()}, cuda {got.isnan().sum().item()}", flush=True)
     err = (got - ref).abs().max().item()
     rel = err / max(ref.abs().max().item(), 1e-12)
     e2e = timeit(lambda: cm(*inputs), lambda: None)

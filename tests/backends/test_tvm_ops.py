@@ -1,11 +1,14 @@
 """TVM backend (llvm), op by op: every core op built with TVM matches the interpreter.
 
+`BITPRESS_TEST_TVM_TARGET=cuda` runs the same checks on the cuda target (a GPU machine).
+
 Float paths: allclose at 1e-5 (transcendentals 1e-4: LLVM's fast exp/erf differ from
 libm by a few ulp); integer and bool paths: bit-exact.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import hypothesis.strategies as st
@@ -26,11 +29,12 @@ from tests.backends._op_graphs import C, assert_matches, bools, build, ints, non
 def check(op: str, operands: list[Any], attrs: dict[str, Any] | None = None, *, tol: float = 1e-5) -> None:
     g, feeds = build(op, operands, attrs or {})
     want = run(g, feeds)
-    exe = TvmBackend().build(g, "llvm", BuildOptions())
+    exe = TvmBackend().build(g, TARGET, BuildOptions())
     got = exe.run(feeds)
     assert_matches(op, got, want, tol)
 
 
+TARGET = os.environ.get("BITPRESS_TEST_TVM_TARGET", "llvm")
 BINARY_FLOAT = ["add", "sub", "mul", "div", "maximum", "minimum"]
 COMPARE = ["eq", "ne", "lt", "le", "gt", "ge"]
 
