@@ -180,7 +180,7 @@ def test_softmax(op: str, dim: int) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["plain", "causal", "scale", "bool-mask", "float-mask", "gqa", "cross"],
+    ["plain", "causal", "scale", "bool-mask", "const-bool-mask", "float-mask", "gqa", "cross"],
 )
 def test_sdpa(case: str) -> None:
     b, h, L, S, e = 2, 4, 6, 6, 8
@@ -193,6 +193,8 @@ def test_sdpa(case: str) -> None:
         attrs["scale"] = 0.3
     if case == "bool-mask":
         mask = bools(L, S) | torch.eye(L, S, dtype=torch.bool)
+    if case == "const-bool-mask":  # folded into an additive bias at build time
+        mask = C(bools(1, 1, L, S) | torch.eye(L, S, dtype=torch.bool))
     if case == "float-mask":
         mask = r(b, 1, L, S)
     if case == "gqa":

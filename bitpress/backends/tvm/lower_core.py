@@ -535,12 +535,23 @@ def _sdpa(ctx: LowerContext, node: Node, args: Args) -> Any:
         v = R.repeat(v, rep, axis=len(ks) - 3)
     perm = [*list(range(len(ks) - 2)), len(ks) - 1, len(ks) - 2]
     s = ctx.emit(R.multiply(R.matmul(q, R.permute_dims(k, perm)), _scalar(scale, d)))
+    # Boolean masks become additive 0 / -inf biases (the same softmax input for finite scores):
+    # a bool operand in the matmul's fused epilogue gets vectorized byte loads that CUDA
+    # rejects as misaligned ("misaligned address" on an H100), while a float bias does not.
+    bias = np.zeros((L, S), dtype=np.float32)
     if node.attrs.get("is_causal", False):
-        allowed = np.tril(np.ones((L, S), dtype=bool))
-        s = ctx.emit(R.where(relax.const(allowed, "bool"), s, _scalar(-np.inf, d)))
+        bias[~np.tril(np.ones((L, S), dtype=bool))] = -np.inf
+    const_mask = ctx.value(node.inputs[3]) if len(node.inputs) > 3 else None
+    folded = const_mask is not None and const_mask.dtype == torch.bool
+    if folded:
+        assert const_mask is not None
+        bias = bias + np.where(const_mask.numpy(), 0.0, -np.inf).astype(np.float32)
+        mask = None
+    if folded or node.attrs.get("is_causal", False):
+        s = ctx.emit(R.add(s, _cast(ctx.const(torch.from_numpy(bias), f"{node.name}.mask_bias"), d)))
     if mask is not None:
         if str(mask.ty.dtype) == "bool":
-            s = ctx.emit(R.where(mask, s, _scalar(-np.inf, d)))
+            s = ctx.emit(R.add(s, R.where(mask, _scalar(0.0, d), _scalar(-np.inf, d))))
         else:
             s = ctx.emit(R.add(s, _cast(mask, d)))
     p = ctx.emit(R.nn.softmax(s, axis=-1))
