@@ -133,8 +133,8 @@ def conv_schedule(linear: KernelSchedule) -> KernelSchedule:
 # ----------------------------------------------------------------------------- tensor intrinsics
 
 
-def _intrin(sched: KernelSchedule, kp: int, x_scope_rows: int) -> str:
-    """Register (once) the tensor intrinsic for `sched`'s tile over a reduction of `kp`; returns its name.
+def _intrin(sched: KernelSchedule, kx: int, kp: int) -> str:
+    """Register (once) the tensor intrinsic for `sched`'s tile over a reduction of `kx` (weights padded to `kp`).
 
     desc: C[r, p] += X[p, k] * W[r, k] over the tile, with W in `sched.layout` order;
     impl: one call of the micro-kernel on pointers to the tile's accumulators, activations and weights.
@@ -142,17 +142,21 @@ def _intrin(sched: KernelSchedule, kp: int, x_scope_rows: int) -> str:
     from tvm import s_tir
     from tvm.script import tirx as T
 
-    name = f"bp_{sched.name.replace('-', '_')}_k{kp}_p{sched.pixels}"
+    name = f"bp_{sched.name.replace('-', '_')}_k{kx}_{kp}_p{sched.pixels}"
     if name in _REGISTERED:
         return name
     rows, pix, xt = sched.rows, sched.pixels, sched.x_dtype
     ch = sched.chunk or 4
     kc = kp // ch
+    wl = min(ch, kx)  # the part of each weight piece the reduction reads (a short K reads part of one piece)
+    ws0, ws1, ws2 = T.int32(), T.int32(), T.int32()
     uk = sched.ukernel
     assert uk is not None
     if sched.blocked:
         # the extra argument of the 2x2 kernel is pixel B's byte offset (an immediate in its inner loop)
         uk_call = f"{uk}_{2 * kp}" if pix == 2 and sched.sxtb16 else uk
+        # DSP kernels count 4-byte chunks (K is padded); the MVE kernel takes K and predicates the last piece
+        uk_n = kc if sched.sxtb16 else kx
         if sched.sxtb16:
 
             def w_at(W: Any, vk: Any, vr: Any) -> Any:
@@ -164,39 +168,39 @@ def _intrin(sched: KernelSchedule, kp: int, x_scope_rows: int) -> str:
 
         @T.prim_func(s_tir=True)
         def desc_b(
-            X: T.Buffer((pix, kp), xt, offset_factor=1),
-            W: T.Buffer((1, kc, rows, ch), "int8", offset_factor=1),
+            X: T.Buffer((pix, kx), xt, offset_factor=1),
+            W: T.Buffer((1, kc, rows, wl), "int8", offset_factor=1, strides=[ws0, ws1, ws2, 1]),
             C: T.Buffer((rows, pix), "int32", offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:ch])
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kx], W[0, 0:kc, 0:rows, 0:wl])
                 T.writes(C[0:rows, 0:pix])
-                for r, p, k in T.grid(rows, pix, kp):
+                for r, p, k in T.grid(rows, pix, kx):
                     with T.sblock("update"):
                         vr, vp, vk = T.axis.remap("SSR", [r, p, k])
                         C[vr, vp] = C[vr, vp] + T.Cast("int32", X[vp, vk]) * T.Cast("int32", w_at(W, vk, vr))
 
         @T.prim_func(s_tir=True)
         def impl_b(
-            X: T.Buffer((pix, kp), xt, offset_factor=1),
-            W: T.Buffer((1, kc, rows, ch), "int8", offset_factor=1),
+            X: T.Buffer((pix, kx), xt, offset_factor=1),
+            W: T.Buffer((1, kc, rows, wl), "int8", offset_factor=1, strides=[ws0, ws1, ws2, 1]),
             C: T.Buffer((rows, pix), "int32", offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kp], W[0, 0:kc, 0:rows, 0:ch])
+                T.reads(C[0:rows, 0:pix], X[0:pix, 0:kx], W[0, 0:kc, 0:rows, 0:wl])
                 T.writes(C[0:rows, 0:pix])
-                T.evaluate(T.call_extern("int32", uk_call, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"), kc))
+                T.evaluate(T.call_extern("int32", uk_call, C.access_ptr("rw"), X.access_ptr("r"), W.access_ptr("r"), uk_n))
 
         @T.prim_func(s_tir=True)
         def desc_b1(
-            X: T.Buffer((1, kp), xt, offset_factor=1),
-            W: T.Buffer((1, kc, rows, ch), "int8", offset_factor=1),
+            X: T.Buffer((1, kx), xt, offset_factor=1),
+            W: T.Buffer((1, kc, rows, wl), "int8", offset_factor=1, strides=[ws0, ws1, ws2, 1]),
             C: T.Buffer((rows, 1), "int32", offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                T.reads(C[0:rows, 0:1], X[0:1, 0:kp], W[0, 0:kc, 0:rows, 0:ch])
+                T.reads(C[0:rows, 0:1], X[0:1, 0:kx], W[0, 0:kc, 0:rows, 0:wl])
                 T.writes(C[0:rows, 0:1])
-                for r, k in T.grid(rows, kp):
+                for r, k in T.grid(rows, kx):
                     with T.sblock("update"):
                         vr, vk = T.axis.remap("SR", [r, k])
                         C[vr, 0] = C[vr, 0] + T.Cast("int32", X[0, vk]) * T.Cast("int32", w_at(W, vk, vr))
@@ -261,7 +265,7 @@ _REGISTERED: set[str] = set()
 # ----------------------------------------------------------------------------- schedules
 
 
-def schedule_linear(func: Any, sched: KernelSchedule, kp: int) -> Any:
+def schedule_linear(func: Any, sched: KernelSchedule, kx: int, kp: int) -> Any:
     """Schedule the TE qlinear (blocks `xs` (DSP only), `acc`, `Y`): rows of x outer, tiles of `rows`
     outputs, the tile's whole reduction tensorized (or, for `scalar`, x[k] loaded once for 4 unrolled rows)."""
     from tvm import s_tir
@@ -276,11 +280,11 @@ def schedule_linear(func: Any, sched: KernelSchedule, kp: int) -> Any:
         sch.compute_at(sch.get_sblock("xs"), m)
     own = sch.get_loops(acc)[2:]  # (rows, k): the tile's output rows and the reduction (k absent when K = 1)
     sch.decompose_reduction(acc, own[0])
-    _finish_tile(sch, acc, sched, kp, 2)
+    _finish_tile(sch, acc, sched, kx, kp, 2)
     return sch.mod["main"]
 
 
-def schedule_conv(func: Any, sched: KernelSchedule, kp: int, row: int) -> Any:
+def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int) -> Any:
     """Schedule the TE qconv2d (blocks `xpad`, `patch`, `acc`, `Y`): per image the padded NHWC copy,
     per tile of `pixels` output pixels their im2col patches, per tile of `rows` channels the
     tensorized reduction, then the requantization epilogue.  `row` = kw * C (one kernel row of a patch)."""
@@ -301,18 +305,18 @@ def schedule_conv(func: Any, sched: KernelSchedule, kp: int, row: int) -> Any:
     sch.compute_at(sch.get_sblock("xpad"), b)
     own = sch.get_loops(acc)[3:]  # (rows, pixels, k) under b, pixel tile, row tile
     sch.decompose_reduction(acc, own[0])
-    _finish_tile(sch, acc, sched, kp, 3)
+    _finish_tile(sch, acc, sched, kx, kp, 3)
     return sch.mod["main"]
 
 
-def _finish_tile(sch: Any, acc: Any, sched: KernelSchedule, kp: int, outer: int) -> None:
+def _finish_tile(sch: Any, acc: Any, sched: KernelSchedule, kx: int, kp: int, outer: int) -> None:
     """Tensorize the tile's reduction into the micro-kernel, or (scalar schedule, or K = 1) keep TVM's
     loops with the reduction outside the unrolled rows so each x[k] is loaded once per tile."""
     own = sch.get_loops(acc)[outer:]
-    if sched.ukernel is not None and kp >= 2:
-        sch.tensorize(own[0], _intrin(sched, kp, sched.pixels))
+    if sched.ukernel is not None and kx >= 2:
+        sch.tensorize(own[0], _intrin(sched, kx, kp))
         return
-    if kp < 2:
+    if kx < 2:
         sch.unroll(own[0])
         return
     sch.reorder(own[-1], *own[:-1])

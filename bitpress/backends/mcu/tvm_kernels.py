@@ -77,7 +77,7 @@ class KernelBuilder:
                 name="acc",
             )
         y = te.compute((m, n), lambda i, j: _requant(acc[j, i], j, consts, req), name="Y")
-        func = schedule_linear(te.create_prim_func([*ins, y]), sched, kp)
+        func = schedule_linear(te.create_prim_func([*ins, y]), sched, kp, kp)
         return self._add(
             name, func, [("x", "int8", (m, k)), ("w", "int8", sched.weight_shape(n, k)), *_req_args(np_, req), ("y", "int8", (m, n))]
         )
@@ -89,6 +89,7 @@ class KernelBuilder:
         kh, kw, sh, sw, ph, pw, dh, dw = (geo[a] for a in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw"))
         k = c * kh * kw
         op_, kp = sched.padded(o, k)
+        kx = kp if sched.sxtb16 else k  # the DSP kernels read whole 4-value chunks; MVE predicates the K tail
         p = oh * ow
         pp = -(-p // sched.pixels) * sched.pixels
         hp, wp = h + 2 * ph, wd + 2 * pw
@@ -110,11 +111,13 @@ class KernelBuilder:
             qq = tirx.min(q, p - 1)  # pixels past the end of a ragged last tile repeat the last one
             i, rest = kk // (kw * c), kk % (kw * c)
             j, cc = rest // c, rest % c
+            if kx == k:
+                return xpad[b, (qq // ow) * sh + i * dh, (qq % ow) * sw + j * dw, cc]
             v = xpad[b, (qq // ow) * sh + tirx.min(i, kh - 1) * dh, (qq % ow) * sw + j * dw, cc]
             return tirx.if_then_else(kk < k, v, tirx.const(0, xdt))
 
-        patch = te.compute((nb, pp, kp), patch_body, name="patch")
-        kr = te.reduce_axis((0, kp), name="k")
+        patch = te.compute((nb, pp, kx), patch_body, name="patch")
+        kr = te.reduce_axis((0, kx), name="k")
         acc = te.compute(
             (nb, op_, pp),
             lambda b, oc, q: te.sum(patch[b, q, kr].astype("int32") * sched.weight_index(w, oc, kr).astype("int32"), axis=kr),
@@ -122,7 +125,7 @@ class KernelBuilder:
         )
         # the output as [N, O, OH * OW]: the same bytes as NCHW, with the pixel tiles on one axis
         y = te.compute((nb, o, p), lambda b, oc, q: _requant(acc[b, oc, q], oc, consts, req), name="Y")
-        func = schedule_conv(te.create_prim_func([x, w, *consts, y]), sched, kp, kw * c)
+        func = schedule_conv(te.create_prim_func([x, w, *consts, y]), sched, kx, kp, kw * c)
         return self._add(
             name,
             func,

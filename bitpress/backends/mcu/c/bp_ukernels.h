@@ -160,19 +160,21 @@ BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K, int32_t 
     return 0;
 }
 
-/* mve-4x2: 4 rows x 2 pixels; acc [row][pixel]; x: both pixels' patches, 16 * kc bytes each, pixel B after
- * pixel A; w: kc pieces of 4 rows x 16 bytes (one pointer walks the tile), K padded to 16 with zero weights.
+/* mve-4x2: 4 rows x 2 pixels; acc [row][pixel]; x: both pixels' patches, K bytes each, pixel B after pixel A;
+ * w: ceil(K / 16) pieces of 4 rows x 16 bytes (one pointer walks the tile), zero-padded to a whole piece.
  * Per piece: 6 VLDRB, 8 VMLADAVA, ADDS, SUBS, BNE = 17 instructions for 128 MACs (kc >= 1). */
-BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t kc) {
+BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K) {
     int32_t *acc = (int32_t *)accp;
+    const int32_t kc = K >> 4;
     /* VMLADAVA accumulates into an even register: pin the 8 accumulators to r0, r2, ..., r12, lr */
     register int32_t a00 __asm__("r0") = acc[0], a01 __asm__("r2") = acc[1], a10 __asm__("r4") = acc[2], a11 __asm__("r6") = acc[3];
     register int32_t a20 __asm__("r8") = acc[4], a21 __asm__("r10") = acc[5], a30 __asm__("r12") = acc[6], a31 __asm__("lr") = acc[7];
     register const int8_t *xa __asm__("r1") = (const int8_t *)xv;
-    register const int8_t *xb __asm__("r3") = (const int8_t *)xv + 16 * kc;
+    register const int8_t *xb __asm__("r3") = (const int8_t *)xv + K;
     register const int8_t *w __asm__("r5") = (const int8_t *)wv;
     register int32_t n __asm__("r9") = kc;
-    __asm__ volatile("1:\n\t"
+    if (kc)
+        __asm__ volatile("1:\n\t"
                      "vldrb.8 q0, [%[xa]], #16\n\t"
                      "vldrb.8 q1, [%[xb]], #16\n\t"
                      "vldrb.8 q2, [%[w]]\n\t"
@@ -194,6 +196,14 @@ BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t kc) {
                        [a30] "+r"(a30), [a31] "+r"(a31), [xa] "+r"(xa), [xb] "+r"(xb), [w] "+r"(w), [n] "+r"(n)
                      :
                      : "q0", "q1", "q2", "q3", "q4", "q5", "cc", "memory");
+    if (K & 15) { /* the last piece: zeroing tail-predicated loads of x (weights are zero-padded) */
+        mve_pred16_t p = vctp8q((uint32_t)(K & 15));
+        int8x16_t pa = vldrbq_z_s8(xa, p), pb = vldrbq_z_s8(xb, p), q;
+        q = vldrbq_s8(w), a00 = vmladavaq_s8(a00, pa, q), a01 = vmladavaq_s8(a01, pb, q);
+        q = vldrbq_s8(w + 16), a10 = vmladavaq_s8(a10, pa, q), a11 = vmladavaq_s8(a11, pb, q);
+        q = vldrbq_s8(w + 32), a20 = vmladavaq_s8(a20, pa, q), a21 = vmladavaq_s8(a21, pb, q);
+        q = vldrbq_s8(w + 48), a30 = vmladavaq_s8(a30, pa, q), a31 = vmladavaq_s8(a31, pb, q);
+    }
     acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11, acc[4] = a20, acc[5] = a21, acc[6] = a30, acc[7] = a31;
     return 0;
 }
