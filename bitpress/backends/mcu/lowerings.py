@@ -117,7 +117,6 @@ def _tvm_layer(
         "w": ctx.array(sched.layout(w2).reshape(-1), "int8_t", f"{w.name}.{sched.name}"),
         "mult": ctx.array(req["mult"], "int32_t", f"{m.name}.{sched.name}"),
         "bm": ctx.array(req["bm"], "int64_t", f"{n.name}.bias_x_mult"),
-        "rnd": ctx.array(req["rnd"], "int32_t", f"{n.name}.rnd") if "rnd" in req else "0",
         "shift": ctx.array(req["shift"], "int32_t", f"{r.name}.{sched.name}"),
         "y": ctx.ptr(n.output),
     }

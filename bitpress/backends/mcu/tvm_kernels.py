@@ -8,10 +8,11 @@ Per layer, `KernelBuilder.add_linear` / `add_conv` builds a TE compute:
 
 where `bias` already holds `b - x_zp * sum_k w[n, k]` (exact in int32), so x enters as stored.
 Requantization is the interpreter's `((acc * m + 2^(r-1)) >> r) + zp` (int64 product); when every
-shift of the layer exceeds 32 it is written in the equivalent 32-bit form
-`(((acc * m) >> 32) + c) >> (r - 32)` with `c = 2^(r-33) + zp * 2^(r-32)` (floor division by
-2^(r-32) after adding a multiple of it adds exactly zp; the compile-time bound keeps it in int32),
-which GCC turns into SMULL, ADD, ASR and SSAT.  A convolution first copies the image into a
+shift of the layer exceeds 32 it is written in the equivalent form
+`((acc * m + b * m + c * 2^32) >> 32) >> (r - 32)` with `c = 2^(r-33) + zp * 2^(r-32)` (floor
+division by 2^(r-32) after adding a multiple of it adds exactly zp, adding c * 2^32 before the
+>> 32 adds exactly c; a compile-time bound keeps the high word in int32), which GCC turns into
+SMLAL, ASR and SSAT.  A convolution first copies the image into a
 zero-point-padded NHWC buffer (so im2col patches are contiguous rows), then writes per tile the
 patches the micro-kernel reads.
 
@@ -194,15 +195,14 @@ def requant_consts(
         c = (torch.ones_like(s) << (s - 1)) + yzp * (torch.ones_like(s) << s)
         hi = ((acc_bound + b.abs()) * m.abs() >> 32) + 1
         if bool(((hi + c.abs()) < 2**31).all()):
-            return {"form": "hi", "mult": padded(m, 0), "bm": padded(b * m, 0, torch.int64), "rnd": padded(c, 0), "shift": padded(s, 1)}
+            # c * 2^32 added before the >> 32 adds exactly c: one SMLAL, one ASR, one SSAT per output
+            return {"form": "hi", "mult": padded(m, 0), "bm": padded(b * m + (c << 32), 0, torch.int64), "shift": padded(s, 1)}
     bmr = b * m + (torch.ones_like(r) << (r - 1))
     return {"form": "wide", "mult": padded(m, 0), "bm": padded(bmr, 0, torch.int64), "shift": padded(r, 1), "zp": yzp}
 
 
 def _req_names(req: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("mult", "int32"), ("bm", "int64"), ("rnd", "int32"), ("shift", "int32")][: None if req["form"] == "hi" else 2] + (
-        [] if req["form"] == "hi" else [("shift", "int32")]
-    )
+    return [("mult", "int32"), ("bm", "int64"), ("shift", "int32")]
 
 
 def _req_placeholders(n: int, req: dict[str, Any]) -> list[Any]:
@@ -221,9 +221,8 @@ def _requant(acc: Any, ch: Any, consts: list[Any], req: dict[str, Any]) -> Any:
 
     prod = acc.astype("int64") * consts[0][ch].astype("int64") + consts[1][ch]
     if req["form"] == "hi":
-        _, _, rnd, shift = consts
-        hi = (prod >> tirx.const(32, "int64")).astype("int32")
-        v = (hi + rnd[ch]) >> shift[ch]
+        hi = (prod >> tirx.const(32, "int64")).astype("int32")  # = ((acc + b) * m >> 32) + c, c folded into bm
+        v = hi >> consts[2][ch]
         # bp_sat8(v) = clamp(v, -128, 127): SSAT #8 where the core has it (bp_ukernels.h)
         return tirx.call_pure_extern("int32", "bp_sat8", v).astype("int8")
     v = (prod >> consts[2][ch].astype("int64")) + tirx.const(int(req["zp"]), "int64")
