@@ -88,9 +88,19 @@ def main() -> None:
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.it, None)
 
+    # ORT's default op list also quantizes Add/Mul/Softmax/Gather/...: the attention-mask Add
+    # (scores + finfo.min on padding) then gets an int8 range of ~[-3.4e38, x], which wipes out
+    # every attention score.  ORT's own transformer recipe quantizes MatMul only, which is also
+    # what bitpress quantizes (the linear layers).
     peer_rows = []
-    for label, act_type in (("QInt8", QuantType.QInt8), ("QUInt8", QuantType.QUInt8)):
-        out = tmp / f"ort-{label}.onnx"
+    variants = (
+        ("all ops, act QInt8", QuantType.QInt8, None),
+        ("all ops, act QUInt8", QuantType.QUInt8, None),
+        ("MatMul only, act QInt8", QuantType.QInt8, ["MatMul"]),
+        ("MatMul only, act QUInt8", QuantType.QUInt8, ["MatMul"]),
+    )
+    for label, act_type, ops in variants:
+        out = tmp / f"ort-{label.replace(' ', '_').replace(',', '')}.onnx"
         quantize_static(
             str(tmp / "fp32.onnx"),
             str(out),
@@ -99,6 +109,7 @@ def main() -> None:
             per_channel=True,
             activation_type=act_type,
             weight_type=QuantType.QInt8,
+            op_types_to_quantize=ops,
         )
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
@@ -109,25 +120,29 @@ def main() -> None:
 
         peer_rows.append((label, cosine(run_ort, test, refs), out.stat().st_size, sess))
         print(
-            f"| peer: onnxruntime quantize_static (QDQ, per-channel, act {label}) | {peer_rows[-1][1]:.5f} | {out.stat().st_size:,} (file) |"
+            f"| peer: onnxruntime quantize_static (QDQ, per-channel int8 weights, {label}) | {peer_rows[-1][1]:.5f} | {out.stat().st_size:,} (file) |"
         )
 
+    # bitpress's W8A8 models on onnxruntime: agreement with the interpreter (the oracle)
+    print("\n| config | target | cosine to fp32 | max abs diff vs interpreter | embedding cosine vs interpreter (min) |")
+    print("|---|---|---|---|---|")
+    for name in ("w8a8-minmax", "w8a8-smoothquant-0.8"):
+        cm_o = bp.compile(compiled[name].graph.clone(), cal[0], target="onnx", canonicalize=False, quiet=True)
+        diff, sims = 0.0, []
+        for ids_, mask_ in test:
+            want, got = compiled[name](ids_, mask_), cm_o(ids_, mask_)
+            diff = max(diff, float((want - got).abs().max()))
+            sims.append(torch.nn.functional.cosine_similarity(mean_pool(got, mask_), mean_pool(want, mask_), dim=-1))
+        print(f"| {name} | onnx | {cosine(cm_o, test, refs):.5f} | {diff:.4f} | {float(torch.cat(sims).min()):.6f} |", flush=True)
     if args.no_speed:
         return
     ids, mask = test[0]
     print("\n| model | target | ms / batch of 8 x 32 tokens |")
     print("|---|---|---|")
-    for label, g in (("fp32", base.graph), ("w8a8-smoothquant-0.5", compiled["w8a8-smoothquant-0.5"].graph)):
+    for label, g in (("fp32", base.graph), ("w8a8-smoothquant-0.8", compiled["w8a8-smoothquant-0.8"].graph)):
         for target in ("llvm", "onnx"):
             cm = bp.compile(g.clone(), (ids, mask), target=target, canonicalize=False, quiet=True)
-            if label != "fp32":
-                want = compiled["w8a8-smoothquant-0.5"](ids, mask)
-                got = cm(ids, mask)
-                exact = torch.equal(want, got)
-                label_t = f"{label} (bit-exact vs interpreter: {exact})"
-            else:
-                label_t = label
-            print(f"| {label_t} | {target} | {timeit(lambda cm=cm: cm(ids, mask), args.repeat):.2f} |", flush=True)
+            print(f"| {label} | {target} | {timeit(lambda cm=cm: cm(ids, mask), args.repeat):.2f} |", flush=True)
     feeds = {names[0]: ids.numpy(), names[1]: mask.numpy()}
     for label, _, _, sess in peer_rows:
         print(f"| peer ORT int8 (act {label}) | onnxruntime | {timeit(lambda s=sess: s.run(None, feeds), args.repeat):.2f} |")

@@ -25,8 +25,10 @@ layer's output SQNR on calibration inputs, or the weight SQNR when there is no d
 
 Does not handle: grouped/depthwise convs (declined, named in the explain log), matmuls
 between two activations, sub-8-bit activations.  SmoothQuant/AWQ equalize linear layers
-only (convs are quantized without the scale search).  Statistics come from one
-calibration pass over the float model (not layer-by-layer on already quantized inputs).
+only (convs are quantized without the scale search).  GPTQ calibrates layer by layer on
+the already quantized model (`sequential`, via `calibrate.sequential`); the other methods
+take their statistics from one pass over the float model (AWQ/SmoothQuant scalings are
+exact, so only their rounding differs from the float model).
 
 Requires: constant weights.  Ensures: stored weight bytes = packed codes + scales + zeros.
 """
@@ -41,7 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from bitpress.compiler.builder import const, emit
-from bitpress.compiler.calibrate import NodeStats, collect, layer_rows
+from bitpress.compiler.calibrate import NodeStats, block_key, collect, layer_rows, sequential
 from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass, sqnr_db
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
@@ -55,7 +57,7 @@ __all__ = ["Quantize", "quantize_rules"]
 _METHODS = ("rtn", "smoothquant", "awq", "gptq")
 _OBSERVERS = ("minmax", "percentile", "mse")
 _MAX_ROWS = 1024
-_AWQ_ROWS = 256  # rows per AWQ scale search: 20 candidate scalings x every layer of a group
+_AWQ_ROWS = 512  # rows per AWQ scale search: 39 candidate scalings x every layer of a group
 
 
 # ----------------------------------------------------------------------------- plans
@@ -211,6 +213,11 @@ class Quantize:
         avg_bits: bits="auto" budget in code bits per weight (scales not counted).
         candidate_bits: widths bits="auto" may choose from.
         damp, block_size, act_order: GPTQ (damping as a fraction of mean diag(H)).
+        sequential: GPTQ calibration order: "layer" (default; the reference GPTQ's
+            true-sequential mode: the layers of a block that read one input, q/k/v, then o,
+            then gate/up, then down, each calibrated on the outputs of every layer already
+            quantized), "block" (one transformer / residual block at a time) or "none"
+            (every Hessian from the float model).
         alpha: SmoothQuant migration strength.
         calib_samples: calibration batches kept per layer for searches and error reports.
 
@@ -236,6 +243,7 @@ class Quantize:
     act_order: bool = False
     alpha: float = 0.5
     calib_samples: int = 4
+    sequential: str = "layer"
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -276,6 +284,8 @@ class Quantize:
             raise ValueError(f"Quantize: damp must be in [0, 1), got {self.damp}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"Quantize: alpha must be in [0, 1], got {self.alpha}")
+        if self.sequential not in ("layer", "block", "none"):
+            raise ValueError(f"Quantize: sequential must be 'layer', 'block' or 'none', got {self.sequential!r}")
         if self.block_size < 1 or self.calib_samples < 1:
             raise ValueError("Quantize: block_size and calib_samples must be >= 1")
 
@@ -331,6 +341,12 @@ class Quantize:
             return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
         data_aware = self.method != "rtn" or self.act_bits is not None or self.bits == "auto"
         batches = ctx.require_calibration(f"{self.name} (method={self.method})") if data_aware else ctx.calibration
+        if self.method == "gptq" and self.sequential != "none" and batches:
+            if self.bits == "auto":  # sensitivities are measured on the float model
+                stats = self._collect(g, nodes, batches, hessian=False)
+                self._allocate(nodes, {n.name: _rows(n, stats.get(n.name)) for n in nodes}, bits_of, ctx)
+            self._gptq_sequential(g, nodes, batches, bits_of, cfg)
+            return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
         stats = self._collect(g, nodes, batches)
         if self.method in ("smoothquant", "awq"):
             self._equalize(g, nodes, stats, ctx, bits_of)
@@ -343,11 +359,41 @@ class Quantize:
             cfg.plans[n.name] = self._plan(n, stats.get(n.name), rows[n.name], bits_of[n.name])
         return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
 
-    def _collect(self, g: Graph, nodes: list[Node], batches: list[tuple[torch.Tensor, ...]]) -> dict[str, NodeStats]:
+    def _collect(
+        self, g: Graph, nodes: list[Node], batches: list[tuple[torch.Tensor, ...]], hessian: bool | None = None
+    ) -> dict[str, NodeStats]:
         if not batches:
             return {}
         names = {n.name for n in nodes}
-        return collect(g, batches, names, hessian=self.method == "gptq", keep_inputs=self.calib_samples)
+        h = self.method == "gptq" if hessian is None else hessian
+        return collect(g, batches, names, hessian=h, keep_inputs=self.calib_samples)
+
+    def _gptq_sequential(
+        self, g: Graph, nodes: list[Node], batches: list[tuple[torch.Tensor, ...]], bits_of: dict[str, int | None], cfg: _Plans
+    ) -> None:
+        """GPTQ group by group: each group's Hessians come from inputs that already went through
+        every earlier layer's quantized weights.  Between groups a layer's weight constant is
+        its dequantized codes (what the final qlinear computes); the rewrite rules then store
+        the planned codes themselves."""
+        key_of: dict[str, str] = {}
+        cur, part = "", 0
+        for n in nodes:
+            x = n.inputs[0]
+            k = block_key(n.name) + (f"/{x.name}" if self.sequential == "layer" and x is not None else "")
+            if k != cur:  # a new part whenever the key changes keeps every group contiguous
+                cur, part = k, part + 1
+            key_of[n.name] = f"{k}#{part}"
+        names = {n.name for n in nodes}
+        groups = sequential(g, batches, names, group=lambda n: key_of[n.name], hessian=True, keep_inputs=self.calib_samples)
+        for step in groups:
+            for n in step.nodes:
+                st = step.stats.get(n.name)
+                plan = self._plan(n, st, _rows(n, st), bits_of[n.name])
+                cfg.plans[n.name] = plan
+                w = n.inputs[1]
+                assert w is not None
+                n.replace_input(w, g.add_const(plan.qw.dequantize().reshape(w.shape).to(w.value.dtype), w.name))
+        g.prune_consts()
 
     def _bits(self, n: Node, bits_of: dict[str, int | None]) -> int:
         b = bits_of.get(n.name)
@@ -378,8 +424,8 @@ class Quantize:
                 if xr.shape[0] > _AWQ_ROWS:
                     xr = xr[torch.linspace(0, xr.shape[0] - 1, _AWQ_ROWS).long()]
                 specs = [(self._bits(n, bits_of), self._gs(n.inputs[1].shape[1]), self._sym(self._bits(n, bits_of))) for n in grp]  # type: ignore[union-attr]
-                s, rel = nq.awq_search(ws, xr, st.mean_abs, specs, weight_clip=self.weight_clip)
-                why = f"s = mean|x|^a searched on calibration rows (rel. error {rel:.3g})"
+                s, rel = nq.awq_search(ws, xr, st.mean_abs, specs)
+                why = f"s = mean|x|^a (/ mean|W|^(1-a)) searched on calibration rows (rel. error {rel:.3g})"
             where = _scale_inputs(g, x, grp, s)
             for n in grp:
                 ctx.explain.add(ExplainEvent(self.name, rule_name, n.name, n.op, "fired", f"W' = W * s, x' = x / s ({where}); {why}"))
@@ -389,6 +435,8 @@ class Quantize:
                     sn.abssum = sn.abssum / s.double()
                 if sn.absmax is not None:
                     sn.absmax = sn.absmax / s.double()
+                if sn.sqsum is not None:
+                    sn.sqsum = sn.sqsum / s.double().pow(2)
 
     # -- step 4: bits="auto"
     def _allocate(self, nodes: list[Node], rows: dict[str, torch.Tensor | None], bits_of: dict[str, int | None], ctx: PassContext) -> None:
@@ -455,7 +503,10 @@ class Quantize:
             )
             method = "gptq"
         else:
-            qw = nq.rtn(w, bits, gs, sym, self.weight_clip)
+            # AWQ: clipping ranges chosen for the layer's output error, sum_j E[x_j^2] (w_j - q_j)^2
+            # (AWQ's clip search, with the diagonal of the input second moment); x is already x / s
+            imp = st.sqsum.float() / max(st.rows, 1) if self.method == "awq" and st is not None and st.sqsum is not None else None
+            qw = nq.rtn(w, bits, gs, sym, self.weight_clip, importance=imp)
             method = {"gptq": "rtn", "smoothquant": "smoothquant+rtn", "awq": "awq+rtn"}.get(self.method, "rtn")
         deq = qw.dequantize()
         act = None
