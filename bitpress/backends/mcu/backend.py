@@ -41,7 +41,7 @@ _OPTIONS = {"allow_float", "schedule", "profile", "opt", "integer_glue"}
 
 MAKEFILE = """# Builds model.elf for {core} ({machine} in QEMU).  `make run` runs it on input.bin -> output.bin.
 CC = arm-none-eabi-gcc
-CFLAGS = {cflags} -mthumb {opt} -std=gnu11 -I. -ffunction-sections -fdata-sections -ffp-contract=off -mfp16-format=ieee -Wall -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function
+CFLAGS = {cflags} -mthumb {opt} -fvect-cost-model=cheap -std=gnu11 -I. -ffunction-sections -fdata-sections -ffp-contract=off -mfp16-format=ieee -Wall -Wno-unused-variable -Wno-unused-but-set-variable -Wno-unused-function
 LDFLAGS = --specs=nano.specs --specs=rdimon.specs -nostartfiles -T link.ld {defsyms},--gc-sections -lm
 SRC = startup.c main.c model.c kernels_tvm.c bp_tvm_shim.c
 
