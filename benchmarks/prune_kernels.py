@@ -17,6 +17,8 @@ every variant once, so load from other processes hits all of them alike):
 "hot": one layer called repeatedly (weights in cache); "cold": the `--layers` copies
 cycled, a working set beyond the L2 caches, as when decoding through a model's layers.
 Times are the best round (ms per call); ratios are against TVM dense fp32 in the same run.
+On a shared, loaded machine use `--threads 1` (the default clock is then process CPU time,
+which does not count the time the process waits for a core).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Layer(torch.nn.Module):
         return self.lin(x)
 
 
-def side_by_side(variants: dict[str, list[Fn]], x: torch.Tensor, repeat: int, rounds: int) -> dict[str, float]:
+def side_by_side(variants: dict[str, list[Fn]], x: torch.Tensor, repeat: int, rounds: int, clock: Callable[[], float]) -> dict[str, float]:
     """Best-of-`rounds` ms per call for each variant; each round times every variant in turn."""
     for fns in variants.values():
         for f in fns:
@@ -50,10 +52,10 @@ def side_by_side(variants: dict[str, list[Fn]], x: torch.Tensor, repeat: int, ro
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(rounds):
         for name, fns in variants.items():
-            t = time.perf_counter()
+            t = clock()
             for i in range(repeat):
                 fns[i % len(fns)](x)
-            best[name] = min(best[name], (time.perf_counter() - t) / repeat * 1e3)
+            best[name] = min(best[name], (clock() - t) / repeat * 1e3)
     return best
 
 
@@ -80,11 +82,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument(
+        "--clock",
+        default="auto",
+        choices=("auto", "cpu", "wall"),
+        help="cpu: process CPU time (robust to other processes on a loaded machine; with --threads 1 it is the kernel's own time); auto: cpu for 1 thread, else wall",
+    )
     ap.add_argument("--variants", default=",".join(PASSES), help="comma-separated subset of: " + ", ".join(PASSES))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     chosen = [v for v in PASSES if v in args.variants.split(",")]
-    print(f"load average at start: {os.getloadavg()}")
+    clock = time.process_time if args.clock == "cpu" or (args.clock == "auto" and args.threads == 1) else time.perf_counter
+    print(f"load average at start: {os.getloadavg()}; clock: {clock.__name__}; threads: {args.threads}")
     cols = ["torch fp32", *chosen]
     print("| shape (N x K) | batch | weights | " + " | ".join(cols) + " | " + " | ".join(f"{c} vs dense" for c in chosen[1:]) + " |")
     print("|---" * (3 + len(cols) + len(chosen) - 1) + "|")
@@ -108,7 +117,7 @@ def main() -> None:
             for label, count in (("hot", 1), ("cold", args.layers)):
                 variants: dict[str, list[Fn]] = {"torch fp32": [torch.no_grad()(m.forward) for m in mods[:count]]}
                 variants.update({name: fns[:count] for name, fns in built.items()})
-                t = side_by_side(variants, x, args.repeat, args.rounds)
+                t = side_by_side(variants, x, args.repeat, args.rounds, clock)
                 base = t.get(chosen[0], float("nan"))
                 print(
                     f"| {n}x{k} | {batch} | {label} | "

@@ -15,8 +15,8 @@ Every op is one TE reduction over the stored (weight, column) pairs, with no den
 Two kernel layouts, chosen by the number of input rows R:
 
 * lanes over outputs (R < 8, the decoding case; and every R on CUDA): the stored arrays are
-  re-laid out at build time (still packed) as [j, o] so that for a fixed j the outputs are
-  contiguous.  The CPU schedule vectorizes over 16 outputs (contiguous value / code / index
+  re-laid out at build time (still packed) in tiles of 16 outputs, [O / 16, j, 16], so that
+  for a fixed j the 16 outputs of a tile are contiguous and each tile is one stream.  The CPU schedule vectorizes over 16 outputs (contiguous value / code / index
   byte loads), unrolls the positions of one index byte (constant shifts), keeps a register
   tile of up to 4 rows, and parallelizes over output blocks.  For M <= 4 the M candidate
   inputs x[r, base..base+M-1] are the same for every lane: broadcast loads and a select
@@ -96,6 +96,7 @@ class _Layer:
     m: int
     bits: int  # code bits (0: float32 values)
     unroll: int  # positions decoded from one byte: unrolled so shifts are constants
+    tile: int = 1  # lanes over outputs: arrays stored as [O / tile, ..., tile]
 
     @property
     def row_lanes(self) -> bool:
@@ -148,24 +149,26 @@ def _quant_arrays(ctx: LowerContext, node: Node) -> tuple[list[torch.Tensor], in
 
 def _weight(lay: _Layer, ws: list[Any], o: Any, g: Any, i: Any, ovec: bool) -> Any:
     """w(o, j) for j = g * gs + i, from the (possibly transposed) build-time arrays."""
+    t = lay.tile
     if lay.bits == 0:
         v = ws[0]
-        return v[i, o] if ovec else v[o, i]
+        return v[o // t, i, o % t] if ovec else v[o, i]
     cb, zf, sc = ws
     if ovec:
-        u = _unpack(lambda bi: cb[g, bi, o], i, lay.bits)
-        return (u.astype("float32") - zf[g, o]) * sc[g, o]
+        u = _unpack(lambda bi: cb[o // t, g, bi, o % t], i, lay.bits)
+        return (u.astype("float32") - zf[o // t, g, o % t]) * sc[o // t, g, o % t]
     u = _unpack(lambda bi: cb[o, g, bi], i, lay.bits)
     return (u.astype("float32") - zf[o, g]) * sc[o, g]
 
 
 def _column(lay: _Layer, ix: Any, o: Any, j: Any, ovec: bool) -> tuple[Any, Any]:
     """(base, code): the input column is base + code (CSR: base = column, code = 0)."""
+    t = lay.tile
     if lay.n == 0:
-        c = ix[j, o] if ovec else ix[o, j]
+        c = ix[o // t, j, o % t] if ovec else ix[o, j]
         return c.astype("int32"), None
     bits = index_bits(lay.m)
-    code = _unpack((lambda bi: ix[bi, o]) if ovec else (lambda bi: ix[o, bi]), j, bits)
+    code = _unpack((lambda bi: ix[o // t, bi, o % t]) if ovec else (lambda bi: ix[o, bi]), j, bits)
     return tirx.floordiv(j, lay.n) * lay.m, code
 
 
@@ -270,12 +273,11 @@ def _elementwise(sch: Any, name: str) -> None:
         sch.vectorize(vi)
 
 
-def _cpu_ovec_schedule(unroll: int) -> Any:
+def _cpu_ovec_schedule(unroll: int, vec: int) -> Any:
     def schedule(sch: Any, target: Any) -> None:
         blk = sch.get_sblock("y")
         r, o, g, i = sch.get_loops(blk)
-        vec = _divisor(_ext(sch, o), (16, 8, 4))
-        oo, oi = sch.split(o, factors=[None, vec])
+        oo, oi = sch.split(o, factors=[None, vec])  # vec = the storage tile: one contiguous stream per block
         # a register tile of rows reuses each decoded (weight, column) across mt rows
         mt = _divisor(_ext(sch, r), (4, 2))
         ro, rt = sch.split(r, factors=[None, mt])
@@ -362,15 +364,23 @@ def _emit(ctx: LowerContext, node: Node, args: Args, b_slot: int, lay: _Layer, a
     rvec = lay.row_lanes and ctx.target == "llvm"
     if rvec:
         ws, ix = arrs.weights, arrs.cols
-    else:  # lanes over outputs: o becomes the last (contiguous) axis
-        ws = [t.permute(*range(1, t.ndim), 0).contiguous() for t in arrs.weights]
-        ix = arrs.cols.t().contiguous()
+    else:
+        # lanes over outputs: tiles of `tile` outputs become the last (contiguous) axis, and each
+        # tile's data is one contiguous stream ([O / tile, ..., tile]; a plain [..., O] layout
+        # would stride by O elements per position, which defeats the hardware prefetcher)
+        tile = _divisor(lay.out, (16, 8, 4))
+        lay = _Layer(**{**lay.__dict__, "tile": tile})
+
+        def tiled(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(lay.out // tile, tile, *t.shape[1:]).movedim(1, -1).contiguous()
+
+        ws, ix = [tiled(t) for t in arrs.weights], tiled(arrs.cols)
     ins = [x] + [ctx.const(t, f"{node.name}.{kind}{k}") for k, t in enumerate(ws)] + [ctx.const(ix, f"{node.name}.cols")]
     if bias is not None:
         ins.append(bias if ctx.dtype(bias) == "float32" else ctx.emit(R.astype(bias, "float32")))
-    name = f"spmm_{kind}_{'rvec' if rvec else 'ovec'}"
+    name = f"spmm_{kind}_rvec" if rvec else f"spmm_{kind}_ovec{lay.tile}x"
     if ctx.target == "llvm":
-        ctx.schedule_hint(name, schedule=(_cpu_rvec_schedule if rvec else _cpu_ovec_schedule)(_unroll(lay)))
+        ctx.schedule_hint(name, schedule=_cpu_rvec_schedule(_unroll(lay)) if rvec else _cpu_ovec_schedule(_unroll(lay), lay.tile))
     else:
         ctx.schedule_hint(name, schedule=_gpu_schedule)
     te_fn = (_rvec_te if rvec else _ovec_te)(lay, bias is not None)

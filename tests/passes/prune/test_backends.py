@@ -68,10 +68,10 @@ def test_tvm_kernel_reads_the_compressed_form(pruned: dict[int, tuple[bp.Graph, 
     one = bp.compile(
         bp.compile(_Mlp(True).eval(), (x[:1],), passes=[Prune(sparsity="2:4")]).graph, (x[:1],), target="llvm", canonicalize=False
     )
-    # one row (decoding): lanes over outputs, arrays transposed: values [32, 48], index bytes [8, 48]
-    assert any("spmm_nm2x4_ovec" in k for k in one.executable.info["kernel_schedules"])
+    # one row (decoding): lanes over outputs, arrays in tiles of 16 outputs: values [3, 32, 16], index bytes [3, 8, 16]
+    assert any("spmm_nm2x4_ovec16x" in k for k in one.executable.info["kernel_schedules"])
     shapes = [(tuple(t.shape), t.dtype) for t in one.executable.params_torch]
-    assert ((32, 48), torch.float32) in shapes and ((8, 48), torch.uint8) in shapes
+    assert ((3, 32, 16), torch.float32) in shapes and ((3, 8, 16), torch.uint8) in shapes
 
 
 def test_onnx_model_stores_packed_indices(pruned: dict[int, tuple[bp.Graph, torch.Tensor]]) -> None:  # type: ignore[name-defined]
