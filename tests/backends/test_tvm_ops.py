@@ -70,6 +70,9 @@ def test_floor_divide_remainder() -> None:
 
 def test_pow_and_logical() -> None:
     check("pow", [pos(3, 4), r(3, 4)])
+    for e in (2.0, 3.0, -1.0, 0.5, -0.5, 1.7):  # constant exponents: negative bases stay defined
+        base = pos(3, 4) if e % 1 else r(3, 4)
+        check("pow", [base, C(torch.tensor(e))])
     check("logical_and", [bools(3, 4), bools(3, 4)])
     check("logical_or", [bools(3, 4), bools(3, 4)])
     check("logical_not", [bools(3, 4)])

@@ -99,9 +99,35 @@ def _arith_lowering(fn: Callable[[Any, Any], Any]) -> Callable[[LowerContext, No
             return ctx.emit(R.floor(R.divide(a, b)))
         if node.op == "remainder" and d.startswith("float"):
             return ctx.emit(R.subtract(a, R.multiply(R.floor(R.divide(a, b)), b)))
+        if node.op == "pow" and d.startswith("float"):
+            e = ctx.value(node.inputs[1])
+            if e is not None and e.numel() == 1:
+                return _const_pow(ctx, a, float(e.item()), d)
         return ctx.emit(fn(a, b))
 
     return lower
+
+
+def _const_pow(ctx: LowerContext, a: Any, e: float, d: str) -> Any:
+    """a ** e for a scalar constant e: multiplications for small integer e (x**2 in RMSNorm),
+    sqrt/rsqrt for +-0.5.  GPU pow is exp2(e * log2(a)), which is NaN for a < 0 even where
+    the result is defined (an H100 gave NaN for SmolLM2's (-x)**2)."""
+    if e == 0.5:
+        return ctx.emit(R.sqrt(a))
+    if e == -0.5:
+        return ctx.emit(R.rsqrt(a))
+    n = int(abs(e))
+    if e != n * (1 if e >= 0 else -1) or not 1 <= n <= 8:
+        return ctx.emit(R.power(a, _scalar(e, d)))
+    y, sq, k = None, a, n
+    while k:  # square-and-multiply
+        if k & 1:
+            y = sq if y is None else R.multiply(y, sq)
+        k >>= 1
+        if k:
+            sq = R.multiply(sq, sq)
+    assert y is not None
+    return ctx.emit(R.divide(_scalar(1.0, d), y) if e < 0 else y)
 
 
 def _compare_lowering(fn: Callable[[Any, Any], Any]) -> Callable[[LowerContext, Node, Args], Any]:
