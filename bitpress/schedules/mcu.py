@@ -273,14 +273,16 @@ def schedule_linear(func: Any, sched: KernelSchedule, kx: int, kp: int) -> Any:
     sch = s_tir.Schedule(func)
     y = sch.get_sblock("Y")
     m, n = sch.get_loops(y)
-    no, _ = sch.split(n, [None, sched.rows])
+    no, ni = sch.split(n, [None, sched.rows])
     acc = sch.get_sblock("acc")
     sch.compute_at(acc, no)
     if sched.blocked:
         sch.compute_at(sch.get_sblock("xs"), m)
     own = sch.get_loops(acc)[2:]  # (rows, k): the tile's output rows and the reduction (k absent when K = 1)
-    sch.decompose_reduction(acc, own[0])
+    init = sch.decompose_reduction(acc, own[0])
     _finish_tile(sch, acc, sched, kx, kp, 2)
+    for loop in [*sch.get_loops(init)[2:], ni]:  # zeroing and requantization of the tile unrolled
+        sch.unroll(loop)
     return sch.mod["main"]
 
 
@@ -304,8 +306,11 @@ def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int) 
     sch.split(sch.get_loops(patch)[-1], [None, row])
     sch.compute_at(sch.get_sblock("xpad"), b)
     own = sch.get_loops(acc)[3:]  # (rows, pixels, k) under b, pixel tile, row tile
-    sch.decompose_reduction(acc, own[0])
+    init = sch.decompose_reduction(acc, own[0])
     _finish_tile(sch, acc, sched, kx, kp, 3)
+    # the tile's zeroing and requantization epilogue unrolled: no loop overhead per tile
+    for loop in [*sch.get_loops(init)[3:], oi, pi]:
+        sch.unroll(loop)
     return sch.mod["main"]
 
 
