@@ -1,8 +1,9 @@
 """The Cortex-M backend: C project + firmware ELF per compiled model, run and measured in QEMU.
 
-build(): legalize the W8A8 glue into int8 (legalize.py), pick the core's GEMV schedule
-(bitpress.schedules.mcu), generate model.c/model.h (codegen.py, lowerings.py), write the
-project (kernels, startup, linker script, Makefile, README), build it with arm-none-eabi-gcc,
+build(): legalize the W8A8 glue into int8 (legalize.py), pick the core's schedules
+(bitpress.schedules.mcu), generate model.c/model.h and the TVM kernels (codegen.py,
+lowerings.py, tvm_kernels.py), write the project (TVM's C, the shim, micro-kernels, startup,
+linker script, Makefile, README), build it with arm-none-eabi-gcc,
 read flash/RAM from arm-none-eabi-size and the memory plan, and count executed instructions
 per inference and per layer in QEMU on the example input.  run() feeds samples to the ELF
 through semihosting files; save() copies the project and ELF into the artifact.

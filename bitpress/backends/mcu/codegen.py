@@ -1,11 +1,14 @@
 """IR -> C: the per-op lowering registry and the generated `model.c` / `model.h`.
 
-Each node becomes one `noinline` layer function that calls an always-inline kernel from
-bp_kernels.h with its shapes as constants (so GCC specializes every layer, and the layer's
-instructions are the ones inside its symbol, which is how the profiler attributes them).
-Weights become `const` arrays in flash, kept as the passes stored them (int8 codes, packed
-int4/int2 bytes, bit-packed signs, float16 scales); the int8 GEMV schedules may reorder bytes,
-never expand them.  Tensors live in one static arena at offsets from `plan.plan_memory`.
+Each node becomes one `noinline` layer function.  The int8 conv/linear layers and the
+fixed-point glue call a kernel TVM generated for them (tvm_kernels.py; all kernels of the model
+are one TVM module, printed by the "c" target into kernels_tvm.c) through static DLTensors; the
+other ops call an always-inline kernel from bp_kernels.h with their shapes as constants.  The
+profiler attributes every instruction executed after a layer function is entered (its own, the
+TVM kernel's, helpers') to that layer.  Weights become `const` arrays in flash, kept as the passes
+stored them (int8 codes, packed int4/int2 bytes, bit-packed signs, float16 scales); the int8
+schedules reorder bytes and pad to whole tiles, never expand them.  Tensors and TVM workspace
+live in one static arena at offsets from `plan.plan_memory`.
 """
 
 from __future__ import annotations
