@@ -544,6 +544,22 @@ def _log_softmax(ctx: LowerContext, node: Node, args: Args) -> Any:
     return ctx.emit(R.nn.log_softmax(args[0], axis=int(node.attrs.get("dim", -1))))
 
 
+def _opaque_mask_bias(ctx: LowerContext, mask: Any, d: str) -> Any:
+    """where(mask, 0, -inf) as a kernel of its own: marked opaque so FuseOps keeps the bool
+    loads out of the attention matmul's epilogue (see _sdpa)."""
+
+    def fn(m: Any) -> Any:
+        zero, ninf = tirx.const(0.0, d), tirx.const(-np.inf, d)
+        return te.compute(m.shape, lambda *i: tirx.Select(m(*i), zero, ninf), name="mask_bias")
+
+    call = ctx.emit_te(fn, mask, primfunc_name_hint="mask_bias")
+    expr = ctx.bb.lookup_binding(call) if hasattr(ctx.bb, "lookup_binding") else None
+    gv = (expr if expr is not None else call).args[0]
+    func = ctx.bb.get()[gv]
+    ctx.bb.update_func(gv, func.with_attr("op_pattern", 8))  # kOpaque
+    return call
+
+
 @register_lowering("sdpa")
 def _sdpa(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = softmax(q k^T * scale + mask) v   (kv heads repeated for GQA; causal mask top-left aligned)"""
@@ -577,7 +593,7 @@ def _sdpa(ctx: LowerContext, node: Node, args: Args) -> Any:
         s = ctx.emit(R.add(s, _cast(ctx.const(torch.from_numpy(bias), f"{node.name}.mask_bias"), d)))
     if mask is not None:
         if str(mask.ty.dtype) == "bool":
-            s = ctx.emit(R.add(s, R.where(mask, _scalar(0.0, d), _scalar(-np.inf, d))))
+            s = ctx.emit(R.add(s, _opaque_mask_bias(ctx, mask, d)))
         else:
             s = ctx.emit(R.add(s, _cast(mask, d)))
     p = ctx.emit(R.nn.softmax(s, axis=-1))
