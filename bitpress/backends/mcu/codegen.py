@@ -276,7 +276,13 @@ def _computes_in_float(n: Node) -> bool:
 
 
 def is_input_boundary(n: Node) -> bool:
-    return n.op == "quantize_act" and n.inputs[0] is not None and n.inputs[0].producer is None and not n.inputs[0].is_const
+    """A quantize of a graph input (through layout ops only): the float samples' conversion to int8."""
+    if n.op != "quantize_act" or n.inputs[0] is None:
+        return False
+    v = n.inputs[0]
+    while v.producer is not None and v.producer.op in ALIAS_OPS and v.producer.inputs[0] is not None:
+        v = v.producer.inputs[0]
+    return v.producer is None and not v.is_const
 
 
 def conv_geometry(n: Node, x: Value, kshape: tuple[int, ...]) -> dict[str, Any]:
