@@ -98,6 +98,16 @@ def _assert_tvm_kernels(cm: bp.CompiledModel, count: int) -> None:
 
 
 @needs_toolchain
+def test_flattened_input_mlp_is_integer_only() -> None:
+    """quantize(flatten(x)) converts the float samples at the boundary: the rest runs in int8."""
+    torch.manual_seed(2)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    cm = _int8(m, (1, 3, 4), "cortex-m55", profile=False)
+    assert cm.report.backend["integer_only"] and cm.report.backend["boundary_nodes"]
+    _bit_exact(cm, [torch.randn(1, 3, 4) for _ in range(3)])
+
+
+@needs_toolchain
 @pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(
