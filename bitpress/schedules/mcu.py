@@ -17,8 +17,9 @@ bitpress/backends/mcu/c/bp_ukernels.h):
   so SXTB16 pairs them with int16 x in natural order: 3 LDRD + 8 SXTB16 + 8 SMLAD per 16 MACs.
 - `dsp-2x2`  (conv on M4, M7, M33): 2 rows x 2 pixels share every weight word: 3 LDRD + 4
   SXTB16 + 8 SMLAD per 16 MACs; TVM writes the two pixels' int16 patches (im2col) per tile.
-- `mve-4row` (linear on M55): Helium VMLADAVA.S8 (16 int8 MACs), 4 rows share each x load,
-  tail-predicated K (no padding of x or K).
+- `mve-4row` (linear on M55): Helium VMLADAVA.S8 (16 int8 MACs), 4 rows share each x load;
+  weights in blocks of 4 rows with 16-byte pieces interleaved (zero-padded to a whole piece), x
+  read in place with a tail-predicated last load: 5 VLDRB + 4 VMLADAVA per 64 MACs.
 - `mve-4x2`  (conv on M55): 4 rows x 2 pixels: 2 x loads + 4 w loads + 8 VMLADAVA per 128 MACs;
   weights in blocks of 4 rows with 16-byte pieces interleaved and K padded to 16, so one pointer
   walks the tile and 8 accumulators, 2 activation pointers and it fit the registers.
@@ -103,7 +104,7 @@ class KernelSchedule:
 LINEAR_SCHEDULES: dict[str, KernelSchedule] = {
     "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
     "dsp-4row": KernelSchedule("dsp-4row", 4, 1, "int16", 4, "bp_uk_dsp_4row", 4),
-    "mve-4row": KernelSchedule("mve-4row", 4, 1, "int8", 1, "bp_uk_mve_4row"),
+    "mve-4row": KernelSchedule("mve-4row", 4, 1, "int8", 16, "bp_uk_mve_4row", 16),
 }
 CONV_SCHEDULES: dict[str, KernelSchedule] = {
     "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
@@ -276,7 +277,7 @@ def schedule_linear(func: Any, sched: KernelSchedule, kx: int, kp: int) -> Any:
     no, ni = sch.split(n, [None, sched.rows])
     acc = sch.get_sblock("acc")
     sch.compute_at(acc, no)
-    if sched.blocked:
+    if sched.sxtb16:
         sch.compute_at(sch.get_sblock("xs"), m)
     own = sch.get_loops(acc)[2:]  # (rows, k): the tile's output rows and the reduction (k absent when K = 1)
     init = sch.decompose_reduction(acc, own[0])

@@ -55,10 +55,11 @@ class KernelBuilder:
         from tvm import te, tirx
 
         np_, kp = sched.padded(n, k)
+        kx = kp if sched.sxtb16 else k  # the DSP kernel reads whole chunks of expanded x; MVE predicates the tail
         x = te.placeholder((m, k), "int8", name="X")
         w = te.placeholder(sched.weight_shape(n, k), "int8", name="W")
         consts = _req_placeholders(np_, req)
-        kr = te.reduce_axis((0, kp), name="k")
+        kr = te.reduce_axis((0, kx), name="k")
         ins = [x, w, *consts]
         if sched.sxtb16:
             xs = te.compute(
@@ -78,7 +79,7 @@ class KernelBuilder:
                 name="acc",
             )
         y = te.compute((m, n), lambda i, j: _requant(acc[j, i], j, consts, req), name="Y")
-        func = schedule_linear(te.create_prim_func([*ins, y]), sched, kp, kp)
+        func = schedule_linear(te.create_prim_func([*ins, y]), sched, kx, kp)
         return self._add(
             name, func, [("x", "int8", (m, k)), ("w", "int8", sched.weight_shape(n, k)), *_req_args(np_, req), ("y", "int8", (m, n))]
         )

@@ -133,28 +133,38 @@ BP_UK int32_t bp_uk_dsp_4row(void *accp, void *xv, void *wv, int32_t kc) {
 #endif
 
 #if defined(__ARM_FEATURE_MVE)
-/* mve-4row: 4 rows x 1 pixel; w rows K bytes apart; VMLADAVA.S8 = 16 MACs; the K % 16 tail uses zeroing
- * tail-predicated loads, so neither x nor w is padded.  Per 16 k: 5 VLDRB, 4 VMLADAVA, loop end. */
-BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K, int32_t xstride) {
-    (void)xstride;
+/* mve-4row: 4 rows x 1 pixel; x: K bytes (read in place; the last piece with a zeroing tail-predicated load);
+ * w: ceil(K / 16) pieces of 4 rows x 16 bytes, zero-padded.  Per piece: 5 VLDRB, 4 VMLADAVA, ADDS, SUBS, BNE
+ * = 12 instructions for 64 MACs.  Accumulators pinned to even registers (VMLADAVA needs them). */
+BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K) {
     int32_t *acc = (int32_t *)accp;
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    const int8_t *x = (const int8_t *)xv, *w0 = (const int8_t *)wv, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-    int32_t n = K >> 4;
-    for (; n > 0; n--, x += 16, w0 += 16, w1 += 16, w2 += 16, w3 += 16) {
-        int8x16_t xq = vldrbq_s8(x);
-        a0 = vmladavaq_s8(a0, xq, vldrbq_s8(w0));
-        a1 = vmladavaq_s8(a1, xq, vldrbq_s8(w1));
-        a2 = vmladavaq_s8(a2, xq, vldrbq_s8(w2));
-        a3 = vmladavaq_s8(a3, xq, vldrbq_s8(w3));
-    }
+    register int32_t a0 __asm__("r0") = acc[0], a1 __asm__("r2") = acc[1], a2 __asm__("r4") = acc[2], a3 __asm__("r6") = acc[3];
+    register const int8_t *x __asm__("r1") = (const int8_t *)xv;
+    register const int8_t *w __asm__("r3") = (const int8_t *)wv;
+    register int32_t n __asm__("r5") = K >> 4;
+    if (n)
+        __asm__ volatile("1:\n\t"
+                         "vldrb.8 q0, [%[x]], #16\n\t"
+                         "vldrb.8 q1, [%[w]]\n\t"
+                         "vldrb.8 q2, [%[w], #16]\n\t"
+                         "vmladava.s8 %[a0], q0, q1\n\t"
+                         "vldrb.8 q3, [%[w], #32]\n\t"
+                         "vmladava.s8 %[a1], q0, q2\n\t"
+                         "vldrb.8 q4, [%[w], #48]\n\t"
+                         "vmladava.s8 %[a2], q0, q3\n\t"
+                         "adds %[w], #64\n\t"
+                         "vmladava.s8 %[a3], q0, q4\n\t"
+                         "subs %[n], #1\n\t"
+                         "bne 1b\n"
+                         : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [x] "+r"(x), [w] "+r"(w), [n] "+r"(n)
+                         :
+                         : "q0", "q1", "q2", "q3", "q4", "cc", "memory");
     if (K & 15) {
-        mve_pred16_t p = vctp8q((uint32_t)(K & 15));
-        int8x16_t xq = vldrbq_z_s8(x, p);
-        a0 = vmladavaq_s8(a0, xq, vldrbq_z_s8(w0, p));
-        a1 = vmladavaq_s8(a1, xq, vldrbq_z_s8(w1, p));
-        a2 = vmladavaq_s8(a2, xq, vldrbq_z_s8(w2, p));
-        a3 = vmladavaq_s8(a3, xq, vldrbq_z_s8(w3, p));
+        int8x16_t xq = vldrbq_z_s8(x, vctp8q((uint32_t)(K & 15)));
+        a0 = vmladavaq_s8(a0, xq, vldrbq_s8(w));
+        a1 = vmladavaq_s8(a1, xq, vldrbq_s8(w + 16));
+        a2 = vmladavaq_s8(a2, xq, vldrbq_s8(w + 32));
+        a3 = vmladavaq_s8(a3, xq, vldrbq_s8(w + 48));
     }
     acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
     return 0;
