@@ -9,12 +9,14 @@ and tunes nothing; only tasks missing from it are tuned.  Only contraction kerne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import linecache
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,17 @@ def _import_tensor_intrin() -> None:
     """
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
+    with fast_tvmscript():
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+@contextlib.contextmanager
+def fast_tvmscript() -> Iterator[None]:
+    """Parse TVMScript (`@T.prim_func`) with the cheap inspect.stack (see _import_tensor_intrin)."""
     saved = inspect.stack
     inspect.stack = _fast_stack  # type: ignore[assignment]
     try:
-        import tvm.s_tir.tensor_intrin  # noqa: F401
+        yield
     finally:
         inspect.stack = saved
 

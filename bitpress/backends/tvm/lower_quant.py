@@ -33,7 +33,7 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits
 from bitpress.passes.quantize.ops import unpack_codes
-from bitpress.schedules.default import _root_blocks
+from bitpress.schedules.default import _extent, _root_blocks
 
 Args = list[Any]
 
@@ -252,13 +252,27 @@ def _vectorize(sch: Any, loop: Any, width: int) -> None:
         sch.vectorize(loop)
 
 
-def _cpu_qgemv_schedule(nb: int) -> Any:
+def _strip_of(sch: Any, block: str) -> int:
+    """The strip width nb of the packed codes [N / nb, G, units, nb] that `block` reads.
+
+    Schedules read their shapes from the kernel, not from the lowering: kernels of several
+    layers share one name (and so one hint).
+    """
+    for region in sch.get(sch.get_sblock(block)).reads:
+        buf = region.source
+        if len(buf.shape) == 4 and str(buf.dtype) in ("int32", "uint8"):
+            return int(buf.shape[-1])
+    raise ValueError(f"kernel block {block!r} reads no packed codes")
+
+
+def _cpu_qgemv_schedule() -> Any:
     """parallel(strip) . group . [partial sums in registers: j . unroll(m, p) . vector(nb)] . y += s * part
 
     A ragged last group (part_tail, y_tail) runs once per strip after the full groups.
     """
 
     def schedule(sch: Any, target: Any) -> None:
+        nb = _strip_of(sch, "part")
         y = sch.get_sblock("y")
         mm, nn, g = sch.get_loops(y)
         no, ni = sch.split(nn, factors=[None, nb])
@@ -301,7 +315,7 @@ def _cpu_qgemv_schedule(nb: int) -> Any:
     return schedule
 
 
-def _cpu_qgemm_schedule(m: int, nb: int, per: int) -> Any:
+def _cpu_qgemm_schedule(per: int) -> Any:
     """parallel(strip) . [decode the strip's [K, nb] weights once] . row tiles . k . unroll(mi) . vector(nb)
 
     The decoded strip (K x nb floats, at most a few hundred KB) stays in L2 while every row
@@ -310,8 +324,10 @@ def _cpu_qgemm_schedule(m: int, nb: int, per: int) -> Any:
     """
 
     def schedule(sch: Any, target: Any) -> None:
+        nb = _strip_of(sch, "wdeq")
         y = sch.get_sblock("y")
         mm, nn, r = sch.get_loops(y)
+        m = _extent(sch, mm)
         no, ni = sch.split(nn, factors=[None, nb])
         mi_f = next(f for f in (8, 6, 4, 3, 2, 1) if m % f == 0)
         mo, mi = sch.split(mm, factors=[None, mi_f])
@@ -410,9 +426,9 @@ def _qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
     if not cpu:
         ctx.schedule_hint(name, schedule=_gpu_schedule)
     elif plan is not None:
-        ctx.schedule_hint(name, schedule=_cpu_qgemv_schedule(nb))
+        ctx.schedule_hint(name, schedule=_cpu_qgemv_schedule())
     else:
-        ctx.schedule_hint(name, schedule=_cpu_qgemm_schedule(m, nb, _word_codes(bits) if bits in (2, 4) else 1))
+        ctx.schedule_hint(name, schedule=_cpu_qgemm_schedule(_word_codes(bits) if bits in (2, 4) else 1))
     y = ctx.emit_te(fn, *ins, primfunc_name_hint=name)
     if len(shp) != 2:
         y = ctx.emit(R.reshape(y, (*shp[:-1], n)))
@@ -511,6 +527,160 @@ def _requant(acc: Any, mult: Any, shift: Any, ch: Any, yzp: int) -> Any:
     return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
 
+# int8 x int8 -> int32 on x86: vpdpbusd (AVX512-VNNI) multiplies 4 unsigned x 4 signed bytes
+# and adds the 4 products into each int32 lane.  Activations are shifted to unsigned
+# (u = x + 128) and the shift is taken back exactly with a per-channel constant:
+#     sum_k (x - xzp) w = sum_k u w - (128 + xzp) sum_k w
+# Weights are laid out [N / 16, K / 4, 16, 4] (K and N zero-padded): one 64-byte load is the
+# 16 x 4 operand of one instruction.
+VNNI_LANES = 16
+
+
+def _vnni_weight(w: torch.Tensor, xzp: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(w [Np / 16, Kp / 4, 16, 4] int8, corr [Np] int32 = (128 + xzp) * sum_k w, Kp, Np) for w [N, K]."""
+    n, k = w.shape
+    kp, np_ = -(-k // 4) * 4, -(-n // VNNI_LANES) * VNNI_LANES
+    wp = torch.zeros(np_, kp, dtype=torch.int8)
+    wp[:n, :k] = w
+    corr = (128 + xzp) * wp.to(torch.int32).sum(1)
+    return wp.reshape(np_ // VNNI_LANES, VNNI_LANES, kp // 4, 4).permute(0, 2, 1, 3).contiguous(), corr.to(torch.int32), kp, np_
+
+
+def _vnni_acc(xu: Any, wp: Any, m: int, kp: int, np_: int) -> Any:
+    r = te.reduce_axis((0, kp), name="k")
+    return te.compute(
+        (m, np_),
+        lambda i, j: te.sum(
+            xu[i, r].astype("int32") * wp[j // VNNI_LANES, r // 4, j % VNNI_LANES, r % 4].astype("int32"),
+            axis=r,
+        ),
+        name="acc",
+    )
+
+
+_VNNI_INTRIN = "bitpress_dot_16x4_vnni"
+
+
+def _vnni_intrin() -> str:
+    """TVM's x86 VNNI tensor intrinsic (u8 x i8 -> i32, 16 lanes x 4), with the operand types of LLVM >= 20's vpdpbusd.
+
+    TVM 0.27 ships `dot_16x4_vnni` calling llvm.x86.avx512.vpdpbusd.512 with int32x16
+    operands; the LLVM inside the wheel (22) declares them <64 x i8> and rejects the call.
+    """
+    from tvm.s_tir import TensorIntrin
+
+    from bitpress.schedules.tuning import fast_tvmscript
+
+    try:
+        TensorIntrin.get(_VNNI_INTRIN)
+        return _VNNI_INTRIN
+    except Exception:
+        pass
+    from tvm.script import tirx as T
+
+    # (importing tvm.s_tir.tensor_intrin.x86 for its description would parse every
+    # intrinsic of every target: seconds of build time)
+    with fast_tvmscript():
+
+        @T.prim_func(s_tir=True)
+        def desc(
+            a: T.Buffer((4,), "uint8", offset_factor=1),
+            b: T.Buffer((16, 4), "int8", offset_factor=1),
+            c: T.Buffer((16,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+                T.writes(c[0:16])
+                for i, k in T.grid(16, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+        @T.prim_func(s_tir=True)
+        def impl(
+            a: T.Buffer((4,), "uint8", offset_factor=1),
+            b: T.Buffer((16, 4), "int8", offset_factor=1),
+            c: T.Buffer((16,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+                T.writes(c[0:16])
+                a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                    c.vload([0], dtype="int32x16"),
+                    T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"),
+                    b.vload([0, 0], dtype="int8x64"),
+                    dtype="int32x16",
+                )
+
+    TensorIntrin.register(_VNNI_INTRIN, desc, impl)
+    return _VNNI_INTRIN
+
+
+def _has_vnni(ctx: LowerContext) -> bool:
+    """Whether this host's llvm target has AVX512-VNNI (the build target is this host's CPU)."""
+    if ctx.target != "llvm":
+        return False
+    from tvm.target import codegen
+
+    from bitpress.backends.tvm.backend import make_target
+
+    try:
+        return bool(codegen.target_has_features("avx512vnni", make_target("llvm")))
+    except Exception:
+        return False
+
+
+def _cpu_vnni_schedule() -> Any:
+    """parallel(n strips x row tiles) . k/4 . unroll(mi, nv) . vpdpbusd(16 lanes x 4 bytes)
+
+    Register tile mi rows x nv*16 columns of int32 accumulators; each step loads nv 64-byte
+    weight vectors and broadcasts 4 activation bytes per row.
+    """
+
+    def schedule(sch: Any, target: Any) -> None:
+        from tvm.target import codegen
+
+        for name in [n for n in ("xu", "patches") if _has_block(sch, n)]:
+            blk = sch.get_sblock(name)
+            fused = sch.fuse(*sch.get_loops(blk))
+            sch.parallel(fused)
+        acc = sch.get_sblock("acc")
+        i, j, r = sch.get_loops(acc)
+        m, np_ = _extent(sch, i), _extent(sch, j)
+        nv = next(v for v in (4, 2, 1) if (np_ // VNNI_LANES) % v == 0)
+        mi = next(f for f in (8, 6, 4, 3, 2, 1) if m % f == 0 and f * nv <= 24)
+        jo, jv, ji = sch.split(j, factors=[None, nv, VNNI_LANES])
+        io, ii = sch.split(i, factors=[None, mi])
+        ro, ri = sch.split(r, factors=[None, 4])
+        sch.reorder(jo, io, ro, ii, jv, ji, ri)
+        tile = sch.cache_write(acc, 0, "global")
+        outer = sch.fuse(jo, io)
+        sch.parallel(outer)
+        sch.reverse_compute_at(tile, outer, preserve_unit_loops=True)
+        init = sch.decompose_reduction(acc, ro)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.unroll(ii)
+        sch.unroll(jv)
+        if codegen.target_has_features("avx512vnni", target):
+            sch.tensorize(ji, _vnni_intrin())
+        else:  # same layout, plain widening multiply-adds
+            sch.vectorize(ji)
+            sch.unroll(ri)
+        sch.vectorize(sch.get_loops(tile)[-1])
+        # requantize: injective over the output, vectorized over channels
+        for blk in _root_blocks(sch):
+            nm = sch.get(blk).name_hint
+            if nm in ("requant",):
+                loops = sch.get_loops(blk)
+                fused = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+                sch.parallel(fused)
+                sch.vectorize(loops[-1]) if len(loops) > 1 else None
+
+    return schedule
+
+
 @register_lowering("qlinear_w8a8")
 def _qlinear_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = requant(sum_k (x - xzp) w + b)   int8 x int8 -> int32 -> int8"""
@@ -519,22 +689,45 @@ def _qlinear_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     w = ctx.value(node.inputs[1])
     assert w is not None
     n, k = w.shape
-    wt = ctx.const(w.t().contiguous(), f"{node.name}.w_t")  # [K, N] int8: n contiguous
     x2, shp, m = _flatten_in(ctx, x, k)
     xzp, yzp = int(node.attrs["x_zero_point"]), int(node.attrs["out_zero_point"])
+    if ctx.target == "llvm":
+        wp, corr, kp, np_ = _vnni_weight(w, xzp)
 
-    def fn(xx: Any, ww: Any, mm: Any, ss: Any, *rest: Any) -> Any:
-        r = te.reduce_axis((0, k), name="k")
-        acc = te.compute((m, n), lambda i, j: te.sum((xx[i, r].astype("int32") - xzp) * ww[r, j].astype("int32"), axis=r), name="acc")
-        if rest:
-            bb = rest[0]
-            return te.compute((m, n), lambda i, j: _requant(acc[i, j] + bb[j], mm, ss, j, yzp), name="requant")
-        return te.compute((m, n), lambda i, j: _requant(acc[i, j], mm, ss, j, yzp), name="requant")
+        def vfn(xx: Any, ww: Any, cc: Any, mm: Any, ss: Any, *rest: Any) -> Any:
+            xu = te.compute(
+                (m, kp),
+                lambda i, kk: tirx.if_then_else(
+                    kk < k, (xx[i, tirx.min(kk, k - 1)].astype("int32") + 128).astype("uint8"), tirx.const(0, "uint8")
+                ),
+                name="xu",
+            )
+            acc = _vnni_acc(xu, ww, m, kp, np_)
 
-    ins = [x2, wt, mult, shift] + ([b] if b is not None else [])
-    if ctx.target == "cuda":
+            def body(i: Any, j: Any) -> Any:
+                v = acc[i, j] - cc[j]
+                return _requant(v + rest[0][j] if rest else v, mm, ss, j, yzp)
+
+            return te.compute((m, n), body, name="requant")
+
+        ins = [x2, ctx.const(wp, f"{node.name}.w_vnni"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
+        ins += [b] if b is not None else []
+        ctx.schedule_hint("qlinear_w8a8", schedule=_cpu_vnni_schedule())
+        y = ctx.emit_te(vfn, *ins, primfunc_name_hint="qlinear_w8a8")
+    else:
+        wt = ctx.const(w.t().contiguous(), f"{node.name}.w_t")  # [K, N] int8: n contiguous
+
+        def fn(xx: Any, ww: Any, mm: Any, ss: Any, *rest: Any) -> Any:
+            r = te.reduce_axis((0, k), name="k")
+            acc = te.compute((m, n), lambda i, j: te.sum((xx[i, r].astype("int32") - xzp) * ww[r, j].astype("int32"), axis=r), name="acc")
+            if rest:
+                bb = rest[0]
+                return te.compute((m, n), lambda i, j: _requant(acc[i, j] + bb[j], mm, ss, j, yzp), name="requant")
+            return te.compute((m, n), lambda i, j: _requant(acc[i, j], mm, ss, j, yzp), name="requant")
+
+        ins = [x2, wt, mult, shift] + ([b] if b is not None else [])
         ctx.schedule_hint("qlinear_w8a8", schedule=_gpu_schedule)
-    y = ctx.emit_te(fn, *ins, primfunc_name_hint="qlinear_w8a8")
+        y = ctx.emit_te(fn, *ins, primfunc_name_hint="qlinear_w8a8")
     if len(shp) != 2:
         y = ctx.emit(R.reshape(y, (*shp[:-1], n)))
     return y
@@ -547,6 +740,9 @@ def _qconv2d_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     b = args[4] if len(args) > 4 else None
     a = node.attrs
     xzp, yzp = int(a["x_zero_point"]), int(a["out_zero_point"])
+    wv = ctx.value(node.inputs[1])
+    if ctx.target == "llvm" and wv is not None and int(a.get("groups", 1)) == 1:
+        return _qconv2d_w8a8_vnni(ctx, node, x, wv, mult, shift, b, xzp, yzp)
     xs = ctx.emit_te(
         lambda t: te.compute(t.shape, lambda *i: t(*i).astype("int32") - xzp, name="shift_in"), x, primfunc_name_hint="qconv_shift"
     )
@@ -570,6 +766,46 @@ def _qconv2d_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
 
     ins = [acc, mult, shift] + ([b] if b is not None else [])
     return ctx.emit_te(req, *ins, primfunc_name_hint="qconv_requant")
+
+
+def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mult: Any, shift: Any, b: Any, xzp: int, yzp: int) -> Any:
+    """im2col of u = x + 128 (padding u = xzp + 128, i.e. zero in the shifted domain) -> VNNI GEMM -> requant to NCHW."""
+    a = node.attrs
+    (sh, sw), (ph, pw), (dh, dw) = _pair(a.get("stride", 1)), _pair(a.get("padding", 0)), _pair(a.get("dilation", 1))
+    bn, c, h, wd = ctx.shape(x)
+    o, _, kh, kw = w.shape
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    k = c * kh * kw
+    m = bn * oh * ow
+    wp, corr, kp, np_ = _vnni_weight(w.reshape(o, k), xzp)
+    pad_u = xzp + 128
+
+    def fn(xx: Any, ww: Any, cc: Any, mm: Any, ss: Any, *rest: Any) -> Any:
+        def patch(row: Any, kk: Any) -> Any:
+            ci, r2 = kk // (kh * kw), kk % (kh * kw)
+            ky, kx = r2 // kw, r2 % kw
+            bi, pix = row // (oh * ow), row % (oh * ow)
+            iy = (pix // ow) * sh - ph + ky * dh
+            ix = (pix % ow) * sw - pw + kx * dw
+            inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+            v = xx[bi, ci, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, wd - 1), 0)].astype("int32") + 128
+            return tirx.if_then_else(kk < k, tirx.if_then_else(inside, v, tirx.const(pad_u, "int32")), 0).astype("uint8")
+
+        xu = te.compute((m, kp), patch, name="patches")
+        acc = _vnni_acc(xu, ww, m, kp, np_)
+
+        def body(i: Any, co: Any, y: Any, xw: Any) -> Any:
+            row = (i * oh + y) * ow + xw
+            v = acc[row, co] - cc[co]
+            return _requant(v + rest[0][co] if rest else v, mm, ss, co, yzp)
+
+        return te.compute((bn, o, oh, ow), body, name="requant")
+
+    ins = [x, ctx.const(wp, f"{node.name}.w_vnni"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
+    ins += [b] if b is not None else []
+    ctx.schedule_hint("qconv2d_w8a8", schedule=_cpu_vnni_schedule())
+    return ctx.emit_te(fn, *ins, primfunc_name_hint="qconv2d_w8a8")
 
 
 __all__: list[str] = []
