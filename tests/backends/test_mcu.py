@@ -342,6 +342,20 @@ def test_weight_layout_is_a_padded_permutation(n: int, k: int, name: str) -> Non
     assert torch.equal(idx, w)
 
 
+def test_profile_counts_mve_instructions_once() -> None:
+    """QEMU 7.2 lists an MVE instruction as `.byte` + a bogus 16-bit one: the profiler counts it once."""
+    from bitpress.backends.mcu.toolchain import _INSN, _is_split_wide
+
+    lines = [
+        "0x000007d4:  ecb1 1e10  ldc      p14, c1, [r1], #0x40",  # VLDRB, decoded as one 32-bit line
+        "0x000007e0:  eef0       .byte    0xf0, 0xee",  # VMLADAVA, first halfword ...
+        "0x000007e2:  0f22       lsrs     r2, r4, #0x1c",  # ... and its second halfword
+        "0x000007f4:  3340       adds     r3, #0x40",
+    ]
+    assert [bool(_INSN.match(x)) for x in lines] == [True, True, True, True]
+    assert [_is_split_wide(x) for x in lines] == [False, True, False, False]
+
+
 def test_schedule_choice() -> None:
     assert gemv_schedule(dsp=False, mve=False).name == "scalar"
     assert gemv_schedule(dsp=True, mve=False).name == "dsp-4row"

@@ -2,7 +2,8 @@
 
 Instruction counts come from QEMU's translation-block log (`-d in_asm,exec,nochain`): every
 executed block is logged with its guest PC, and the block's instructions are listed once when it
-is translated, so the count is exact and repeatable (QEMU models no cycles).  Each instruction
+is translated, so the count is exact and repeatable (QEMU models no cycles).  MVE instructions,
+which QEMU 7.2's disassembler lists as two lines, count once (`_is_split_wide`).  Each instruction
 is attributed to the layer function (an `nm` symbol range) that was last entered, so helpers a
 layer calls (64-bit shifts, libm) count towards that layer.
 """
@@ -105,7 +106,18 @@ def qemu_run(board: Board, elf: Path, inputs: bytes, timeout: float = 600.0) -> 
 
 
 _EXEC = re.compile(r"^Trace \d+: 0x([0-9a-f]+) \[[0-9a-f]+/([0-9a-f]+)/")
-_INSN = re.compile(r"^0x([0-9a-f]+):")
+_INSN = re.compile(r"^0x([0-9a-f]+):\s+([0-9a-f]{4})(\s[0-9a-f]{4})?\s")
+
+
+def _is_split_wide(line: str) -> bool:
+    """A listing line holding only the first halfword of a 32-bit Thumb-2 instruction.
+
+    QEMU 7.2's disassembler does not know MVE (Helium) encodings: it prints their first halfword as
+    `.byte` and decodes the second halfword as a separate 16-bit instruction.  A halfword >= 0xE800
+    always starts a 32-bit instruction, so the next listed line is not an instruction of its own."""
+    m = _INSN.match(line)
+    return m is not None and m.group(3) is None and int(m.group(2), 16) >= 0xE800
+
 
 
 def profile(board: Board, elf: Path, inputs: bytes, owners: dict[str, str], timeout: float = 600.0) -> dict[str, int]:
@@ -138,12 +150,16 @@ def profile(board: Board, elf: Path, inputs: bytes, owners: dict[str, str], time
         try:
             tb_len: dict[int, int] = {}  # host TB pointer -> instructions
             pending = 0  # instructions of the block being listed by in_asm
+            skip = False  # the next listed line is the second half of a 32-bit instruction
             current = "other"
             with open(fifo, encoding="latin-1") as f:
                 for line in f:
                     if line[0] == "0":
-                        if _INSN.match(line):
+                        if skip:
+                            skip = False
+                        elif _INSN.match(line):
                             pending += 1
+                            skip = _is_split_wide(line)
                         continue
                     if line.startswith("Trace"):
                         m = _EXEC.match(line)
@@ -158,7 +174,7 @@ def profile(board: Board, elf: Path, inputs: bytes, owners: dict[str, str], time
                             current = lab
                         counts[current] = counts.get(current, 0) + tb_len.get(host, 0)
                     elif line.startswith("IN:"):
-                        pending = 0
+                        pending, skip = 0, False
             rc = proc.wait()
         finally:
             timer.cancel()
