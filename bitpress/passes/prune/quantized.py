@@ -146,11 +146,11 @@ def gptq_nm(
                     zz[:, c // span] = z_.double()
             kc = keep[:, c]
             gi = slot[:, c] // gs
-            s = ss[rows, gi]
-            z = zz[rows, gi] if zz is not None else 0.0
+            sc = ss[rows, gi]
+            zc: torch.Tensor | float = zz[rows, gi] if zz is not None else 0.0
             wcol = W1[:, i]
-            q = (torch.round(wcol / s) + z).clamp(qmin, qmax)
-            deq = torch.where(kc, (q - z) * s, torch.zeros_like(wcol))
+            q = (torch.round(wcol / sc) + zc).clamp(qmin, qmax)
+            deq = torch.where(kc, (q - zc) * sc, torch.zeros_like(wcol))
             Q[rows[kc], slot[kc, c]] = q[kc]
             err = (wcol - deq) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] @ Hinv1[i, i:][None, :]
