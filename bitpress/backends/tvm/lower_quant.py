@@ -23,6 +23,7 @@ kernel per call into a float buffer and runs a float conv.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -632,7 +633,7 @@ def _has_vnni(ctx: LowerContext) -> bool:
         return False
 
 
-def _cpu_vnni_schedule() -> Any:
+def _cpu_vnni_schedule(conv_width: int = 1) -> Any:
     """parallel(n strips x row tiles) . k/4 . unroll(mi, nv) . vpdpbusd(16 lanes x 4 bytes)
 
     Register tile mi rows x nv*16 columns of int32 accumulators; each step loads nv 64-byte
@@ -642,10 +643,16 @@ def _cpu_vnni_schedule() -> Any:
     def schedule(sch: Any, target: Any) -> None:
         from tvm.target import codegen
 
+        # operand rows in parallel; the row index arithmetic (im2col) stays outside the k loop
         for name in [n for n in ("xu", "patches") if _has_block(sch, n)]:
-            blk = sch.get_sblock(name)
-            fused = sch.fuse(*sch.get_loops(blk))
-            sch.parallel(fused)
+            rows, cols = sch.get_loops(sch.get_sblock(name))
+            if name == "patches" and conv_width > 1:
+                # rows = (image, output row) x output column: the simplifier then drops the
+                # row's divisions, leaving only constant-divisor ones for (channel, ky, kx)
+                rows, _ = sch.split(rows, factors=[None, conv_width])
+            sch.parallel(rows)
+            if name == "xu":
+                sch.vectorize(cols)
         acc = sch.get_sblock("acc")
         i, j, r = sch.get_loops(acc)
         m, np_ = _extent(sch, i), _extent(sch, j)
@@ -669,14 +676,23 @@ def _cpu_vnni_schedule() -> Any:
             sch.vectorize(ji)
             sch.unroll(ri)
         sch.vectorize(sch.get_loops(tile)[-1])
-        # requantize: injective over the output, vectorized over channels
-        for blk in _root_blocks(sch):
-            nm = sch.get(blk).name_hint
-            if nm in ("requant",):
-                loops = sch.get_loops(blk)
-                fused = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        # requantize and whatever elementwise epilogue FuseOps appended (dequantize, relu, add,
+        # the next quantize): one pass over the output, parallel rows, vectorized last axis
+        blocks = _root_blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
+        for b in blocks[names.index("requant") + 1 :]:
+            with contextlib.suppress(Exception):
+                sch.reverse_compute_inline(b)
+        for b in _root_blocks(sch)[names.index("requant") :]:
+            loops = sch.get_loops(b)
+            if not loops:
+                continue
+            fused = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+            if len(loops) > 1:
                 sch.parallel(fused)
-                sch.vectorize(loops[-1]) if len(loops) > 1 else None
+                sch.vectorize(loops[-1])
+            else:
+                sch.parallel(fused)
 
     return schedule
 
@@ -804,8 +820,8 @@ def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, m
 
     ins = [x, ctx.const(wp, f"{node.name}.w_vnni"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
     ins += [b] if b is not None else []
-    ctx.schedule_hint("qconv2d_w8a8", schedule=_cpu_vnni_schedule())
-    return ctx.emit_te(fn, *ins, primfunc_name_hint="qconv2d_w8a8")
+    ctx.schedule_hint(f"qconv2d_w8a8_{ow}", schedule=_cpu_vnni_schedule(ow))
+    return ctx.emit_te(fn, *ins, primfunc_name_hint=f"qconv2d_w8a8_{ow}")
 
 
 __all__: list[str] = []
