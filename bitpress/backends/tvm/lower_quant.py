@@ -633,7 +633,7 @@ def _has_vnni(ctx: LowerContext) -> bool:
         return False
 
 
-def _cpu_vnni_schedule(conv_width: int = 1) -> Any:
+def _cpu_vnni_schedule(conv_width: int = 1, conv_channels: int = 1) -> Any:
     """parallel(n strips x row tiles) . k/4 . unroll(mi, nv) . vpdpbusd(16 lanes x 4 bytes)
 
     Register tile mi rows x nv*16 columns of int32 accumulators; each step loads nv 64-byte
@@ -644,6 +644,10 @@ def _cpu_vnni_schedule(conv_width: int = 1) -> Any:
         from tvm.target import codegen
 
         # operand rows in parallel; the row index arithmetic (im2col) stays outside the k loop
+        if _has_block(sch, "xpad"):
+            xp = sch.get_sblock("xpad")
+            lp = sch.get_loops(xp)
+            sch.parallel(sch.fuse(lp[0], lp[1]))
         for name in [n for n in ("xu", "patches") if _has_block(sch, n)]:
             rows, cols = sch.get_loops(sch.get_sblock(name))
             if name == "patches" and conv_width > 1:
@@ -653,6 +657,9 @@ def _cpu_vnni_schedule(conv_width: int = 1) -> Any:
             sch.parallel(rows)
             if name == "xu":
                 sch.vectorize(cols)
+            elif conv_channels > 1:
+                _, ci = sch.split(cols, factors=[None, conv_channels])
+                sch.vectorize(ci)
         acc = sch.get_sblock("acc")
         i, j, r = sch.get_loops(acc)
         m, np_ = _extent(sch, i), _extent(sch, j)
@@ -785,7 +792,8 @@ def _qconv2d_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
 
 
 def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mult: Any, shift: Any, b: Any, xzp: int, yzp: int) -> Any:
-    """im2col of u = x + 128 (padding u = xzp + 128, i.e. zero in the shifted domain) -> VNNI GEMM -> requant to NCHW."""
+    """u = x + 128, padded with xzp + 128 (zero in the shifted domain), channels last ->
+    im2col with columns (ky, kx, c) (c contiguous: vector copies) -> VNNI GEMM -> requant to NCHW."""
     a = node.attrs
     (sh, sw), (ph, pw), (dh, dw) = _pair(a.get("stride", 1)), _pair(a.get("padding", 0)), _pair(a.get("dilation", 1))
     bn, c, h, wd = ctx.shape(x)
@@ -794,19 +802,26 @@ def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, m
     ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     k = c * kh * kw
     m = bn * oh * ow
-    wp, corr, kp, np_ = _vnni_weight(w.reshape(o, k), xzp)
+    # the GEMM's K order is (ky, kx, c): permute the kernel to match
+    wp, corr, kp, np_ = _vnni_weight(w.permute(0, 2, 3, 1).reshape(o, k), xzp)
     pad_u = xzp + 128
+    hp, wpd = h + 2 * ph, wd + 2 * pw
 
     def fn(xx: Any, ww: Any, cc: Any, mm: Any, ss: Any, *rest: Any) -> Any:
-        def patch(row: Any, kk: Any) -> Any:
-            ci, r2 = kk // (kh * kw), kk % (kh * kw)
-            ky, kx = r2 // kw, r2 % kw
-            bi, pix = row // (oh * ow), row % (oh * ow)
-            iy = (pix // ow) * sh - ph + ky * dh
-            ix = (pix % ow) * sw - pw + kx * dw
+        def padded(bi: Any, yy: Any, xw: Any, ci: Any) -> Any:
+            iy, ix = yy - ph, xw - pw
             inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
             v = xx[bi, ci, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, wd - 1), 0)].astype("int32") + 128
-            return tirx.if_then_else(kk < k, tirx.if_then_else(inside, v, tirx.const(pad_u, "int32")), 0).astype("uint8")
+            return tirx.if_then_else(inside, v, tirx.const(pad_u, "int32")).astype("uint8")
+
+        xpad = te.compute((bn, hp, wpd, c), padded, name="xpad")
+
+        def patch(row: Any, kk: Any) -> Any:
+            tap, ci = kk // c, kk % c
+            ky, kx = tap // kw, tap % kw
+            bi, pix = row // (oh * ow), row % (oh * ow)
+            v = xpad[bi, tirx.min((pix // ow) * sh + ky * dh, hp - 1), tirx.min((pix % ow) * sw + kx * dw, wpd - 1), ci]
+            return tirx.if_then_else(kk < k, v, tirx.const(0, "uint8"))
 
         xu = te.compute((m, kp), patch, name="patches")
         acc = _vnni_acc(xu, ww, m, kp, np_)
@@ -820,8 +835,11 @@ def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, m
 
     ins = [x, ctx.const(wp, f"{node.name}.w_vnni"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
     ins += [b] if b is not None else []
-    ctx.schedule_hint(f"qconv2d_w8a8_{ow}", schedule=_cpu_vnni_schedule(ow))
-    return ctx.emit_te(fn, *ins, primfunc_name_hint=f"qconv2d_w8a8_{ow}")
+    # the im2col copies c contiguous bytes per tap when the columns are not padded
+    vec_c = c if kp == k and c >= 4 else 1
+    name = f"qconv2d_w8a8_{ow}_{vec_c}"
+    ctx.schedule_hint(name, schedule=_cpu_vnni_schedule(ow, vec_c))
+    return ctx.emit_te(fn, *ins, primfunc_name_hint=name)
 
 
 __all__: list[str] = []
