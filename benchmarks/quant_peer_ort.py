@@ -77,6 +77,20 @@ def patch_ort_zero_point_packing() -> None:
 
     wo.make_matmul_weight_only_node = fixed
 
+    # Second bug: the GPTQ path ignores `nodes_to_exclude` (only the RTN path maps excluded
+    # nodes to "fp32"), so lm_head was quantized too; give GPTQ the same "fp32" entries.
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    gen = MatMulNBitsQuantizer._generate_q4_node_config
+
+    def with_excluded(self):  # type: ignore[no-untyped-def]
+        cfg = gen(self)
+        for n in self.nodes_to_exclude:
+            cfg[n] = "fp32"
+        return cfg
+
+    MatMulNBitsQuantizer._generate_q4_node_config = with_excluded  # type: ignore[method-assign]
+
 
 def main() -> None:
     from onnxruntime.quantization import CalibrationDataReader
