@@ -259,8 +259,9 @@ def quantize_nm_layers(q: Any, g: Graph, ctx: PassContext) -> int:
             for n in nodes:
                 why = "N:M layer: no input-channel scaling; its codes come from RTN"
                 ctx.explain.add(ExplainEvent(q.name, "awq-scale-input-channels", n.name, n.op, "declined", why))
-        batches = ctx.require_calibration(f"{q.name} (method=gptq)") if q.method == "gptq" else ctx.calibration
         gptq = q.method == "gptq"
+        # RTN needs calibration rows only for the reported output SQNR: calib_samples batches suffice
+        batches = ctx.require_calibration(f"{q.name} (method=gptq)") if gptq else ctx.calibration[: q.calib_samples]
         for chunk in _chunks(nodes, _HESSIAN_BUDGET if gptq else 1 << 62):
             stats = collect(g, batches, {n.name for n in chunk}, hessian=gptq, keep_inputs=q.calib_samples) if batches else {}
             for n in chunk:
