@@ -20,6 +20,9 @@ Methods:
   front ("static groups").
 * ``smoothquant`` / ``act_bits=8``: declined (no integer N:M kernel); the layer stays
   ``nm_linear`` and the explain log says why.
+* ``bits="auto"``: N:M layers are not part of the allocation; they get the widest
+  candidate width.  ``exclude`` and ``first_last`` apply as to dense layers (first/last
+  among all linear, conv and N:M layers).
 
 Requires: ``nm_linear`` with constant values and indices.  Ensures: stored bytes = packed
 codes + float16 scales + packed zeros + packed indices (+ bias).
