@@ -119,7 +119,6 @@ def _is_split_wide(line: str) -> bool:
     return m is not None and m.group(3) is None and int(m.group(2), 16) >= 0xE800
 
 
-
 def profile(board: Board, elf: Path, inputs: bytes, owners: dict[str, str], timeout: float = 600.0) -> dict[str, int]:
     """Executed instructions per owner for one run on `inputs`.
 

@@ -155,7 +155,10 @@ class KernelBuilder:
         if not self.funcs:
             return ""
         try:
-            src = tvm.compile(tvm.IRModule(self.funcs), target="c").mod.inspect_source()
+            # no argument checks in the packed entry points: model.c is generated with the kernels and
+            # passes exactly the DLTensors they were built for (the checks' messages alone cost kilobytes of flash)
+            with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+                src = tvm.compile(tvm.IRModule(self.funcs), target="c").mod.inspect_source()
         except Exception as e:  # TVM errors are long C++ traces: keep the first line
             raise LoweringError(f"TVM C code generation failed: {str(e).strip().splitlines()[0]}") from None
         for kern in self.kernels:
