@@ -181,3 +181,50 @@ def test_cuda_codegen() -> None:
     for kernel in ("qmatmul_int4_gemm", "qmatmul_int3_gemm", "qmatmul_int2_gemm", "qmatmul_int8_gemm"):
         assert kernel in src
     assert info["schedules"].get("hint", 0) >= 4
+
+
+def test_w8a8_llvm_odd_shapes_use_vnni() -> None:
+    """K and N off the 4 x 16 VNNI tile (zero-padded), a strided conv with odd sizes: still bit-exact;
+    on a host with AVX512-VNNI the int8 kernels are vpdpbusd."""
+    from tvm.target import codegen
+
+    from bitpress.backends.tvm.backend import make_target
+
+    g = Graph()
+    x = g.add_input("x", TensorType((3, 7), "float32"))
+    img = g.add_input("img", TensorType((2, 3, 9, 7), "float32"))
+    m, r = nq.quant_multiplier(torch.rand(5, dtype=torch.float64) * 1e-2 + 1e-3)
+    lin = g.call(
+        "qlinear_w8a8",
+        [
+            g.call("quantize_act", [x], {"scale": 0.02, "zero_point": 9}, name="qx"),
+            g.add_const(torch.randint(-127, 128, (5, 7), dtype=torch.int8), "w"),
+            g.add_const(m, "m"),
+            g.add_const(r, "r"),
+            g.add_const(torch.randint(-300, 300, (5,), dtype=torch.int32), "b"),
+        ],
+        {"x_zero_point": 9, "out_zero_point": -4},
+        name="fc",
+    )
+    mc, rc = nq.quant_multiplier(torch.rand(20, dtype=torch.float64) * 1e-2 + 1e-3)
+    conv = g.call(
+        "qconv2d_w8a8",
+        [
+            g.call("quantize_act", [img], {"scale": 0.03, "zero_point": -11}, name="qi"),
+            g.add_const(torch.randint(-127, 128, (20, 3, 3, 2), dtype=torch.int8), "wc"),
+            g.add_const(mc, "mc"),
+            g.add_const(rc, "rc"),
+        ],
+        {"x_zero_point": -11, "out_zero_point": 6, "stride": 2, "padding": 1},
+        name="conv",
+    )
+    g.set_outputs([lin, conv])
+    g.verify()
+    feeds = [torch.randn(3, 7) * 2, torch.randn(2, 3, 9, 7) * 3]
+    exe = _build("llvm", g)
+    for o, w in zip(exe.run(feeds), run(g, feeds), strict=True):
+        assert torch.equal(o, w)
+        assert w.unique().numel() > 10
+    if codegen.target_has_features("avx512vnni", make_target("llvm")):
+        asm = "".join(m.inspect_source("asm") for m in [exe.module.mod, *exe.module.mod.imports] if m.kind == "llvm")
+        assert "vpdpbusd" in asm
