@@ -619,20 +619,6 @@ def _vnni_intrin() -> str:
     return _VNNI_INTRIN
 
 
-def _has_vnni(ctx: LowerContext) -> bool:
-    """Whether this host's llvm target has AVX512-VNNI (the build target is this host's CPU)."""
-    if ctx.target != "llvm":
-        return False
-    from tvm.target import codegen
-
-    from bitpress.backends.tvm.backend import make_target
-
-    try:
-        return bool(codegen.target_has_features("avx512vnni", make_target("llvm")))
-    except Exception:
-        return False
-
-
 def _cpu_vnni_schedule(conv_width: int = 1, conv_channels: int = 1) -> Any:
     """parallel(n strips x row tiles) . k/4 . unroll(mi, nv) . vpdpbusd(16 lanes x 4 bytes)
 
@@ -694,6 +680,10 @@ def _cpu_vnni_schedule(conv_width: int = 1, conv_channels: int = 1) -> Any:
             loops = sch.get_loops(b)
             if not loops:
                 continue
+            if len(loops) == 4:  # conv output (n, c, y, x): channels innermost, read acc rows contiguously
+                nl, cl, yl, xl = loops
+                sch.reorder(nl, yl, xl, cl)
+                loops = [nl, yl, xl, cl]
             fused = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
             if len(loops) > 1:
                 sch.parallel(fused)
