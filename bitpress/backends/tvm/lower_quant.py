@@ -2,22 +2,31 @@
 
 Weight-only `qlinear` is one fused dequantize+matmul kernel that reads the packed codes:
 
-    xg[m, g, i]   = x[m, g*gs + i]              (0 past K: the ragged last group)
-    part[m, g, n] = sum_i xg[m, g, i] * u(g, i, n)            u: unsigned code from bytes
-    y[m, n]       = sum_g s[g, n] * part[m, g, n] - (z*s)[g, n] * sum_i xg[m, g, i]  + b[n]
+    xg[m, g, i]      = x[m, g*gs + i]              (0 past K)
+    part[m, g, p, n] = sum_j xg[m, g, j*P + p] * c(g, j*P + p, n)     one sum per code slot p
+    y[m, n]          = sum_g s'[g, n] * sum_p part[m, g, p, n] - zs'[g, n] * sum_i xg[m, g, i]  + b[n]
 
-so the group scale is applied once per group.  At build time the packed codes are re-laid
-out (still packed, same bits) as bytes [G, bytes_per_group, N]: for a fixed byte the N
-output channels are contiguous, so the CPU schedule vectorizes over n (one byte load gives
-2 int4 / 4 int2 codes per lane, shifts and masks decode them without branches) and
-parallelizes over blocks of n; for batched inputs the decoded codes are reused across a
-register tile of rows.  Signed codes are stored offset by 2^(b-1) (and the zero point with
-them), which leaves (q - z) unchanged.
+so the group scale is applied once per group.  At build time the codes are re-laid out
+(still packed, same bytes) as [N / nb, G, units, nb]: strips of nb output channels, each
+strip one contiguous run of groups; on llvm a unit is a 32-bit word of 8 int4 / 16 int2
+codes of one channel (bytes for 3- and 8-bit).  Signed codes are stored offset by 2^(b-1)
+(and the zero point with them), which leaves (q - z) unchanged.
+
+CPU (llvm) kernels:
+- GEMV (few rows): parallel over strips, the P partial sums per lane in registers, the code
+  turned into a float by a shift and an and-or into the mantissa of 1.0 (c = 1 + u / 2^b,
+  exact; s' = 2^b s and zs' = s' + z s absorb the 2^b and the 1), a ragged last group as its
+  own short reduction.  Bytes (3/8-bit) convert the code (c = u, s' = s, zs' = z s).
+- GEMM (more rows): each strip decoded once (w = c s' - zs') into an L2-resident float cache
+  [G, gs, nb], then the fp32 register tile (8 rows x nb) over it.
+CUDA: the GEMM form with the decode inlined, one thread per output.
 
 W8A8: `quantize_act` / `dequantize_act` are elementwise kernels with the reference's float32
 arithmetic and round-half-even (`nearbyint`); `qlinear_w8a8` and `qconv2d_w8a8` accumulate
 int8 x int8 in int32 and requantize with the int64 fixed-point multiply and arithmetic
-shift of the reference, so they are bit-exact.  `qconv2d` (weight-only) decodes its packed
+shift of the reference, so they are bit-exact.  On llvm the accumulation is AVX512-VNNI
+`vpdpbusd` on u = x + 128 with an exact per-channel correction (see _vnni_weight); convs
+run as a channels-last im2col + that GEMM.  `qconv2d` (weight-only) decodes its packed
 kernel per call into a float buffer and runs a float conv.
 """
 
