@@ -9,9 +9,9 @@ Text: bitpress.models.text.english_text() (GPL-3, 7161 tokens).  Evaluation: the
 `--eval` windows of `--seq` tokens; calibration: the next `--cal` windows (disjoint), the
 same tensors for bitpress and the peer.  Every linear layer of
 the 30 decoder blocks is pruned; lm_head (tied to the embedding) is left dense, as in the
-SparseGPT and Wanda papers.  bitpress calibrates block by block (`--sequential block`: each
-decoder block on the outputs of the blocks already pruned, `calibrate.sequential`; `layer`:
-also within a block) and runs in its interpreter (the numerics oracle) on the compressed
+SparseGPT and Wanda papers.  bitpress calibrates sequentially (`calibrate.sequential`;
+`--sequential block`: each decoder block on the outputs of the blocks already pruned;
+`layer`: also within a block; `auto`, the default: block for SparseGPT, layer otherwise) and runs in its interpreter (the numerics oracle) on the compressed
 graph (nm_linear / sparse_linear ops).
 
 The peer: llm-compressor's `oneshot` pipeline needs `datasets`, `auto-round` and
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--peer-dir", default="/tmp/prune_peer")
     ap.add_argument("--only", default="", help="comma list of configs, e.g. 'dense,bitpress sparsegpt 2:4,peer wanda 0.5'")
     ap.add_argument("--hessian-mb", type=int, default=512)
-    ap.add_argument("--sequential", default="block", choices=("block", "layer", "none"), help="bitpress: Prune(sequential=...)")
+    ap.add_argument("--sequential", default="auto", choices=("auto", "block", "layer", "none"), help="bitpress: Prune(sequential=...)")
     ap.add_argument("--out", default="", help="append one JSON line per finished config to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -52,8 +52,10 @@ class Prune:
         reconstruct: structured only: refit the next layer by least squares on calibration data.
         sequential: calibrate each group of layers on the outputs of the groups already
             pruned: "block" (a transformer/residual block, as SparseGPT and Wanda do),
-            "layer" (within a block too: o_proj sees pruned q/k/v, down_proj pruned gate/up)
-            or "none" (every layer on the unpruned model).  True/False mean "block"/"none".
+            "layer" (within a block too: o_proj sees pruned q/k/v, down_proj pruned gate/up),
+            "none" (every layer on the unpruned model) or "auto" (default: "block" for
+            SparseGPT, "layer" otherwise; measured best on SmolLM2, see benchmarks/RESULTS.md).
+            True/False mean "block"/"none".
     """
 
     name: ClassVar[str] = "prune"
@@ -69,7 +71,7 @@ class Prune:
     blocksize: int = 128
     damp: float = 0.01
     hessian_budget_mb: int = 512
-    sequential: str | bool = "block"
+    sequential: str | bool = "auto"
     allocation_range: float = 0.3
     max_layer_sparsity: float = 0.95
 
@@ -104,8 +106,8 @@ class Prune:
             raise ValueError("Prune: reconstruct=True applies to structured pruning only (SparseGPT reconstructs by itself)")
         if isinstance(self.sequential, bool):
             object.__setattr__(self, "sequential", "block" if self.sequential else "none")
-        if self.sequential not in ("block", "layer", "none"):
-            raise ValueError(f"Prune: sequential must be 'block', 'layer' or 'none', got {self.sequential!r}")
+        if self.sequential not in ("auto", "block", "layer", "none"):
+            raise ValueError(f"Prune: sequential must be 'auto', 'block', 'layer' or 'none', got {self.sequential!r}")
         if self.round_to < 1 or self.blocksize < 1 or self.damp < 0 or self.hessian_budget_mb < 1:
             raise ValueError("Prune: round_to, blocksize and hessian_budget_mb must be >= 1 and damp >= 0")
 

@@ -17,12 +17,15 @@ Calibration: Wanda and SparseGPT need it (``ctx.calibration``); magnitude does n
 when data is present it is used to measure each layer's output error.  Hessians are
 gathered group by group with `bitpress.compiler.calibrate.sequential`, each group
 calibrated on the outputs of the groups already pruned, with the group inputs cached:
-``sequential="block"`` (default; a transformer layer or residual block, as the SparseGPT
+``sequential="block"`` (a transformer layer or residual block, as the SparseGPT
 and Wanda reference code and llm-compressor do) or ``"layer"`` (the layers of a block that
 share an input: q/k/v, then o, then gate/up, then down, so o_proj sees pruned q/k/v);
 groups are split where their Hessians exceed `hessian_budget_mb`.  ``sequential="none"``
 calibrates chunks of layers that fit the budget by re-running the graph from its inputs
-(one chunk: every layer sees the dense model).
+(one chunk: every layer sees the dense model).  ``"auto"`` (default) is "block" for
+SparseGPT and "layer" for Wanda and magnitude: on SmolLM2-135M at 2:4, Wanda gained from
+"layer" (perplexity 128.6 -> 125.1) and SparseGPT lost (58.5 -> 61.1), one measurement
+each (benchmarks/RESULTS.md, issue 5).
 
 Per-layer sparsity (``allocation``): ``"uniform"`` (every layer at ``sparsity``),
 ``"global"`` (one threshold on the method's score across all layers), or
@@ -236,10 +239,11 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         n.meta["format"] = "dense"
         layers[n.name] = {"sparsity": n.meta["sparsity"], "sqnr_db": sq, "target": s}
 
-    if data and cfg.sequential != "none":
+    mode = cfg.sequential if cfg.sequential != "auto" else ("block" if cfg.method == "sparsegpt" else "layer")
+    if data and mode != "none":
         # each group is calibrated on the outputs of the groups already pruned
         names = {n.name for n in nodes}
-        groups = _calibration_groups(nodes, cfg.sequential, cfg.hessian_budget_mb << 20)
+        groups = _calibration_groups(nodes, mode, cfg.hessian_budget_mb << 20)
         for step in sequential(g, data, nodes=names, group=groups, hessian=True):
             for n in step.nodes:
                 prune_layer(n, step.stats.get(n.name))
