@@ -258,9 +258,11 @@ def test_layer_mode_calibrates_within_a_block() -> None:
     m = TwoInOne().eval()
     cal = correlated_batches(4)
     sq = {}
-    for mode in ("block", "layer", "none"):
-        cm = _compile(m, cal, method="wanda", sparsity="2:4", sequential=mode, format="dense")
-        sq[mode] = cm.graph.find("blocks.0.fc2").meta["sqnr_db"]
+    for method, mode in [("wanda", m) for m in ("block", "layer", "none", "auto")] + [("sparsegpt", "block"), ("sparsegpt", "auto")]:
+        cm = _compile(m, cal, method=method, sparsity="2:4", sequential=mode, format="dense")
+        sq[method, mode] = cm.graph.find("blocks.0.fc2").meta["sqnr_db"]
     assert Prune(sequential=True).sequential == "block" and Prune(sequential=False).sequential == "none"
-    assert sq["block"] == sq["none"]  # one block: fc2 calibrated on the dense fc1 either way
-    assert sq["layer"] != sq["block"]
+    assert sq["wanda", "block"] == sq["wanda", "none"]  # one block: fc2 calibrated on the dense fc1 either way
+    assert sq["wanda", "layer"] != sq["wanda", "block"]
+    # "auto": layer-wise for Wanda, block-wise for SparseGPT
+    assert sq["wanda", "auto"] == sq["wanda", "layer"] and sq["sparsegpt", "auto"] == sq["sparsegpt", "block"]
