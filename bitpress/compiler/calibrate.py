@@ -106,24 +106,22 @@ class _Collector:
         self.hessian = hessian
         self.keep_inputs = keep_inputs
         self.stats: dict[str, NodeStats] = {}
-        # linears fed by the same tensor (q/k/v, gate/up) share one computation of the
-        # row statistics and X^T X per batch; cleared by `new_batch`
-        self._memo: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        # consecutive linears fed by the same tensor (q/k/v, gate/up) share one computation
+        # of the row statistics and X^T X; one slot, so it holds at most one X^T X
+        self._memo: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
 
     def new_batch(self) -> None:
-        self._memo.clear()
+        self._memo = None
 
     def _row_stats(self, node: Node, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hit = self._memo.get(id(x)) if node.op == "linear" else None
-        if hit is not None and hit[0] is x:
-            return hit[1]
+        if node.op == "linear" and self._memo is not None and self._memo[0] is x:
+            return self._memo[1]
         rows = layer_rows(node, x).double() if node.op in _LAYER_OPS else x.reshape(-1, x.shape[-1]).double()
         n = torch.tensor(float(rows.shape[0]))
         res: tuple[torch.Tensor, ...] = (n, rows.abs().amax(0), rows.pow(2).sum(0), rows.abs().sum(0))
         if self.hessian:
             res = (*res, rows.t() @ rows)
-        if node.op == "linear":
-            self._memo[id(x)] = (x, res)
+        self._memo = (x, res) if node.op == "linear" else None
         return res
 
     def observe(self, node: Node, args: list[Any], outs: list[torch.Tensor]) -> None:

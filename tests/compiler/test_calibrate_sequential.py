@@ -106,3 +106,23 @@ def test_interleaved_groups_and_structural_edits_are_refused() -> None:
         g.call("relu", [g.find("layers.0.up").output])
     with pytest.raises(RuntimeError, match="nodes changed"):
         next(it)
+
+
+def test_linears_sharing_an_input_get_their_own_exact_stats() -> None:
+    class Fork(nn.Module):  # q/k/v-like: three linears read the same tensor
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(6, 3), nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.q(x) + self.k(x) * self.v(x)
+
+    batches = [(torch.randn(4, 6),), (torch.randn(4, 6),)]
+    g = import_module(Fork().eval(), batches[0])
+    x = torch.cat([b[0] for b in batches]).double()
+    for st in (collect(g, batches, hessian=True), next(iter(sequential(g, batches, hessian=True, group=lambda n: "all"))).stats):
+        assert set(st) == {"q", "k", "v"}
+        for s in st.values():
+            assert s.rows == 8
+            torch.testing.assert_close(s.hessian, x.t() @ x)
+        assert st["q"].hessian is not st["k"].hessian  # accumulators are not shared
