@@ -263,6 +263,70 @@ def _intrin(sched: KernelSchedule, kx: int, kp: int) -> str:
 _REGISTERED: set[str] = set()
 
 
+def _req_intrin() -> str:
+    """Register (once) the mve-4x2 requantization epilogue: the "hi" form of bitpress/backends/mcu/tvm_kernels.py
+    over a tile of 4 channels x 2 pixels (Y rows `ys` apart), implemented by bp_uk_mve_req_4x2."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = "bp_mve_req_4x2"
+    if name in _REGISTERED:
+        return name
+    ys = T.int32()
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4, 2), "int32", offset_factor=1),
+        M: T.Buffer((4,), "int32", offset_factor=1),
+        B: T.Buffer((4,), "int32", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+        S: T.Buffer((4,), "int32", offset_factor=1),
+        Y: T.Buffer((4, 2), "int8", offset_factor=1, strides=[ys, 1]),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:4, 0:2], B[0:4], M[0:4], C[0:4], S[0:4])
+            T.writes(Y[0:4, 0:2])
+            for r, p in T.grid(4, 2):
+                with T.sblock("Y"):
+                    vr, vp = T.axis.remap("SS", [r, p])
+                    Y[vr, vp] = T.Cast(
+                        "int8",
+                        T.call_pure_extern(
+                            "int32", "bp_sat8", (T.call_pure_extern("int32", "bp_mulhi", A[vr, vp] + B[vr], M[vr]) + C[vr]) >> S[vr]
+                        ),
+                    )
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4, 2), "int32", offset_factor=1),
+        M: T.Buffer((4,), "int32", offset_factor=1),
+        B: T.Buffer((4,), "int32", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+        S: T.Buffer((4,), "int32", offset_factor=1),
+        Y: T.Buffer((4, 2), "int8", offset_factor=1, strides=[ys, 1]),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:4, 0:2], B[0:4], M[0:4], C[0:4], S[0:4])
+            T.writes(Y[0:4, 0:2])
+            T.evaluate(
+                T.call_extern(
+                    "int32",
+                    "bp_uk_mve_req_4x2",
+                    Y.access_ptr("w"),
+                    A.access_ptr("r"),
+                    M.access_ptr("r"),
+                    B.access_ptr("r"),
+                    C.access_ptr("r"),
+                    S.access_ptr("r"),
+                    ys,
+                )
+            )
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
+    return name
+
+
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -287,7 +351,7 @@ def schedule_linear(func: Any, sched: KernelSchedule, kx: int, kp: int) -> Any:
     return sch.mod["main"]
 
 
-def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int) -> Any:
+def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int, vector_req: bool = False) -> Any:
     """Schedule the TE qconv2d (blocks `xpad`, `patch`, `acc`, `Y`): per image the padded NHWC copy,
     per tile of `pixels` output pixels their im2col patches, per tile of `rows` channels the
     tensorized reduction, then the requantization epilogue.  `row` = kw * C (one kernel row of a patch)."""
@@ -310,8 +374,14 @@ def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int) 
     init = sch.decompose_reduction(acc, own[0])
     _finish_tile(sch, acc, sched, kx, kp, 3)
     # the tile's zeroing and requantization epilogue unrolled: no loop overhead per tile
-    for loop in [*sch.get_loops(init)[3:], oi, pi]:
+    for loop in sch.get_loops(init)[3:]:
         sch.unroll(loop)
+    if vector_req and sched.name == "mve-4x2":
+        # whole tiles in the "hi" form: the epilogue is one vector micro-kernel call
+        sch.tensorize(oi, _req_intrin())
+    else:
+        sch.unroll(oi)
+        sch.unroll(pi)
     return sch.mod["main"]
 
 

@@ -101,7 +101,12 @@ def _folded_bias(n: Node, w2: torch.Tensor) -> torch.Tensor:
 
 
 def _tvm_layer(
-    ctx: McuLowerContext, n: Node, w2: torch.Tensor, sched: KernelSchedule, build: Callable[[str, dict[str, Any]], Kernel]
+    ctx: McuLowerContext,
+    n: Node,
+    w2: torch.Tensor,
+    sched: KernelSchedule,
+    build: Callable[[str, dict[str, Any]], Kernel],
+    vector: bool = False,
 ) -> str:
     """Build the layer's TVM kernel and return the C that calls it through the packed-API shim."""
     _, w, m, r = n.inputs[:4]
@@ -109,17 +114,21 @@ def _tvm_layer(
     bias = _folded_bias(n, w2)
     bound = w2.to(torch.int64).abs().sum(1) * 128
     np_ = sched.padded(*w2.shape)[0]
-    req = requant_consts(m.value, r.value, bias, int(n.attrs["out_zero_point"]), bound, np_)
+    req = requant_consts(m.value, r.value, bias, int(n.attrs["out_zero_point"]), bound, np_, vector)
     kern = build(_kname(ctx, n), req)
     x = n.inputs[0]
     ptrs = {
         "x": ctx.ptr(x),
         "w": ctx.array(sched.layout(w2).reshape(-1), "int8_t", f"{w.name}.{sched.name}"),
         "mult": ctx.array(req["mult"], "int32_t", f"{m.name}.{sched.name}"),
-        "bm": ctx.array(req["bm"], "int64_t", f"{n.name}.bias_x_mult"),
         "shift": ctx.array(req["shift"], "int32_t", f"{r.name}.{sched.name}"),
         "y": ctx.ptr(n.output),
     }
+    if req["form"] == "hi32":
+        ptrs["bias"] = ctx.array(req["bias"], "int32_t", f"{n.name}.bias")
+        ptrs["c"] = ctx.array(req["c"], "int32_t", f"{n.name}.round_zp")
+    else:
+        ptrs["bm"] = ctx.array(req["bm"], "int64_t", f"{n.name}.bias_x_mult")
     return _tvm_call(ctx, n, kern, ptrs)
 
 
@@ -246,7 +255,9 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
         off = 2 * sched.padded(o, k)[1]
         ctx.ukernels.add(f"BP_DEFINE_UK_DSP2X2{'' if off <= 1020 else '_C'}({off})")
     xzp = int(n.attrs["x_zero_point"])
-    return _tvm_layer(ctx, n, w2, sched, lambda name, req: ctx.kernels.add_conv(name, g, o, sched, req, xzp))
+    # whole 4 x 2 tiles on M55: the requantization epilogue is a vector micro-kernel (bp_uk_mve_req_4x2)
+    vector = sched.name == "mve-4x2" and o % sched.rows == 0 and (g["OH"] * g["OW"]) % sched.pixels == 0
+    return _tvm_layer(ctx, n, w2, sched, lambda name, req: ctx.kernels.add_conv(name, g, o, sched, req, xzp), vector)
 
 
 # ----------------------------------------------------------------------------- float path

@@ -127,7 +127,9 @@ class KernelBuilder:
         )
         # the output as [N, O, OH * OW]: the same bytes as NCHW, with the pixel tiles on one axis
         y = te.compute((nb, o, p), lambda b, oc, q: _requant(acc[b, oc, q], oc, consts, req), name="Y")
-        func = schedule_conv(te.create_prim_func([x, w, *consts, y]), sched, kx, kp, kw * c)
+        # the vector epilogue needs the "hi" form and whole tiles (no ragged channel or pixel tile)
+        vreq = req["form"] == "hi32" and o % sched.rows == 0 and p % sched.pixels == 0
+        func = schedule_conv(te.create_prim_func([x, w, *consts, y]), sched, kx, kp, kw * c, vreq)
         return self._add(
             name,
             func,
@@ -176,13 +178,20 @@ def _function_body(src: str, name: str) -> str:
 
 
 def requant_consts(
-    mult: torch.Tensor, shift: torch.Tensor, bias: torch.Tensor, yzp: int, acc_bound: torch.Tensor, n_padded: int
+    mult: torch.Tensor,
+    shift: torch.Tensor,
+    bias: torch.Tensor,
+    yzp: int,
+    acc_bound: torch.Tensor,
+    n_padded: int,
+    vector: bool = False,
 ) -> dict[str, Any]:
     """Per-channel requantization arrays, padded to `n_padded` rows with harmless values.
 
     The bias enters as the int64 constant bias * m (+ the rounding term), so the epilogue is one
     multiply-accumulate-long: (acc + b) * m = acc * m + b * m exactly.  The 32-bit form is used
-    when every shift exceeds 32 and the folded zero point provably fits in int32."""
+    when every shift exceeds 32 and the folded zero point provably fits in int32; with `vector` (a
+    vector epilogue) it is the "hi32" form, int32 constants only, when acc + b also provably fits."""
     n = bias.numel()
     m = mult.reshape(-1).expand(n).to(torch.int64)
     r = shift.reshape(-1).expand(n).to(torch.int64)
@@ -198,6 +207,10 @@ def requant_consts(
         s = r - 32
         c = (torch.ones_like(s) << (s - 1)) + yzp * (torch.ones_like(s) << s)
         hi = ((acc_bound + b.abs()) * m.abs() >> 32) + 1
+        if vector and bool(((hi + c.abs()) < 2**31).all()) and bool(((acc_bound + b.abs()) < 2**31).all()):
+            # acc + b fits in int32, and c added after the >> 32 adds exactly c * 2^32 before it:
+            # ((acc + b) * m >> 32) + c is VADD, VMULH, VADD on 4 channels, then VSHL by -s, VMAX, VMIN
+            return {"form": "hi32", "mult": padded(m, 0), "bias": padded(b, 0), "c": padded(c, 0), "shift": padded(s, 1)}
         if bool(((hi + c.abs()) < 2**31).all()):
             # c * 2^32 added before the >> 32 adds exactly c: one SMLAL, one ASR, one SSAT per output
             return {"form": "hi", "mult": padded(m, 0), "bm": padded(b * m + (c << 32), 0, torch.int64), "shift": padded(s, 1)}
@@ -206,6 +219,8 @@ def requant_consts(
 
 
 def _req_names(req: dict[str, Any]) -> list[tuple[str, str]]:
+    if req["form"] == "hi32":
+        return [("mult", "int32"), ("bias", "int32"), ("c", "int32"), ("shift", "int32")]
     return [("mult", "int32"), ("bm", "int64"), ("shift", "int32")]
 
 
@@ -223,11 +238,15 @@ def _requant(acc: Any, ch: Any, consts: list[Any], req: dict[str, Any]) -> Any:
     """y = clamp((((acc + b) * m + 2^(r-1)) >> r) + zp, -128, 127), in the form `requant_consts` chose."""
     from tvm import tirx
 
+    if req["form"] == "hi32":
+        # bp_mulhi(a, m) = (int32)(((int64)a * m) >> 32): one SMMUL (bp_ukernels.h); TVM would widen the add
+        hi = tirx.call_pure_extern("int32", "bp_mulhi", acc + consts[1][ch], consts[0][ch])
+        v = (hi + consts[2][ch]) >> consts[3][ch]
+        # bp_sat8(v) = clamp(v, -128, 127): SSAT #8 where the core has it (bp_ukernels.h)
+        return tirx.call_pure_extern("int32", "bp_sat8", v).astype("int8")
     prod = acc.astype("int64") * consts[0][ch].astype("int64") + consts[1][ch]
     if req["form"] == "hi":
         hi = (prod >> tirx.const(32, "int64")).astype("int32")  # = ((acc + b) * m >> 32) + c, c folded into bm
-        v = hi >> consts[2][ch]
-        # bp_sat8(v) = clamp(v, -128, 127): SSAT #8 where the core has it (bp_ukernels.h)
-        return tirx.call_pure_extern("int32", "bp_sat8", v).astype("int8")
+        return tirx.call_pure_extern("int32", "bp_sat8", hi >> consts[2][ch]).astype("int8")
     v = (prod >> consts[2][ch].astype("int64")) + tirx.const(int(req["zp"]), "int64")
     return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
