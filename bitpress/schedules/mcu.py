@@ -22,7 +22,8 @@ bitpress/backends/mcu/c/bp_ukernels.h):
   read in place with a tail-predicated last load: 5 VLDRB + 4 VMLADAVA per 64 MACs.
 - `mve-4x2`  (conv on M55): 4 rows x 2 pixels: 2 x loads + 4 w loads + 8 VMLADAVA per 128 MACs;
   weights in blocks of 4 rows with 16-byte pieces interleaved and K padded to 16, so one pointer
-  walks the tile and 8 accumulators, 2 activation pointers and it fit the registers.
+  walks the tile and 8 accumulators, 2 activation pointers and it fit the registers.  On whole
+  tiles the requantization epilogue is tensorized too (`bp_uk_mve_req_4x2`: 4 channels per vector).
 """
 
 from __future__ import annotations
@@ -369,7 +370,12 @@ def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int, 
     sch.compute_at(patch, pt)
     # one patch row (kernel row i) is `row` = kw * C contiguous values: loop over rows, then within a row
     sch.split(sch.get_loops(patch)[-1], [None, row])
-    sch.compute_at(sch.get_sblock("xpad"), b)
+    xpad = sch.get_sblock("xpad")
+    sch.compute_at(xpad, b)
+    # the channels of one padded pixel unrolled: the border test is made once per pixel, not once per value
+    cin = sch.get_loops(xpad)[-1]
+    if 1 < int(sch.get(cin).extent) <= 64:
+        sch.unroll(cin)
     own = sch.get_loops(acc)[3:]  # (rows, pixels, k) under b, pixel tile, row tile
     init = sch.decompose_reduction(acc, own[0])
     _finish_tile(sch, acc, sched, kx, kp, 3)

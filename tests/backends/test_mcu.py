@@ -171,6 +171,8 @@ def test_fashion_cnn_int8_matches_interpreter() -> None:
     info = cm.report.backend
     assert info["integer_only"] and info["float_nodes"] == [] and info["integer_glue"] == ["fc1.quantize_in"]
     _assert_tvm_kernels(cm, 8)  # 3 conv + 2 linear + the fixed-point add, sum pool and requantize
+    # conv1 and conv2 are whole 4 x 2 tiles: their requantization is the vector epilogue (conv3 has 49 pixels)
+    assert (cm.executable.project / "kernels_tvm.c").read_text().count("bp_uk_mve_req_4x2((") == 2
     convs = [r for r in info["layers"] if r["op"] == "qconv2d_w8a8"]
     assert [r["macs"] for r in convs] == [16 * 28 * 28 * 9, 32 * 14 * 14 * 144, 32 * 7 * 7 * 288]
     n = 32

@@ -179,6 +179,16 @@ BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K) {
 BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K) {
     int32_t *acc = (int32_t *)accp;
     const int32_t kc = K >> 4;
+    if (kc == 0) { /* K < 16 (a first layer): one predicated piece, no registers pinned (they make GCC spill) */
+        const int8_t *w = (const int8_t *)wv;
+        mve_pred16_t p = vctp8q((uint32_t)K);
+        int8x16_t pa = vldrbq_z_s8((const int8_t *)xv, p), pb = vldrbq_z_s8((const int8_t *)xv + K, p), q;
+        q = vldrbq_s8(w), acc[0] = vmladavaq_s8(acc[0], pa, q), acc[1] = vmladavaq_s8(acc[1], pb, q);
+        q = vldrbq_s8(w + 16), acc[2] = vmladavaq_s8(acc[2], pa, q), acc[3] = vmladavaq_s8(acc[3], pb, q);
+        q = vldrbq_s8(w + 32), acc[4] = vmladavaq_s8(acc[4], pa, q), acc[5] = vmladavaq_s8(acc[5], pb, q);
+        q = vldrbq_s8(w + 48), acc[6] = vmladavaq_s8(acc[6], pa, q), acc[7] = vmladavaq_s8(acc[7], pb, q);
+        return 0;
+    }
     /* VMLADAVA accumulates into an even register: pin the 8 accumulators to r0, r2, ..., r12, lr */
     register int32_t a00 __asm__("r0") = acc[0], a01 __asm__("r2") = acc[1], a10 __asm__("r4") = acc[2], a11 __asm__("r6") = acc[3];
     register int32_t a20 __asm__("r8") = acc[4], a21 __asm__("r10") = acc[5], a30 __asm__("r12") = acc[6], a31 __asm__("lr") = acc[7];
