@@ -12,7 +12,9 @@ shift of the layer exceeds 32 it is written in the equivalent form
 `((acc * m + b * m + c * 2^32) >> 32) >> (r - 32)` with `c = 2^(r-33) + zp * 2^(r-32)` (floor
 division by 2^(r-32) after adding a multiple of it adds exactly zp, adding c * 2^32 before the
 >> 32 adds exactly c; a compile-time bound keeps the high word in int32), which GCC turns into
-SMLAL, ASR and SSAT.  A convolution first copies the image into a
+SMLAL, ASR and SSAT.  Where a vector epilogue takes the tile (M55 convolutions on whole 4 x 2
+tiles) it is the int32-only `(((acc + b) * m >> 32) + c) >> (r - 32)` instead (the same value when
+acc + b provably fits in int32: VADD, VMULH, VADD, VSHL on 4 channels).  A convolution first copies the image into a
 zero-point-padded NHWC buffer (so im2col patches are contiguous rows), then writes per tile the
 patches the micro-kernel reads.
 
