@@ -262,21 +262,13 @@ def test_tvm_kernel_reads_packed_codes_and_indices(backend_graphs: list[tuple[bp
     assert not any(dt == torch.float32 and math.prod(s) >= 48 * 32 for s, dt in shapes)
 
 
-def test_cuda_build_compiles(backend_graphs: list[tuple[bp.Graph, torch.Tensor]]) -> None:  # type: ignore[name-defined]
-    from bitpress.backends.tvm.backend import generated_source
+def test_cuda_is_a_clear_error(backend_graphs: list[tuple[bp.Graph, torch.Tensor]]) -> None:  # type: ignore[name-defined]
+    """The N:M kernels crashed on an H100 (session 2): cuda refuses them, naming the op."""
+    from bitpress.compiler.target import LoweringError
 
     g, x = backend_graphs[2]
-    cm = bp.compile(g, (x,), target="cuda", canonicalize=False)
-    src = generated_source(cm.executable, "cuda")
-    assert "spmm_nm2x4_w4_ovec" in src and "threadIdx.x" in src
-
-
-@pytest.mark.gpu
-def test_cuda_matches_interpreter(backend_graphs: list[tuple[bp.Graph, torch.Tensor]]) -> None:  # type: ignore[name-defined]
-    for g, x in backend_graphs:
-        ref = bp.compile(g, (x,), target="torch", canonicalize=False)
-        cm = bp.compile(g, (x,), target="cuda", canonicalize=False)
-        torch.testing.assert_close(cm(x), ref(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(LoweringError, match="nm_qlinear"):
+        bp.compile(g, (x,), target="cuda", canonicalize=False)
 
 
 def test_save_load_round_trip(backend_graphs: list[tuple[bp.Graph, torch.Tensor]], tmp_path: object) -> None:  # type: ignore[name-defined]
