@@ -24,14 +24,11 @@ from pathlib import Path
 import torch
 
 import bitpress as bp
-from bitpress.compiler.frontend import import_module
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.pass_manager import PassContext, Pipeline
-from bitpress.models import SmolLMLogits, english_text, load_smollm2, token_windows
-from bitpress.passes import canonicalize_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prune_smollm2 import nll_ppl  # the pure-prune benchmark's evaluation, shared
+from prune_smollm2 import nll_ppl, smollm2_setup  # the pure-prune benchmark's data and evaluation, shared
 
 
 def main() -> None:
@@ -45,13 +42,7 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, tok = load_smollm2()
-    text = english_text()
-    ev = token_windows(tok, text, args.seq, args.eval)
-    cal = token_windows(tok, text, args.seq, args.cal, offset=args.eval)
-    wrapper = SmolLMLogits(model).eval()
-    g0 = import_module(wrapper, (cal[0],))
-    g0, _ = Pipeline(canonicalize_pipeline()).run(g0, PassContext(example_inputs=(cal[0],)))
+    model, wrapper, ev, cal, g0 = smollm2_setup(args.seq, args.eval, args.cal)
     ctx = PassContext(example_inputs=(cal[0],), calibration=[(w,) for w in cal])
 
     def row(label: str, g: bp.Graph | None, secs: float) -> None:  # type: ignore[name-defined]

@@ -56,6 +56,18 @@ def nll_ppl(fn: Any, windows: list[torch.Tensor]) -> float:
     return math.exp(nll / count)
 
 
+def smollm2_setup(seq: int, n_eval: int, n_cal: int) -> tuple[Any, torch.nn.Module, list[torch.Tensor], list[torch.Tensor], Any]:
+    """(HF model, logits wrapper, evaluation windows, calibration windows after them, canonical graph)."""
+    model, tok = load_smollm2()
+    text = english_text()
+    ev = token_windows(tok, text, seq, n_eval)
+    cal = token_windows(tok, text, seq, n_cal, offset=n_eval)
+    wrapper = SmolLMLogits(model).eval()
+    g0 = import_module(wrapper, (cal[0],))
+    g0, _ = Pipeline(canonicalize_pipeline()).run(g0, PassContext(example_inputs=(cal[0],)))
+    return model, wrapper, ev, cal, g0
+
+
 def load_peer(peer_dir: str) -> tuple[Any, Any]:
     sys.path.insert(0, peer_dir)  # loguru
     root = Path(peer_dir) / "llmcompressor" / "modifiers" / "pruning"
@@ -148,14 +160,8 @@ def main() -> None:
     ap.add_argument("--out", default="", help="append one JSON line per finished config to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, tok = load_smollm2()
-    text = english_text()
-    ev = token_windows(tok, text, args.seq, args.eval)
-    cal = token_windows(tok, text, args.seq, args.cal, offset=args.eval)
-    wrapper = SmolLMLogits(model).eval()
     t0 = time.perf_counter()
-    g0 = import_module(wrapper, (cal[0],))
-    g0, _ = Pipeline(canonicalize_pipeline()).run(g0, PassContext(example_inputs=(cal[0],)))
+    model, wrapper, ev, cal, g0 = smollm2_setup(args.seq, args.eval, args.cal)
     print(f"import + canonicalize: {time.perf_counter() - t0:.1f} s, {len(g0)} nodes", flush=True)
     wanted = [c.strip() for c in args.only.split(",") if c.strip()] or ["dense", *CONFIGS]
     for c in wanted:

@@ -44,7 +44,6 @@ __all__ = [
     "index_bits",
     "is_nm_sparse",
     "nm_columns",
-    "nm_qvalues",
 ]
 
 
@@ -184,23 +183,6 @@ def _infer_nm_qlinear(types: Sequence[TensorType | None], attrs: dict[str, Any])
     return [TensorType((*x.shape[:-1], shape[0]), x.dtype)]
 
 
-def nm_qvalues(
-    qvalues: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    *,
-    shape: Sequence[int],
-    bits: int,
-    group_size: int,
-    signed: bool,
-) -> torch.Tensor:
-    """The float32 kept values [out, in/M*N] of an nm_qlinear: (q - z[:, k // gs]) * s[:, k // gs]."""
-    # imported here: bitpress.passes.quantize imports this package (its N:M rule), not the other way round
-    from bitpress.passes.quantize.ops import dequantize_weight
-
-    return dequantize_weight(qvalues, scales, zeros, shape=shape, bits=bits, group_size=group_size, signed=signed)
-
-
 @register_op("nm_qlinear", ("x", "qvalues", "scales", "zeros?", "indices", "b?"), infer=_infer_nm_qlinear)
 def nm_qlinear(
     x: torch.Tensor,
@@ -219,5 +201,8 @@ def nm_qlinear(
     signed: bool = True,
 ) -> torch.Tensor:
     """y = x @ W^T + b   with W[o, (k // N) * M + idx[o, k]] = (q[o, k] - z[o, k // gs]) * s[o, k // gs]   (N:M, packed codes)"""
-    vals = nm_qvalues(qvalues, scales, zeros, shape=shape, bits=bits, group_size=group_size, signed=signed)
+    # imported here: bitpress.passes.quantize imports this package (its N:M rule), not the other way round
+    from bitpress.passes.quantize.ops import dequantize_weight
+
+    vals = dequantize_weight(qvalues, scales, zeros, shape=shape, bits=bits, group_size=group_size, signed=signed)
     return F.linear(x, decode_nm(vals, indices, n, m, in_features).to(x.dtype), b)

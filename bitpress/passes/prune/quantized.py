@@ -44,6 +44,7 @@ from bitpress.compiler.pass_manager import PassContext, rewrite_pass, sqnr_db
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.compiler.rewrite import ExplainEvent
 from bitpress.passes.prune.ops import decode_nm, index_bits, nm_columns
+from bitpress.passes.prune.unstructured import hessian_chunks
 from bitpress.passes.quantize import _numerics as nq
 from bitpress.passes.quantize.ops import weight_dtype, zeros_dtype
 
@@ -200,20 +201,6 @@ def _select(q: Any, g: Graph, skipped: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _chunks(nodes: list[Node], budget: int) -> list[list[Node]]:
-    chunks: list[list[Node]] = [[]]
-    used = 0
-    for n in nodes:
-        k = int(n.attrs["in_features"])
-        cost = k * k * 8
-        if chunks[-1] and used + cost > budget:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(n)
-        used += cost
-    return [c for c in chunks if c]
-
-
 def _plan(q: Any, n: Node, bits: int, st: NodeStats | None) -> _NMPlan:
     nn, mm, k_in = int(n.attrs["n"]), int(n.attrs["m"]), int(n.attrs["in_features"])
     vv, iv = n.inputs[1], n.inputs[2]
@@ -265,7 +252,7 @@ def quantize_nm_layers(q: Any, g: Graph, ctx: PassContext) -> int:
         gptq = q.method == "gptq"
         # RTN needs calibration rows only for the reported output SQNR: calib_samples batches suffice
         batches = ctx.require_calibration(f"{q.name} (method=gptq)") if gptq else ctx.calibration[: q.calib_samples]
-        for chunk in _chunks(nodes, _HESSIAN_BUDGET if gptq else 1 << 62):
+        for chunk in hessian_chunks(nodes, _HESSIAN_BUDGET if gptq else 1 << 62, lambda n: int(n.attrs["in_features"]) ** 2 * 8):
             stats = collect(g, batches, {n.name for n in chunk}, hessian=gptq, keep_inputs=q.calib_samples) if batches else {}
             for n in chunk:
                 cfg.plans[n.name] = _plan(q, n, chosen[n.name], stats.get(n.name))

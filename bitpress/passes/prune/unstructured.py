@@ -82,16 +82,17 @@ def _matrix(n: Node) -> torch.Tensor:
     return w.value.reshape(w.shape[0], -1)
 
 
-def _chunks(nodes: list[Node], budget_bytes: int) -> list[list[Node]]:
+def hessian_chunks(nodes: list[Node], budget_bytes: int, cost: Callable[[Node], int] | None = None) -> list[list[Node]]:
+    """`nodes` in runs whose Hessians (float64 [in, in] each, or `cost(node)` bytes) fit `budget_bytes`."""
     chunks: list[list[Node]] = [[]]
     used = 0
     for n in nodes:
-        cost = _matrix(n).shape[1] ** 2 * 8
-        if chunks[-1] and used + cost > budget_bytes:
+        c = cost(n) if cost is not None else _matrix(n).shape[1] ** 2 * 8
+        if chunks[-1] and used + c > budget_bytes:
             chunks.append([])
             used = 0
         chunks[-1].append(n)
-        used += cost
+        used += c
     return [c for c in chunks if c]
 
 
@@ -147,7 +148,7 @@ def _allocate(cfg: Any, g: Graph, ctx: PassContext, nodes: list[Node]) -> dict[s
     curves: dict[str, list[tuple[float, float]]] = {}
     if data and (score_method == "wanda" or cfg.allocation == "sensitivity"):
         sensitivity = cfg.allocation == "sensitivity"
-        for chunk in _chunks(nodes, cfg.hessian_budget_mb << 20):
+        for chunk in hessian_chunks(nodes, cfg.hessian_budget_mb << 20):
             names = {n.name for n in chunk}
             st = collect(g, data, nodes=names, hessian=sensitivity)
             for n in chunk:
@@ -248,7 +249,7 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
             for n in step.nodes:
                 prune_layer(n, step.stats.get(n.name))
     else:
-        for chunk in _chunks(nodes, cfg.hessian_budget_mb << 20):
+        for chunk in hessian_chunks(nodes, cfg.hessian_budget_mb << 20):
             stats: dict[str, Any] = {}
             if data:
                 stats = collect(g, data, nodes={n.name for n in chunk}, hessian=True)

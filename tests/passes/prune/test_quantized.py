@@ -16,10 +16,11 @@ from bitpress.compiler.ir import pack_bits, unpack_bits
 from bitpress.compiler.pass_manager import PassContext, Pipeline, sqnr_db
 from bitpress.passes.prune import Prune
 from bitpress.passes.prune._algorithms import keep_mask
-from bitpress.passes.prune.ops import decode_nm, encode_nm, index_bits, is_nm_sparse, nm_columns, nm_qlinear, nm_qvalues
+from bitpress.passes.prune.ops import decode_nm, encode_nm, index_bits, is_nm_sparse, nm_columns, nm_qlinear
 from bitpress.passes.prune.quantized import gptq_nm
 from bitpress.passes.quantize import Quantize
 from bitpress.passes.quantize import _numerics as nq
+from bitpress.passes.quantize.ops import dequantize_weight
 from tests.passes.prune.conftest import Correlated, correlated_batches, traced
 
 
@@ -30,7 +31,7 @@ def _ops(g: bp.Graph) -> list[str]:  # type: ignore[name-defined]
 def _dense_weight(n: bp.Node) -> torch.Tensor:  # type: ignore[name-defined]
     """The dense [out, in] weight an nm_qlinear node computes with (reference decode)."""
     a = n.attrs
-    vals = nm_qvalues(
+    vals = dequantize_weight(
         n.inputs[1].value,
         n.inputs[2].value,
         n.inputs[3].value if n.inputs[3] is not None else None,
