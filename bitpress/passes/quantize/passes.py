@@ -50,6 +50,7 @@ from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.compiler.rewrite import ExplainEvent
 from bitpress.passes.prune.quantized import quantize_nm_layers
 from bitpress.passes.quantize import _numerics as nq
+from bitpress.passes.quantize.activations import check_act_scope, quantize_activations
 from bitpress.passes.quantize.ops import requantize, weight_dtype, zeros_dtype
 
 __all__ = ["Quantize", "quantize_rules"]
@@ -206,6 +207,8 @@ class Quantize:
             group shorter than the others is fine (576 = 4 * 128 + 64).
         symmetric: signed codes without zero points; None means True at 8 bits, else False.
         act_bits: None (weight-only) or 8 (static int8 activations, integer requantization).
+        act_scope: with act_bits=8, "layers" (the layers' inputs and outputs) or "all" (also the
+            activations between them, QDQ pairs with calibrated ranges: see activations.py).
         observer: activation range observer for act_bits=8: "minmax", "percentile", "mse".
         weight_clip: weight range per group: "minmax" or "mse" (clipping ratio search).
         exclude: fnmatch patterns of module paths left in float ("*lm_head*").
@@ -232,6 +235,7 @@ class Quantize:
     group_size: int | None = 128
     symmetric: bool | None = None
     act_bits: int | None = None
+    act_scope: str = "layers"
     observer: str = "minmax"
     weight_clip: str = "mse"
     exclude: tuple[str, ...] = ()
@@ -261,6 +265,7 @@ class Quantize:
             raise ValueError("Quantize: avg_bits only applies to bits='auto'")
         if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < -1):
             raise ValueError(f"Quantize: group_size must be None, -1, 0 or a positive int, got {self.group_size!r}")
+        check_act_scope(self.act_scope, self.act_bits)
         if self.act_bits not in (None, 8):
             raise ValueError(f"Quantize: act_bits must be None or 8, got {self.act_bits!r}")
         if self.method == "smoothquant" and self.act_bits != 8:
@@ -324,6 +329,8 @@ class Quantize:
         # N:M sparse layers (Prune first) become nm_qlinear: packed codes + packed indices
         nm = quantize_nm_layers(self, g, ctx)
         res = self._apply_dense(g, ctx)
+        if self.act_scope == "all":
+            res = quantize_activations(res, self, ctx)
         return PassResult(res.graph, res.modified or nm > 0, {**res.stats, "nm_layers": nm}) if nm else res
 
     def _apply_dense(self, g: Graph, ctx: PassContext) -> PassResult:
