@@ -1,6 +1,6 @@
 """IR -> C: the per-op lowering registry and the generated `model.c` / `model.h`.
 
-Each node becomes one `noinline` layer function.  The int8 conv/linear layers and the
+Each node becomes one `noinline, noipa` layer function.  The int8 conv/linear layers and the
 fixed-point glue call a kernel TVM generated for them (tvm_kernels.py; all kernels of the model
 are one TVM module, printed by the "c" target into kernels_tvm.c) through static DLTensors; the
 other ops call an always-inline kernel from bp_kernels.h with their shapes as constants.  The
@@ -189,7 +189,8 @@ def generate(g: Graph, board: Board, gemv: KernelSchedule, *, allow_float: bool)
             f" (+{len(float_nodes) - 6} more)" if len(float_nodes) > 6 else ""
         )
         raise LoweringError(
-            f"target {board.core}: no integer lowering for {shown}; quantize these layers (Quantize(bits=8, act_bits=8)) "
+            f"target {board.core}: no integer lowering for {shown}; quantize these layers (Quantize(bits=8, act_bits=8), "
+            "with act_scope='all' for the activations between layers) "
             "or pass options={'allow_float': True} to run them in float32"
         )
     layers: list[Layer] = []
@@ -242,7 +243,9 @@ def generate(g: Graph, board: Board, gemv: KernelSchedule, *, allow_float: bool)
         "",
     ]
     for lay in layers:
-        c += [f"/* {lay.node}: {lay.op} */", f"static void __attribute__((noinline)) {lay.fn}(void) {{", resolve(lay.body), "}", ""]
+        # noipa: GCC 12.2 (-O1 and up) deleted the call of a layer that only copies within the arena
+        # (an int8 transpose read by the next layer's TVM kernel) as if it had no side effect
+        c += [f"/* {lay.node}: {lay.op} */", f"static void __attribute__((noinline, noipa)) {lay.fn}(void) {{", resolve(lay.body), "}", ""]
     c += ["void bp_model_run(void) {", *(f"    {lay.fn}();" for lay in layers), "}", ""]
     h = "\n".join(
         [

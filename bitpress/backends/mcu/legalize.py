@@ -33,13 +33,16 @@ from typing import Any
 
 import torch
 
+from bitpress.backends.mcu.integer_ops import LN_NORM_BITS, softmax_bits
 from bitpress.compiler.builder import const, emit
 from bitpress.compiler.ir import Graph, TensorType, Value
 from bitpress.compiler.ops import get_op, register_op
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.compiler.rewrite import dead_code_elimination, rewrite
+from bitpress.passes.quantize._numerics import quant_multiplier
+from bitpress.passes.quantize.activations import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
 
-__all__ = ["CODES", "integer_glue_rules", "legalize", "mcu_rules"]
+__all__ = ["CODES", "GLUE_OPS", "integer_glue_rules", "legalize", "mcu_rules"]
 
 # every int8 code, in table order: entry u holds the value for the code whose byte is u
 CODES = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(torch.int8)
@@ -60,7 +63,7 @@ UNARY_OPS = (
     "dropout",
     "identity",
 )
-LAYOUT_OPS = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout")
+LAYOUT_OPS = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout", "transpose", "permute")
 
 
 def _index(x: torch.Tensor) -> torch.Tensor:
@@ -308,23 +311,157 @@ def integer_add_pool(v: Value, *, node: Any) -> Value | Reject:
         )
     for lay in reversed(layouts):
         y = emit(lay.op, y, name=f"{lay.name}.int32", **lay.attrs)
-    from bitpress.passes.quantize._numerics import quant_multiplier
-
     m, r = quant_multiplier(torch.tensor([u / (window * float(node.attrs["scale"]))]))
     return emit("requantize_int32", y, name=node.name, multiplier=int(m[0]), shift=int(r[0]), zero_point=int(node.attrs["zero_point"]))
 
 
-integer_glue_rules = RuleSet([integer_add_pool])
+# ----------------------------------------------------------------------------- transformer ops (integer_ops.py)
+
+
+def _through_layouts(v: Value) -> tuple[Value, list[Any]]:
+    """(the value under a chain of layout ops, the layout nodes from the outside in)."""
+    layouts = []
+    while v.producer is not None and v.producer.op in LAYOUT_OPS and v.producer.inputs[0] is not None:
+        layouts.append(v.producer)
+        v = v.producer.inputs[0]
+    return v, layouts
+
+
+def _reapply_layouts(y: Value, layouts: list[Any]) -> Value:
+    for lay in reversed(layouts):
+        y = emit(lay.op, y, name=f"{lay.name}.int8", **lay.attrs)
+    return y
+
+
+def _dq(v: Value) -> tuple[Value, float, int] | None:
+    """(codes, scale, zero point) when v = dequantize_act(q)."""
+    n = v.producer
+    if n is None or n.op != "dequantize_act" or n.inputs[0] is None:
+        return None
+    return n.inputs[0], float(n.attrs["scale"]), int(n.attrs["zero_point"])
+
+
+def _scalar(v: Value | None) -> float | None:
+    if v is None or not v.is_const or v.numel != 1:
+        return None
+    return float(v.value.reshape(()))
+
+
+@rule(Pat.op("quantize_act", x=Pat.var("v")), name="integer-matmul")
+def integer_matmul(v: Value, *, node: Any) -> Value | Reject:
+    """quantize(layout(matmul(A[a], B[b]) * c)) -> layout(requant((a - za) @ (b - zb)))   int8 x int8 -> int32 -> int8"""
+    cur, layouts = _through_layouts(v)
+    factor = 1.0
+    while cur.producer is not None and cur.producer.op in ("mul", "div") and len(cur.producer.inputs) == 2:
+        a, b = cur.producer.inputs
+        if cur.producer.op == "mul" and _scalar(a) is not None:
+            a, b = b, a
+        c = _scalar(b)
+        if c is None or a is None or c == 0:
+            break
+        factor = factor * c if cur.producer.op == "mul" else factor / c
+        cur = a
+    if cur.producer is None or cur.producer.op != "matmul":
+        return Reject("no matmul before the quantize")
+    srcs = [_dq(x) for x in cur.producer.inputs if x is not None]
+    if len(srcs) != 2 or any(s is None for s in srcs):
+        return Reject("a matmul operand is not dequantize(int8 codes)")
+    (qa, sa, za), (qb, sb, zb) = srcs  # type: ignore[misc]
+    real = sa * sb * factor / float(node.attrs["scale"])
+    if real <= 0:
+        return Reject("a negative scale factor between the matmul and the quantize")
+    m, r = quant_multiplier(torch.tensor([real]))
+    y = emit(
+        "matmul_int8",
+        qa,
+        qb,
+        name=f"{node.name}.matmul" if layouts else node.name,
+        a_zero_point=za,
+        b_zero_point=zb,
+        multiplier=int(m[0]),
+        shift=int(r[0]),
+        out_zero_point=int(node.attrs["zero_point"]),
+    )
+    return _reapply_layouts(y, layouts)
+
+
+@rule(Pat.op("quantize_act", x=Pat.op("layer_norm", bind="ln")), name="integer-layer-norm")
+def integer_layer_norm(ln: Value, *, node: Any) -> Value | Reject:
+    """quantize(layer_norm(A[x], g, b)) -> requant((D x - sum x) / isqrt(sum (D x - sum x)^2 + E) * g' + b')   integer only"""
+    p = ln.producer
+    assert p is not None
+    x, g, b = ([*p.inputs, None, None])[:3]
+    src = _dq(x) if x is not None else None
+    if src is None:
+        return Reject("the layer norm's input is not dequantize(int8 codes)")
+    q, s_in, _ = src
+    d = q.shape[-1]
+    if list(p.attrs.get("normalized_shape") or [d]) != [d]:
+        return Reject("layer norm over more than the last dimension")
+    if (g is not None and not g.is_const) or (b is not None and not b.is_const):
+        return Reject("the layer norm's weight or bias is computed at run time")
+    s_out, zp_out = float(node.attrs["scale"]), int(node.attrs["zero_point"])
+    gamma = g.value.double().reshape(d) if g is not None else torch.ones(d, dtype=torch.float64)
+    beta = b.value.double().reshape(d) if b is not None else torch.zeros(d, dtype=torch.float64)
+    gain = gamma * math.sqrt(d) / (s_out * 2.0**LN_NORM_BITS)  # per channel: q = n * gain + beta / s_out + zp
+    offset = beta / s_out + zp_out
+    top = max(float(gain.abs().max()), 1e-30)
+    shift = min(62, math.floor(math.log2((2**31 - 1) / top)), math.floor(math.log2(2.0**61 / (float(offset.abs().max()) + 1))))
+    if shift < 1:
+        return Reject("the layer norm's output scale is too small for a 32-bit multiplier")
+    mult = torch.round(gain * 2.0**shift).to(torch.int32)
+    bias = (torch.round(offset * 2.0**shift) + 2.0 ** (shift - 1)).to(torch.int64)
+    eps = min(round(float(p.attrs.get("eps", 1e-5)) * d**3 / s_in**2), 1 << 60)
+    return emit(
+        "layer_norm_int8",
+        q,
+        const(mult, f"{node.name}.ln_mult"),
+        const(bias, f"{node.name}.ln_bias"),
+        name=node.name,
+        eps=int(eps),
+        shift=int(shift),
+    )
+
+
+@rule(Pat.op("quantize_act", x=Pat.op("softmax", bind="sm")), name="integer-softmax")
+def integer_softmax(sm: Value, *, node: Any) -> Value | Reject:
+    """quantize(softmax(A[x])) -> round(256 T[max x - x] / sum T[max x - x]) - 128   T[d] = round(2^F exp(-s d))"""
+    p = sm.producer
+    assert p is not None and p.inputs[0] is not None
+    src = _dq(p.inputs[0])
+    if src is None:
+        return Reject("the softmax input is not dequantize(int8 codes)")
+    q, s_in, _ = src
+    if int(p.attrs.get("dim", -1)) % q.ndim != q.ndim - 1:
+        return Reject("softmax over a dimension other than the last")
+    if float(node.attrs["scale"]) != SOFTMAX_SCALE or int(node.attrs["zero_point"]) != SOFTMAX_ZERO_POINT:
+        return Reject("the softmax output is not quantized with the int8 softmax encoding (scale 1/256, zero point -128)")
+    f = softmax_bits(q.shape[-1])
+    if f < 8:
+        return Reject(f"softmax rows of {q.shape[-1]} values are too long for a 32-bit sum")
+    t = torch.round(2.0**f * torch.exp(-s_in * torch.arange(256, dtype=torch.float64))).to(torch.int32)
+    return emit("softmax_int8", q, const(t, f"{node.name}.exp_table"), name=node.name)
+
+
+integer_glue_rules = RuleSet([integer_add_pool, integer_matmul, integer_layer_norm, integer_softmax])
+# the integer ops the glue rules introduce (reported in the backend's info["integer_glue"])
+GLUE_OPS = ("requantize_int32", "matmul_int8", "layer_norm_int8", "softmax_int8")
 
 
 def legalize(g: Graph, *, integer_glue: bool = True) -> tuple[Graph, list[str]]:
     """A copy of `g` with the W8A8 glue in int8 (see the module docstring) and the names of the
-    quantize nodes rewritten in fixed point; `g` is not modified."""
+    nodes rewritten in fixed point; `g` is not modified."""
+    from bitpress.compiler.pass_manager import PassContext
+    from bitpress.passes.canonicalize.passes import CommonSubexpressionElimination
+
     out = g.clone()
     rewrite(out, mcu_rules, pass_name="mcu-legalize")
     glue: list[str] = []
     if integer_glue:
+        # several layers reading one activation quantize it alike (q, k, v): one quantize, one integer op
+        CommonSubexpressionElimination().apply(out, PassContext())
         rewrite(out, integer_glue_rules, pass_name="mcu-integer-glue")
-        glue = sorted(n.name for n in out.nodes if n.op == "requantize_int32")
+        rewrite(out, mcu_rules, pass_name="mcu-legalize")
+        glue = sorted(n.name for n in out.nodes if n.op in GLUE_OPS)
     dead_code_elimination(out)
     return out, glue

@@ -182,7 +182,7 @@ def quantize_activations(res: PassResult, cfg: Any, ctx: PassContext) -> PassRes
 
 def _insert_qdq(g: Graph, v: Value, scale: float, zp: int) -> None:
     p = v.producer
-    before = p.next if p is not None else next(iter(g.nodes), None)  # type: ignore[attr-defined]
+    before = p.next if p is not None else next(iter(g.nodes), None)
     users = list(v.users)
     outs = [i for i, o in enumerate(g.outputs) if o is v]
     with g.inserting_before(before):
