@@ -1,0 +1,221 @@
+"""Integer-only transformer block on the MCU backend: Quantize(act_scope="all") + the integer ops.
+
+The pass puts calibrated QDQ pairs on every activation; the MCU legalization turns layer norm,
+softmax, the attention matmuls and the residual adds into integer ops (integer_ops.py), and the
+firmware must match the interpreter on that graph bit for bit, per layer and end to end.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+import bitpress as bp
+from bitpress.backends.mcu.integer_ops import isqrt
+from bitpress.backends.mcu.legalize import legalize
+from bitpress.compiler.interpreter import run
+from bitpress.compiler.ir import Graph, TensorType
+from bitpress.compiler.target import LoweringError
+from bitpress.passes.quantize.activations import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
+from tests.backends.test_mcu import _Block
+
+needs_toolchain = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed (make apt)",
+)
+ALL = {"bits": 8, "act_bits": 8, "group_size": None, "act_scope": "all"}
+
+
+def _calibration(n: int = 8) -> list[tuple[torch.Tensor]]:
+    torch.manual_seed(10)
+    return [(torch.randn(1, 6, 16),) for _ in range(n)]
+
+
+def _block_graph(scope: str = "all") -> tuple[torch.nn.Module, bp.CompiledModel]:
+    torch.manual_seed(0)
+    m = _Block().eval()
+    cal = _calibration()
+    cm = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**{**ALL, "act_scope": scope})], target="torch", calibration=cal)
+    return m, cm
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), 0))
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def test_act_scope_all_quantizes_the_activations_between_layers() -> None:
+    m, cm = _block_graph()
+    g = cm.graph
+    qdq = {n.inputs[0].name: n for n in g.nodes if n.op == "quantize_act" and n.name.endswith(".act_quantize")}  # type: ignore[union-attr]
+    # the residual stream (input and both adds) and the attention scores / probabilities; not the
+    # layer norms (their users quantize them), not the raw q@k^T (the 1/sqrt(d) scaling is quantized instead)
+    assert set(qdq) == {"x", "add", "add_8", "mul", "softmax"}
+    sm = qdq["softmax"].attrs
+    assert (sm["scale"], sm["zero_point"]) == (SOFTMAX_SCALE, SOFTMAX_ZERO_POINT)
+    # every float value a non-quantize op reads is int8 codes dequantized (through layout ops)
+    for n in g.nodes:
+        if n.op in ("layer_norm", "softmax", "matmul", "add"):
+            for v in n.inputs:
+                while v is not None and v.producer is not None and v.producer.op in ("reshape", "transpose"):
+                    v = v.producer.inputs[0]
+                assert v is not None and (v.is_const or (v.producer is not None and v.producer.op == "dequantize_act")), (n.name, v)
+    torch.manual_seed(3)
+    x = torch.randn(4, 1, 6, 16)
+    with torch.no_grad():
+        ref = torch.stack([m(xi) for xi in x])
+    got = torch.stack([cm(xi) for xi in x])
+    assert _cos(got, ref) > 0.999  # measured 0.9999 (int8 activations everywhere)
+
+
+def test_act_scope_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="act_scope must be one of"):
+        bp.passes.Quantize(bits=8, act_bits=8, group_size=None, act_scope="everything")
+    with pytest.raises(ValueError, match=r"act_scope='all'.*act_bits=8"):
+        bp.passes.Quantize(bits=4, act_scope="all")
+
+
+# ----------------------------------------------------------------------------- the integer ops (interpreter)
+
+
+def test_isqrt_is_exact() -> None:
+    torch.manual_seed(0)
+    v = torch.cat([torch.randint(0, 2**62, (2000,)), torch.tensor([0, 1, 2, 3, 4, 2**62 - 1]), torch.arange(0, 1000) ** 2])
+    v = torch.cat([v, (v - 1).clamp(min=0)])
+    assert isqrt(v).tolist() == [math.isqrt(int(a)) for a in v.tolist()]
+
+
+def _qdq_graph(op: str, shape: tuple[int, ...], s_in: float, zp_in: int, s_out: float, zp_out: int) -> Graph:
+    g = Graph()
+    x = g.add_input("x", TensorType(shape, "int8"))
+    v = g.call("dequantize_act", [x], {"scale": s_in, "zero_point": zp_in})
+    if op == "layer_norm":
+        d = shape[-1]
+        torch.manual_seed(1)
+        w, b = g.add_const(torch.rand(d) + 0.5, "w"), g.add_const(torch.randn(d) * 0.3, "b")
+        y = g.call("layer_norm", [v, w, b], {"normalized_shape": [d], "eps": 1e-5})
+    else:
+        y = g.call("softmax", [v], {"dim": -1})
+    g.outputs = [g.call("quantize_act", [y], {"scale": s_out, "zero_point": zp_out})]
+    return g
+
+
+@pytest.mark.parametrize(
+    ("op", "shape", "s_in", "zp_in", "s_out", "zp_out", "new_op"),
+    [
+        ("layer_norm", (5, 16), 0.03, 7, 0.02, -3, "layer_norm_int8"),
+        ("layer_norm", (3, 96), 0.002, -20, 0.03, 0, "layer_norm_int8"),
+        ("softmax", (4, 6), 0.05, 3, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, "softmax_int8"),
+        ("softmax", (2, 77), 0.11, -9, SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, "softmax_int8"),
+    ],
+)
+def test_integer_norm_and_softmax_track_the_float_ops(
+    op: str, shape: tuple[int, ...], s_in: float, zp_in: int, s_out: float, zp_out: int, new_op: str
+) -> None:
+    """quantize(op(dequantize(q))) computed once in integers: within one code of float32, nearly always equal."""
+    g = _qdq_graph(op, shape, s_in, zp_in, s_out, zp_out)
+    lg, glue = legalize(g)
+    assert [n.op for n in lg.nodes] == [new_op] and glue == [lg.outputs[0].name]
+    torch.manual_seed(2)
+    same = total = 0
+    for _ in range(20):
+        x = torch.randint(-128, 128, shape, dtype=torch.int8)
+        a, b = run(g, [x])[0].int(), run(lg, [x])[0].int()
+        assert (a - b).abs().max() <= 1
+        same, total = same + int((a == b).sum()), total + a.numel()
+    assert same / total > 0.97
+
+
+def test_integer_matmul_folds_the_scalar_scale() -> None:
+    g = Graph()
+    a = g.add_input("a", TensorType((2, 5, 8), "int8"))
+    b = g.add_input("b", TensorType((2, 8, 3), "int8"))
+    va = g.call("dequantize_act", [a], {"scale": 0.02, "zero_point": -4})
+    vb = g.call("transpose", [g.call("dequantize_act", [b], {"scale": 0.03, "zero_point": 9})], {"dim0": 1, "dim1": 2})
+    vb = g.call("transpose", [vb], {"dim0": 1, "dim1": 2})
+    mm = g.call("mul", [g.call("matmul", [va, vb], {}), g.add_const(torch.tensor(0.35), "c")], {})
+    g.outputs = [g.call("quantize_act", [mm], {"scale": 0.004, "zero_point": 2})]
+    lg, _ = legalize(g)
+    assert [n.op for n in lg.nodes] == ["transpose", "transpose", "matmul_int8"]  # the transposes move into int8
+    torch.manual_seed(4)
+    for _ in range(10):
+        ins = [torch.randint(-128, 128, (2, 5, 8), dtype=torch.int8), torch.randint(-128, 128, (2, 8, 3), dtype=torch.int8)]
+        assert (run(g, ins)[0].int() - run(lg, ins)[0].int()).abs().max() <= 1
+
+
+def test_softmax_with_a_calibrated_output_scale_declines() -> None:
+    """The integer softmax writes the fixed 1/256 encoding; any other output encoding stays in float."""
+    g = _qdq_graph("softmax", (2, 6), 0.05, 0, 0.004, -120)
+    lg, _ = legalize(g)
+    assert "softmax" in {n.op for n in lg.nodes}
+
+
+def test_block_legalizes_to_integers_only() -> None:
+    m, cm = _block_graph()
+    lg, glue = legalize(cm.graph)
+    float_in = {n.op for n in lg.nodes if any(v is not None and not v.is_const and v.dtype == "float32" for v in (*n.inputs, *n.outputs))}
+    assert float_in == {"quantize_act", "dequantize_act"}  # the input samples in, the output out
+    ops = [n.op for n in lg.nodes]
+    assert ops.count("layer_norm_int8") == 2 and ops.count("matmul_int8") == 2 and ops.count("softmax_int8") == 1
+    assert ops.count("rescale_add_int32") == 2 and ops.count("qlinear_w8a8") == 6 and ops.count("lut_int8") == 1
+    assert len(glue) == 7
+    torch.manual_seed(5)
+    x = torch.randn(16, 1, 6, 16)
+    got = torch.stack([run(lg, [xi])[0] for xi in x])
+    qdq = torch.stack([run(cm.graph, [xi])[0] for xi in x])
+    with torch.no_grad():
+        ref = torch.stack([m(xi) for xi in x])
+    s = float(lg.outputs[0].producer.attrs["scale"])  # type: ignore[union-attr]
+    codes = ((got - qdq) / s).round().abs()
+    assert float((codes == 0).float().mean()) > 0.9 and float(codes.max()) <= 3
+    assert _cos(got, ref) > 0.999
+
+
+# ----------------------------------------------------------------------------- firmware in QEMU
+
+
+def _all_values(lg: Graph) -> Graph:
+    """The legalized graph with every integer tensor as an output: the firmware writes each layer's result."""
+    g = lg.clone()
+    g.outputs = [n.output for n in g.nodes if n.output.dtype in ("int8", "int32")]
+    return g
+
+
+@needs_toolchain
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_block_integer_only_bit_exact(target: str) -> None:
+    torch.manual_seed(0)
+    m = _Block().eval()
+    cal = _calibration()
+    layers = bp.passes.Quantize(**{**ALL, "act_scope": "layers"})
+    with pytest.raises(LoweringError, match=r"no integer lowering for ln1 \(layer_norm\).*act_scope='all'"):
+        bp.compile(m, cal[0], passes=[layers], target=target, calibration=cal, options={"profile": False})
+    cm = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**ALL)], target=target, calibration=cal)
+    info = cm.report.backend
+    assert info["integer_only"] and info["float_nodes"] == [] and len(info["integer_glue"]) == 7
+    assert {r["op"] for r in info["layers"]} >= {"layer_norm_int8", "softmax_int8", "matmul_int8", "rescale_add_int32"}
+    lg = cm.executable.graph
+    assert lg is not None
+    torch.manual_seed(1)
+    xs = [torch.randn(1, 6, 16) for _ in range(8)]
+    # end to end: bit-exact against the interpreter on the graph the firmware computes
+    outs = [o[0] for o in cm.executable.run_many([[x] for x in xs])]
+    assert all(torch.equal(o, run(lg, [x])[0]) for x, o in zip(xs, outs, strict=True))
+    # close to the float model and to the W8A8 (float glue) graph
+    with torch.no_grad():
+        ref = torch.cat([m(x) for x in xs])
+    w8a8 = bp.compile(m, cal[0], passes=[layers], target="torch", calibration=cal)
+    assert _cos(torch.cat(outs), ref) > 0.998 and _cos(torch.cat(outs), torch.cat([w8a8(x) for x in xs])) > 0.998
+    # per layer: every integer tensor of the block, written by the firmware, equals the interpreter's
+    every = _all_values(lg)
+    cl = bp.compile(every, (xs[0],), target=target, canonicalize=False, options={"profile": False})
+    for x, got in zip(xs[:3], cl.executable.run_many([[x] for x in xs[:3]]), strict=True):
+        ref_vals = run(every, [x])
+        bad = [v.name for v, a, b in zip(every.outputs, got, ref_vals, strict=True) if not torch.equal(a, b)]
+        assert bad == [], bad
