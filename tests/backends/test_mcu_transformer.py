@@ -219,3 +219,19 @@ def test_block_integer_only_bit_exact(target: str) -> None:
         ref_vals = run(every, [x])
         bad = [v.name for v, a, b in zip(every.outputs, got, ref_vals, strict=True) if not torch.equal(a, b)]
         assert bad == [], bad
+
+
+# ----------------------------------------------------------------------------- other backends run the QDQ graph
+
+
+@pytest.mark.parametrize("target", ["onnx", pytest.param("llvm", marks=pytest.mark.slow)])
+def test_other_backends_run_act_scope_all(target: str) -> None:
+    """The QDQ pairs are existing ops: onnxruntime (QuantizeLinear/DequantizeLinear) and TVM run them as they are."""
+    torch.manual_seed(0)
+    m = _Block().eval()
+    cal = _calibration()
+    cm = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**ALL)], target=target, calibration=cal)
+    torch.manual_seed(6)
+    for _ in range(3):
+        x = torch.randn(1, 6, 16)
+        torch.testing.assert_close(cm(x), run(cm.graph, [x])[0], rtol=1e-5, atol=1e-5)
