@@ -229,8 +229,10 @@ def _requantize(ctx: McuLowerContext, n: Node) -> str:
 
 @register_mcu_lowering("matmul_int8")
 def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
-    """y = requant((a - za) @ (b - zb)): TE batched reduction + int64 requantization, TVM's loops."""
-    from tvm import te, tirx
+    """y = requant((a - za) @ (b - zb)): a TE compute printed by TVM, the zero points folded out of the
+    reduction (sum a b - zb sum_k a - za sum_k b + K za zb, exact in int32), scheduled so that each
+    output's sum stays in a register with the reduction unrolled, column sums once per batch."""
+    from tvm import s_tir, te, tirx
 
     a, b = n.inputs
     assert a is not None and b is not None
@@ -242,28 +244,46 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     ba, bb = math.prod(a.shape[:-2]), math.prod(b.shape[:-2])
     if ba not in (1, nb) or bb not in (1, nb):
         raise _fail(n, "matmul broadcasting over partial batch dims has no MCU lowering")
+    if k * 128 * 128 >= 2**31:
+        raise _fail(n, f"a reduction over {k} values can overflow the int32 accumulator")
     at = n.attrs
     za, zb = int(at["a_zero_point"]), int(at["b_zero_point"])
     mult, r, zp = int(at["multiplier"]), int(at["shift"]), int(at["out_zero_point"])
     n.meta["_mcu_macs"] = nb * m * k * cols
+    n.meta["_mcu_schedule"] = "te-unrolled" if k <= 32 else "te"
 
-    def fn(ta: Any, tb: Any) -> Any:
-        kr = te.reduce_axis((0, k), name="k")
-        acc = te.compute(
-            (nb, m, cols),
-            lambda i, row, col: te.sum(
-                (ta[i if ba > 1 else 0, row, kr].astype("int32") - za) * (tb[i if bb > 1 else 0, kr, col].astype("int32") - zb), axis=kr
-            ),
-            name="acc",
-        )
+    ta = te.placeholder((ba, m, k), "int8", name="a")
+    tb = te.placeholder((bb, k, cols), "int8", name="b")
+    ia = (lambda i: i) if ba > 1 else (lambda i: 0)
+    ib = (lambda i: i) if bb > 1 else (lambda i: 0)
+    kr = te.reduce_axis((0, k), name="k")
+    acc = te.compute(
+        (nb, m, cols),
+        lambda i, row, col: te.sum(ta[ia(i), row, kr].astype("int32") * tb[ib(i), kr, col].astype("int32"), axis=kr),
+        name="acc",
+    )
+    kr_a = te.reduce_axis((0, k), name="ka")
+    rsum = te.compute((nb, m), lambda i, row: te.sum(ta[ia(i), row, kr_a].astype("int32"), axis=kr_a), name="rowsum")
+    kr_b = te.reduce_axis((0, k), name="kb")
+    csum = te.compute((nb, cols), lambda i, col: te.sum(tb[ib(i), kr_b, col].astype("int32"), axis=kr_b), name="colsum")
 
-        def req(*i: Any) -> Any:
-            v = ((acc(*i).astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
-            return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
+    def req(i: Any, row: Any, col: Any) -> Any:
+        v = acc[i, row, col] - rsum[i, row] * zb - csum[i, col] * za + k * za * zb
+        v = ((v.astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
+        return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
-        return te.compute((nb, m, cols), req, name="Y")
-
-    kern = ctx.kernels.add_te(_kname(ctx, n), [("a", "int8", (ba, m, k)), ("b", "int8", (bb, k, cols))], ("int8", (nb, m, cols)), fn)
+    y = te.compute((nb, m, cols), req, name="Y")
+    sch = s_tir.Schedule(te.create_prim_func([ta, tb, y]))
+    i, row, col = sch.get_loops(sch.get_sblock("Y"))
+    for blk, at_loop in (("acc", col), ("rowsum", row), ("colsum", i)):
+        block = sch.get_sblock(blk)
+        sch.compute_at(block, at_loop)
+        red = sch.get_loops(block)[-1]
+        sch.decompose_reduction(block, red)
+        if k <= 32:
+            sch.unroll(red)
+    name = _kname(ctx, n)
+    kern = ctx.kernels._add(name, sch.mod["main"], [("a", "int8", (ba, m, k)), ("b", "int8", (bb, k, cols)), ("y", "int8", (nb, m, cols))])
     return _tvm_call(ctx, n, kern, {"a": ctx.ptr(a), "b": ctx.ptr(b), "y": ctx.ptr(n.output)})
 
 
