@@ -235,3 +235,22 @@ def test_other_backends_run_act_scope_all(target: str) -> None:
     for _ in range(3):
         x = torch.randn(1, 6, 16)
         torch.testing.assert_close(cm(x), run(cm.graph, [x])[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_toolchain
+@pytest.mark.parametrize(("za", "zb", "batch_b"), [(0, 5, 2), (-3, 0, 1), (0, 0, 2), (7, -9, 1)])
+def test_matmul_int8_kernel_bit_exact(za: int, zb: int, batch_b: int) -> None:
+    """The TVM kernel with and without each zero-point correction, with and without a broadcast operand."""
+    g = Graph()
+    a = g.add_input("a", TensorType((2, 5, 9), "int8"))
+    b = g.add_input("b", TensorType((batch_b, 9, 4), "int8"))
+    attrs = {"a_zero_point": za, "b_zero_point": zb, "multiplier": 1518500250, "shift": 40, "out_zero_point": -3}
+    g.outputs = [g.call("matmul_int8", [a, b], attrs)]
+    cm = bp.compile(g, None, target="cortex-m4", canonicalize=False, options={"profile": False})
+    torch.manual_seed(za * 31 + zb)
+    samples = [
+        [torch.randint(-128, 128, (2, 5, 9), dtype=torch.int8), torch.randint(-128, 128, (batch_b, 9, 4), dtype=torch.int8)]
+        for _ in range(3)
+    ]
+    for s, (got,) in zip(samples, cm.executable.run_many(samples), strict=True):
+        assert torch.equal(got, run(g, s)[0])

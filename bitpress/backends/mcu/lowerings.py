@@ -262,13 +262,20 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
         lambda i, row, col: te.sum(ta[ia(i), row, kr].astype("int32") * tb[ib(i), kr, col].astype("int32"), axis=kr),
         name="acc",
     )
-    kr_a = te.reduce_axis((0, k), name="ka")
-    rsum = te.compute((nb, m), lambda i, row: te.sum(ta[ia(i), row, kr_a].astype("int32"), axis=kr_a), name="rowsum")
-    kr_b = te.reduce_axis((0, k), name="kb")
-    csum = te.compute((nb, cols), lambda i, col: te.sum(tb[ib(i), kr_b, col].astype("int32"), axis=kr_b), name="colsum")
+    sums = {}  # the zero-point corrections, only where the other operand's zero point is not 0
+    if zb:
+        kr_a = te.reduce_axis((0, k), name="ka")
+        sums["rowsum"] = te.compute((nb, m), lambda i, row: te.sum(ta[ia(i), row, kr_a].astype("int32"), axis=kr_a), name="rowsum")
+    if za:
+        kr_b = te.reduce_axis((0, k), name="kb")
+        sums["colsum"] = te.compute((nb, cols), lambda i, col: te.sum(tb[ib(i), kr_b, col].astype("int32"), axis=kr_b), name="colsum")
 
     def req(i: Any, row: Any, col: Any) -> Any:
-        v = acc[i, row, col] - rsum[i, row] * zb - csum[i, col] * za + k * za * zb
+        v = acc[i, row, col] + k * za * zb
+        if zb:
+            v = v - sums["rowsum"][i, row] * zb
+        if za:
+            v = v - sums["colsum"][i, col] * za
         v = ((v.astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
         return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
@@ -276,6 +283,8 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     sch = s_tir.Schedule(te.create_prim_func([ta, tb, y]))
     i, row, col = sch.get_loops(sch.get_sblock("Y"))
     for blk, at_loop in (("acc", col), ("rowsum", row), ("colsum", i)):
+        if blk != "acc" and blk not in sums:
+            continue
         block = sch.get_sblock(blk)
         sch.compute_at(block, at_loop)
         red = sch.get_loops(block)[-1]
