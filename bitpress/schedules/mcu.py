@@ -24,6 +24,11 @@ bitpress/backends/mcu/c/bp_ukernels.h):
   weights in blocks of 4 rows with 16-byte pieces interleaved and K padded to 16, so one pointer
   walks the tile and 8 accumulators, 2 activation pointers and it fit the registers.  On whole
   tiles the requantization epilogue is tensorized too (`bp_uk_mve_req_4x2`: 4 channels per vector).
+- `mve-4xrow` (conv with K <= 16 on M55, e.g. a first layer over one input channel): the weights as in `mve-4x2`;
+  the TE compute writes the reduction out as a K-term sum (no accumulator buffer), and its whole output plane
+  for 4 channels is one micro-kernel call (`bp_uk_mve_conv_row`): per pixel one gather load builds the patch from the
+  padded NHWC image (no im2col buffer), 4 VMLADAVs give the 4 channels, and the requantization runs on them as one
+  vector before a byte scatter store.  Chosen by `row_conv_fits` (else `mve-4x2`).
 """
 
 from __future__ import annotations
@@ -39,8 +44,12 @@ __all__ = [
     "SCHEDULES",
     "KernelSchedule",
     "conv_schedule",
+    "conv_taps",
     "gemv_schedule",
+    "row_conv_fits",
+    "row_conv_value",
     "schedule_conv",
+    "schedule_conv_row",
     "schedule_linear",
 ]
 
@@ -111,8 +120,10 @@ CONV_SCHEDULES: dict[str, KernelSchedule] = {
     "scalar": KernelSchedule("scalar", 4, 1, "int8", 1, None),
     "dsp-2x2": KernelSchedule("dsp-2x2", 2, 2, "int16", 4, "bp_uk_dsp_2x2", 4),
     "mve-4x2": KernelSchedule("mve-4x2", 4, 2, "int8", 16, "bp_uk_mve_4x2", 16),
+    "mve-4xrow": KernelSchedule("mve-4xrow", 4, 2, "int8", 16, "bp_uk_mve_conv_row", 16),
 }
 SCHEDULES: dict[str, KernelSchedule] = LINEAR_SCHEDULES | CONV_SCHEDULES
+_ROW = CONV_SCHEDULES["mve-4xrow"]
 _CONV_FOR = {"scalar": "scalar", "dsp-4row": "dsp-2x2", "mve-4row": "mve-4x2"}
 
 
@@ -130,6 +141,61 @@ def gemv_schedule(*, dsp: bool, mve: bool, override: str | None = None) -> Kerne
 def conv_schedule(linear: KernelSchedule) -> KernelSchedule:
     """The convolution schedule that goes with a linear schedule (same core features)."""
     return CONV_SCHEDULES[_CONV_FOR[linear.name]]
+
+
+def row_conv_fits(geo: dict[str, int], o: int, req: dict[str, Any]) -> bool:
+    """Whether `mve-4xrow` takes a convolution (else `mve-4x2`): K <= 16 (one 16-lane piece per patch), whole tiles
+    of 4 channels, an even row width (2 pixels per step), unit width dilation (a patch row is contiguous), the tap
+    offsets within a byte (the gather's offset lanes are 8-bit), and the int32-only "hi32" requantization with
+    every shift <= 24 (the clamp is a saturating shift into the top byte)."""
+    c, kh, kw = geo["C"], geo["kh"], geo["kw"]
+    k = c * kh * kw
+    xrow = (geo["W"] + 2 * geo["pw"]) * c
+    return (
+        k <= 16
+        and o % 4 == 0
+        and geo["OW"] % 2 == 0
+        and geo["dw"] == 1
+        and (kh - 1) * geo["dh"] * xrow + kw * c - 1 <= 255
+        and req["form"] == "hi32"
+        and int(req["shift"].max()) <= 24
+    )
+
+
+def conv_taps(k: int, kw: int, c: int, dh: int, dw: int) -> list[tuple[int, int, int]]:
+    """Patch element t = (i * kw + j) * c + cc of a convolution as (row, column, channel) offsets in the padded image."""
+    return [(t // (kw * c) * dh, t // c % kw * dw, t % c) for t in range(k)]
+
+
+def _small_k_dot(x_at: Any, w_at: Any, taps: list[tuple[int, int, int]]) -> Any:
+    """sum_t x(i_t, j_t, c_t) * w(t) in int32, written out term by term (the reduction of a K <= 16 convolution)."""
+    acc = None
+    for t, (i, j, cc) in enumerate(taps):
+        term = x_at(i, j, cc).astype("int32") * w_at(t).astype("int32")
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def _hi32(dot: Any, ch: Any, m: Any, b: Any, c: Any, s: Any) -> Any:
+    """The "hi32" requantization (bitpress/backends/mcu/tvm_kernels.py): sat8(((mulhi(dot + b, m) + c) >> s))."""
+    from tvm import tirx
+
+    hi = tirx.call_pure_extern("int32", "bp_mulhi", dot + b[ch], m[ch])
+    return tirx.call_pure_extern("int32", "bp_sat8", (hi + c[ch]) >> s[ch]).astype("int8")
+
+
+def row_conv_value(xpad: Any, w: Any, consts: list[Any], geo: dict[str, int]) -> Any:
+    """The TE body of an `mve-4xrow` convolution output y[b, oc, oy, ox] (weights in `mve-4xrow`.layout order)."""
+    c, kh, kw = geo["C"], geo["kh"], geo["kw"]
+    taps = conv_taps(c * kh * kw, kw, c, geo["dh"], geo["dw"])
+    sh, sw = geo["sh"], geo["sw"]
+    m, b, cc, s = consts
+
+    def value(bi: Any, oc: Any, oy: Any, ox: Any) -> Any:
+        dot = _small_k_dot(lambda i, j, ch: xpad[bi, oy * sh + i, ox * sw + j, ch], lambda t: _ROW.weight_index(w, oc, t), taps)
+        return _hi32(dot, oc, m, b, cc, s)
+
+    return value
 
 
 # ----------------------------------------------------------------------------- tensor intrinsics
@@ -328,6 +394,88 @@ def _req_intrin() -> str:
     return name
 
 
+def _row_tile_value(X: Any, W: Any, M: Any, B: Any, C: Any, S: Any, vr: Any, vy: Any, vx: Any, taps: Any, sh: int, sw: int) -> Any:
+    """Output [vr, vy, vx] of the `mve-4xrow` tile intrinsic (X: the tile's padded image region, W: its 4 weight rows)."""
+    dot = _small_k_dot(lambda i, j, ch: X[vy * sh + i, vx * sw + j, ch], lambda t: W[0, 0, vr, t], taps)
+    return _hi32(dot, vr, M, B, C, S)
+
+
+def _row_intrin(geo: dict[str, int]) -> str:
+    """Register (once per geometry) the `mve-4xrow` intrinsic: 4 channels x the whole OH x OW output plane of a
+    K <= 16 convolution, requantized (desc: the TE body of `row_conv_value`; impl: bp_uk_mve_conv_row)."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    c, kh, kw, oh, ow = geo["C"], geo["kh"], geo["kw"], geo["OH"], geo["OW"]
+    sh, sw, dh, dw = geo["sh"], geo["sw"], geo["dh"], geo["dw"]
+    k = c * kh * kw
+    name = f"bp_mve_4xrow_c{c}_k{kh}x{kw}_s{sh}x{sw}_d{dh}x{dw}_o{oh}x{ow}"
+    if name in _REGISTERED:
+        return name
+    taps = conv_taps(k, kw, c, dh, dw)
+    khx, wx = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    xs0, xs1, ws0, ws1, ys, yr = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        X: T.Buffer((khx, wx, c), "int8", offset_factor=1, strides=[xs0, xs1, 1]),
+        W: T.Buffer((1, 1, 4, k), "int8", offset_factor=1, strides=[ws0, ws1, 16, 1]),
+        B: T.Buffer((4,), "int32", offset_factor=1),
+        M: T.Buffer((4,), "int32", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+        S: T.Buffer((4,), "int32", offset_factor=1),
+        Y: T.Buffer((4, oh, ow), "int8", offset_factor=1, strides=[ys, yr, 1]),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(X[0:khx, 0:wx, 0:c], W[0, 0, 0:4, 0:k], B[0:4], M[0:4], C[0:4], S[0:4])
+            T.writes(Y[0:4, 0:oh, 0:ow])
+            for r, py, px in T.grid(4, oh, ow):
+                with T.sblock("Y"):
+                    vr, vy, vx = T.axis.remap("SSS", [r, py, px])
+                    Y[vr, vy, vx] = _row_tile_value(X, W, M, B, C, S, vr, vy, vx, taps, sh, sw)
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        X: T.Buffer((khx, wx, c), "int8", offset_factor=1, strides=[xs0, xs1, 1]),
+        W: T.Buffer((1, 1, 4, k), "int8", offset_factor=1, strides=[ws0, ws1, 16, 1]),
+        B: T.Buffer((4,), "int32", offset_factor=1),
+        M: T.Buffer((4,), "int32", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+        S: T.Buffer((4,), "int32", offset_factor=1),
+        Y: T.Buffer((4, oh, ow), "int8", offset_factor=1, strides=[ys, yr, 1]),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(X[0:khx, 0:wx, 0:c], W[0, 0, 0:4, 0:k], B[0:4], M[0:4], C[0:4], S[0:4])
+            T.writes(Y[0:4, 0:oh, 0:ow])
+            T.evaluate(
+                T.call_extern(
+                    "int32",
+                    "bp_uk_mve_conv_row",
+                    Y.access_ptr("w"),
+                    X.access_ptr("r"),
+                    W.access_ptr("r"),
+                    M.access_ptr("r"),
+                    B.access_ptr("r"),
+                    C.access_ptr("r"),
+                    S.access_ptr("r"),
+                    ys,
+                    yr,
+                    xs0,
+                    oh,
+                    ow,
+                    xs0 * sh,
+                    xs1 * sw,
+                    k,
+                    kw * c,
+                    xs0 * dh,
+                )
+            )
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
+    return name
+
+
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -388,6 +536,25 @@ def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int, 
     else:
         sch.unroll(oi)
         sch.unroll(pi)
+    return sch.mod["main"]
+
+
+def schedule_conv_row(func: Any, geo: dict[str, int]) -> Any:
+    """Schedule the TE `mve-4xrow` convolution (blocks `xpad`, `Y`): per image the padded NHWC copy, then per 4
+    output channels one micro-kernel call over the whole output plane (patches gathered, requantization fused)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    y = sch.get_sblock("Y")
+    b, o, oy, ox = sch.get_loops(y)
+    ot, oi = sch.split(o, [None, 4])
+    sch.reorder(b, ot, oi, oy, ox)
+    xpad = sch.get_sblock("xpad")
+    sch.compute_at(xpad, b)
+    cin = sch.get_loops(xpad)[-1]
+    if 1 < int(sch.get(cin).extent) <= 64:
+        sch.unroll(cin)
+    sch.tensorize(oi, _row_intrin(geo))
     return sch.mod["main"]
 
 

@@ -158,6 +158,27 @@ def test_int8_conv_schedules_bit_exact(target: str) -> None:
 
 @needs_toolchain
 @pytest.mark.slow
+def test_int8_small_k_conv_row_kernel_bit_exact() -> None:
+    """K <= 16 convolutions on M55 take mve-4xrow (gathered patches, fused requantization): a 3x3 conv over one
+    channel, then a (2, 1) conv with stride 2 and height dilation 2 over 8 channels (K = 16); plus a fallback."""
+    torch.manual_seed(5)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, (2, 1), stride=2, dilation=(2, 1)),
+        torch.nn.Tanh(),
+        torch.nn.Conv2d(4, 4, (1, 3)),  # K = 12, OW = 6 - 2
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, (1, 2)),  # OW = 3 (odd): mve-4x2
+    )
+    cm = _int8(m, (1, 1, 9, 12), "cortex-m55", profile=False)
+    meta = [n.meta.get("_mcu_schedule") for n in cm.executable.graph.nodes if n.op == "qconv2d_w8a8"]
+    assert meta == ["mve-4xrow", "mve-4xrow", "mve-4xrow", "mve-4x2"]
+    _bit_exact(cm, [torch.randn(1, 1, 9, 12) * 2 for _ in range(4)])
+
+
+@needs_toolchain
+@pytest.mark.slow
 def test_fashion_cnn_int8_matches_interpreter() -> None:
     """The whole CNN integer-only: TVM conv/linear kernels, fixed-point residual add + average pool."""
     from bitpress.models.fashion_mnist import load_fashion_cnn, load_fashion_mnist
@@ -171,9 +192,11 @@ def test_fashion_cnn_int8_matches_interpreter() -> None:
     info = cm.report.backend
     assert info["integer_only"] and info["float_nodes"] == [] and info["integer_glue"] == ["fc1.quantize_in"]
     _assert_tvm_kernels(cm, 8)  # 3 conv + 2 linear + the fixed-point add, sum pool and requantize
-    # conv1 and conv2 are whole 4 x 2 tiles: their requantization is the vector epilogue (conv3 has 49 pixels)
-    assert (cm.executable.project / "kernels_tvm.c").read_text().count("bp_uk_mve_req_4x2((") == 2
+    # conv1 (K = 9) is one fused call per 4 channels (mve-4xrow); conv2 is whole 4 x 2 tiles: vector epilogue
+    src = (cm.executable.project / "kernels_tvm.c").read_text()
+    assert src.count("bp_uk_mve_conv_row((") == 1 and src.count("bp_uk_mve_req_4x2((") == 1
     convs = [r for r in info["layers"] if r["op"] == "qconv2d_w8a8"]
+    assert [r["schedule"] for r in convs] == ["mve-4xrow", "mve-4x2", "mve-4x2"]
     assert [r["macs"] for r in convs] == [16 * 28 * 28 * 9, 32 * 14 * 14 * 144, 32 * 7 * 7 * 288]
     n = 32
     outs = [o[0] for o in cm.executable.run_many([[x[i : i + 1]] for i in range(n)])]

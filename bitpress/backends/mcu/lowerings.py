@@ -381,7 +381,9 @@ def _qconv2d_w8a8(ctx: McuLowerContext, n: Node) -> str:
     xzp = int(n.attrs["x_zero_point"])
     # whole 4 x 2 tiles on M55: the requantization epilogue is a vector micro-kernel (bp_uk_mve_req_4x2)
     vector = sched.name == "mve-4x2" and o % sched.rows == 0 and (g["OH"] * g["OW"]) % sched.pixels == 0
-    return _tvm_layer(ctx, n, w2, sched, lambda name, req: ctx.kernels.add_conv(name, g, o, sched, req, xzp), vector)
+    call = _tvm_layer(ctx, n, w2, sched, lambda name, req: ctx.kernels.add_conv(name, g, o, sched, req, xzp), vector)
+    n.meta["_mcu_schedule"] = ctx.tvm_nodes[n.name].schedule  # the builder may pick a variant (mve-4xrow for K <= 16)
+    return call
 
 
 # ----------------------------------------------------------------------------- float path

@@ -34,7 +34,15 @@ from typing import Any
 import torch
 
 from bitpress.compiler.target import LoweringError
-from bitpress.schedules.mcu import KernelSchedule, schedule_conv, schedule_linear
+from bitpress.schedules.mcu import (
+    CONV_SCHEDULES,
+    KernelSchedule,
+    row_conv_fits,
+    row_conv_value,
+    schedule_conv,
+    schedule_conv_row,
+    schedule_linear,
+)
 
 __all__ = ["Kernel", "KernelBuilder", "requant_consts"]
 
@@ -46,6 +54,7 @@ class Kernel:
     name: str
     args: list[tuple[str, str, tuple[int, ...]]]  # (role, dtype, shape) in call order
     workspace: int = 0  # bytes of TVMBackendAllocWorkspace the kernel asks for (bounded by the arena plan)
+    schedule: str = ""  # the schedule it was built with (the builder may pick a variant of the one asked for)
 
 
 @dataclass
@@ -83,7 +92,10 @@ class KernelBuilder:
         y = te.compute((m, n), lambda i, j: _requant(acc[j, i], j, consts, req), name="Y")
         func = schedule_linear(te.create_prim_func([*ins, y]), sched, kx, kp)
         return self._add(
-            name, func, [("x", "int8", (m, k)), ("w", "int8", sched.weight_shape(n, k)), *_req_args(np_, req), ("y", "int8", (m, n))]
+            name,
+            func,
+            [("x", "int8", (m, k)), ("w", "int8", sched.weight_shape(n, k)), *_req_args(np_, req), ("y", "int8", (m, n))],
+            sched.name,
         )
 
     def add_conv(self, name: str, geo: dict[str, int], o: int, sched: KernelSchedule, req: dict[str, Any], xzp: int) -> Kernel:
@@ -109,6 +121,18 @@ class KernelBuilder:
             return tirx.if_then_else(inside, v, tirx.const(xzp, "int8")).astype(xdt)
 
         xpad = te.compute((nb, hp, wp, c), pad_body, name="xpad")
+        if sched.name == "mve-4x2" and row_conv_fits(geo, o, req):
+            # K <= 16: the reduction written out, gathered patches, requantization fused (schedules/mcu.py)
+            row = CONV_SCHEDULES["mve-4xrow"]
+            y = te.compute((nb, o, oh, ow), row_conv_value(xpad, w, consts, geo), name="Y")
+            func = schedule_conv_row(te.create_prim_func([x, w, *consts, y]), geo)
+            args = [
+                ("x", "int8", (nb, c, h, wd)),
+                ("w", "int8", row.weight_shape(o, k)),
+                *_req_args(op_, req),
+                ("y", "int8", (nb, o, oh, ow)),
+            ]
+            return self._add(name, func, args, row.name)
 
         def patch_body(b: Any, q: Any, kk: Any) -> Any:
             # k runs over (i, j, c): the patch row i is kw * c contiguous bytes of the padded NHWC image
@@ -136,6 +160,7 @@ class KernelBuilder:
             name,
             func,
             [("x", "int8", (nb, c, h, wd)), ("w", "int8", sched.weight_shape(o, k)), *_req_args(op_, req), ("y", "int8", (nb, o, p))],
+            sched.name,
         )
 
     def add_te(self, name: str, inputs: list[tuple[str, str, tuple[int, ...]]], out: tuple[str, tuple[int, ...]], fn: Any) -> Kernel:
@@ -146,9 +171,9 @@ class KernelBuilder:
         y = fn(*phs)
         return self._add(name, te.create_prim_func([*phs, y]), [*inputs, ("y", out[0], out[1])])
 
-    def _add(self, name: str, func: Any, args: list[tuple[str, str, tuple[int, ...]]]) -> Kernel:
+    def _add(self, name: str, func: Any, args: list[tuple[str, str, tuple[int, ...]]], schedule: str = "") -> Kernel:
         self.funcs[name] = func.with_attr("global_symbol", name)
-        kern = Kernel(name, args)
+        kern = Kernel(name, args, schedule=schedule)
         self.kernels.append(kern)
         return kern
 

@@ -248,5 +248,93 @@ BP_UK int32_t bp_uk_mve_req_4x2(void *yv, void *accv, void *mv, void *bv, void *
     vstrbq_scatter_offset_s32(y + 1, off, v1);
     return 0;
 }
+
+/* mve-4xrow: a convolution with K <= 16 (a first layer), 4 channels x all OH x OW output pixels (OW even), im2col
+ * and requantization fused: y[r * ys + oy * yrow + ox] = sat8(((mulhi(sum_t x[oy, ox][t] * w[r][t] + b[r], m[r]) + c[r]) >> s[r]).
+ * x: the padded NHWC image (rows xrow bytes apart, output rows srow = stride * xrow apart, pixels pstep apart);
+ * pixel (oy, ox)'s patch is one VLDRB gather from x + oy * srow + ox * pstep at the tap offsets (t / kwc) * rstep +
+ * t % kwc for t < K (lanes >= K read the patch's first byte: their weights are zero); w: 4 rows x 16 bytes,
+ * zero-padded.  Per 2 pixels: 2 gathers, 8 VMLADAV, 4 two-lane VMOVs (4 channels of a pixel in one vector), then per
+ * vector VADD b, VMULH m, VADD c, VQSHL by 24 - s (the clamp: the byte above bit 24 saturates exactly as
+ * sat8(v >> s) does, for s <= 24), VSHR #24 and a byte scatter store (channels ys apart): 36 instructions per 2
+ * pixels.  The weights (q3-q6), tap offsets (q0) and two pixels (q1, q2) hold the Q registers, so the per-channel
+ * constants are read from a block on the stack (q7).  `vmov Qd[2], Qd[0], Ra, Rb` puts Ra in lane 0 and Rb in lane 2
+ * (as GCC's vcreateq and QEMU read it).  Bit-exact with the scalar "hi32" form. */
+BP_UK int32_t bp_uk_mve_conv_row(void *yv, void *xv, void *wv, void *mv, void *bv, void *cv, void *sv, int32_t ys, int32_t yrow,
+                                 int32_t xrow, int32_t OH, int32_t OW, int32_t srow, int32_t pstep, int32_t K, int32_t kwc, int32_t rstep) {
+    int32_t blk[26];
+    vstrwq_s32(blk, vldrwq_s32((const int32_t *)bv));
+    vstrwq_s32(blk + 4, vldrwq_s32((const int32_t *)mv));
+    vstrwq_s32(blk + 8, vldrwq_s32((const int32_t *)cv));
+    vstrwq_s32(blk + 12, vsubq_s32(vdupq_n_s32(24), vldrwq_s32((const int32_t *)sv)));
+    vstrwq_u32((uint32_t *)(blk + 16), vmulq_n_u32(vidupq_n_u32(0u, 1), (uint32_t)ys));
+    uint8x16_t lane = vidupq_n_u8(0u, 1), off = lane;
+    for (int32_t t = kwc; t < K; t += kwc) /* each kernel row after the first: rstep further, kwc lanes later */
+        off = vaddq_m_n_u8(off, off, (uint8_t)(rstep - kwc), vcmpcsq_n_u8(lane, (uint8_t)t));
+    vstrbq_u8((uint8_t *)(blk + 20), vdupq_m_n_u8(off, 0, vcmpcsq_n_u8(lane, (uint8_t)K)));
+    blk[24] = srow - OW * pstep, blk[25] = yrow - OW;
+    (void)xrow;
+    register int32_t d0 __asm__("r0"), d1 __asm__("r2"), d2 __asm__("r4"), d3 __asm__("r6"); /* VMLADAV: even registers */
+    const int8_t *xa = (const int8_t *)xv, *xb = xa + pstep, *w = (const int8_t *)wv;
+    int8_t *y = (int8_t *)yv;
+    int32_t rows = OH, pairs = OW >> 1;
+    const int32_t p2 = 2 * pstep;
+    __asm__ volatile("vldrb.8 q3, [%[w]]\n\t"
+                     "vldrb.8 q4, [%[w], #16]\n\t"
+                     "vldrb.8 q5, [%[w], #32]\n\t"
+                     "vldrb.8 q6, [%[w], #48]\n\t"
+                     "vldrb.8 q0, [%[blk], #80]\n"
+                     "1:\n\t"
+                     "dls lr, %[pairs]\n"
+                     "2:\n\t"
+                     "vldrb.u8 q1, [%[xa], q0]\n\t"
+                     "vldrb.u8 q2, [%[xb], q0]\n\t"
+                     "add %[xa], %[xa], %[p2]\n\t"
+                     "add %[xb], %[xb], %[p2]\n\t"
+                     "vmladav.s8 %[d0], q1, q3\n\t"
+                     "vmladav.s8 %[d1], q1, q4\n\t"
+                     "vmladav.s8 %[d2], q1, q5\n\t"
+                     "vmladav.s8 %[d3], q1, q6\n\t"
+                     "vmov q1[2], q1[0], %[d0], %[d2]\n\t"
+                     "vmov q1[3], q1[1], %[d1], %[d3]\n\t"
+                     "vmladav.s8 %[d0], q2, q3\n\t"
+                     "vmladav.s8 %[d1], q2, q4\n\t"
+                     "vmladav.s8 %[d2], q2, q5\n\t"
+                     "vmladav.s8 %[d3], q2, q6\n\t"
+                     "vmov q2[2], q2[0], %[d0], %[d2]\n\t"
+                     "vmov q2[3], q2[1], %[d1], %[d3]\n\t"
+                     "vldrw.u32 q7, [%[blk]]\n\t"
+                     "vadd.i32 q1, q1, q7\n\t"
+                     "vadd.i32 q2, q2, q7\n\t"
+                     "vldrw.u32 q7, [%[blk], #16]\n\t"
+                     "vmulh.s32 q1, q1, q7\n\t"
+                     "vmulh.s32 q2, q2, q7\n\t"
+                     "vldrw.u32 q7, [%[blk], #32]\n\t"
+                     "vadd.i32 q1, q1, q7\n\t"
+                     "vadd.i32 q2, q2, q7\n\t"
+                     "vldrw.u32 q7, [%[blk], #48]\n\t"
+                     "vqshl.s32 q1, q1, q7\n\t"
+                     "vqshl.s32 q2, q2, q7\n\t"
+                     "vshr.s32 q1, q1, #24\n\t"
+                     "vshr.s32 q2, q2, #24\n\t"
+                     "vldrw.u32 q7, [%[blk], #64]\n\t"
+                     "vstrb.32 q1, [%[y], q7]\n\t"
+                     "add %[y], %[y], #1\n\t"
+                     "vstrb.32 q2, [%[y], q7]\n\t"
+                     "add %[y], %[y], #1\n\t"
+                     "le lr, 2b\n\t"
+                     "ldr %[d0], [%[blk], #96]\n\t"
+                     "add %[xa], %[xa], %[d0]\n\t"
+                     "add %[xb], %[xb], %[d0]\n\t"
+                     "ldr %[d0], [%[blk], #100]\n\t"
+                     "add %[y], %[y], %[d0]\n\t"
+                     "subs %[rows], %[rows], #1\n\t"
+                     "bne 1b\n"
+                     : [d0] "=&r"(d0), [d1] "=&r"(d1), [d2] "=&r"(d2), [d3] "=&r"(d3), [rows] "+r"(rows), [xa] "+r"(xa), [xb] "+r"(xb),
+                       [y] "+r"(y)
+                     : [w] "r"(w), [blk] "r"(blk), [p2] "r"(p2), [pairs] "r"(pairs)
+                     : "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "lr", "cc", "memory");
+    return 0;
+}
 #endif
 #endif
