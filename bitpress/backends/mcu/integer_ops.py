@@ -8,7 +8,8 @@ integer arithmetic whose rounding steps are defined here, so an output code can 
 from the float graph's.
 
 - `matmul_int8(a, b)`: acc = (a - za) @ (b - zb) in int32 (batched, broadcast over leading dims),
-  q = clamp(((acc * m + 2^(r-1)) >> r) + zp): the W8A8 requantization with one multiplier.
+  q = clamp(((acc * m + 2^(r-1)) >> r) + zp): the W8A8 requantization with one multiplier;
+  `transpose_b` takes b as [..., N, K] (both operands contiguous along the reduction).
 - `layer_norm_int8(x, mult, bias)` over the last dimension (D values, I-BERT style with an
   integer square root; the input scale and zero point cancel):
 
@@ -60,17 +61,28 @@ def _matmul_type(t: Any, a: dict[str, Any]) -> list[TensorType]:
     x, y = t[0], t[1]
     if x.dtype != "int8" or y.dtype != "int8":
         raise IRError(f"matmul_int8 needs int8 operands, got {x.dtype} and {y.dtype}")
-    shape = torch.matmul(torch.empty(x.shape, device="meta"), torch.empty(y.shape, device="meta")).shape
+    yt = torch.empty(y.shape, device="meta")
+    shape = torch.matmul(torch.empty(x.shape, device="meta"), yt.transpose(-1, -2) if a.get("transpose_b") else yt).shape
     return [TensorType(tuple(shape), "int8")]
 
 
 @register_op("matmul_int8", ("a", "b"), infer=_matmul_type)
 def matmul_int8(
-    a: torch.Tensor, b: torch.Tensor, *, a_zero_point: int, b_zero_point: int, multiplier: int, shift: int, out_zero_point: int
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    a_zero_point: int,
+    b_zero_point: int,
+    multiplier: int,
+    shift: int,
+    out_zero_point: int,
+    transpose_b: bool = False,
 ) -> torch.Tensor:
-    """y = requant((a - za) @ (b - zb))   int8 x int8 -> int32 -> int8, one multiplier"""
+    """y = requant((a - za) @ (b - zb))   int8 x int8 -> int32 -> int8, one multiplier (b given as [.., N, K] with transpose_b)"""
     from bitpress.passes.quantize.ops import requantize
 
+    if transpose_b:
+        b = b.transpose(-1, -2)
     # float64 holds every partial sum exactly (|terms| <= 2^16, K < 2^30)
     acc = torch.matmul(a.to(torch.float64) - a_zero_point, b.to(torch.float64) - b_zero_point).to(torch.int64)
     return requantize(acc, torch.tensor([multiplier]), torch.tensor([shift]), out_zero_point)

@@ -362,6 +362,20 @@ def _scalar(v: Value | None) -> float | None:
     return float(v.value.reshape(()))
 
 
+def _last_two_swapped(v: Value) -> Value | None:
+    """x when v = transpose(x, -1, -2) (or the same permute), else None."""
+    p = v.producer
+    if p is None or p.inputs[0] is None or v.ndim < 2:
+        return None
+    nd = v.ndim
+    if p.op == "transpose":
+        dims = {int(p.attrs["dim0"]) % nd, int(p.attrs["dim1"]) % nd}
+        return p.inputs[0] if dims == {nd - 2, nd - 1} else None
+    if p.op == "permute" and [int(d) % nd for d in p.attrs["dims"]] == [*range(nd - 2), nd - 1, nd - 2]:
+        return p.inputs[0]
+    return None
+
+
 @rule(Pat.op("quantize_act", x=Pat.var("v")), name="integer-matmul")
 def integer_matmul(v: Value, *, node: Any) -> Value | Reject:
     """quantize(layout(matmul(A[a], B[b]) * c)) -> layout(requant((a - za) @ (b - zb)))   int8 x int8 -> int32 -> int8"""
@@ -386,16 +400,22 @@ def integer_matmul(v: Value, *, node: Any) -> Value | Reject:
     if real <= 0:
         return Reject("a negative scale factor between the matmul and the quantize")
     m, r = quant_multiplier(torch.tensor([real]))
+    # the kernel reads b as [.., N, K] (both operands contiguous along K): undo a transpose of the
+    # last two dims (k^T in q @ k^T), else transpose the int8 codes once
+    bt = _last_two_swapped(qb)
+    if bt is None:
+        bt = emit("transpose", qb, name=f"{node.name}.b_t", dim0=-2, dim1=-1)
     y = emit(
         "matmul_int8",
         qa,
-        qb,
+        bt,
         name=f"{node.name}.matmul" if layouts else node.name,
         a_zero_point=za,
         b_zero_point=zb,
         multiplier=int(m[0]),
         shift=int(r[0]),
         out_zero_point=int(node.attrs["zero_point"]),
+        transpose_b=True,
     )
     return _reapply_layouts(y, layouts)
 

@@ -227,19 +227,85 @@ def _requantize(ctx: McuLowerContext, n: Node) -> str:
 # ----------------------------------------------------------------------------- integer transformer ops (integer_ops.py)
 
 
+# The dot-product micro-kernel matmul_int8 is tensorized into (one call per output): VMLADAVA on 16
+# lanes with a tail predicate (MVE), SMLAD on sign-extended byte pairs (DSP), else scalar.  Defined
+# in model.c, called from TVM's kernels_tvm.c.
+_DOT_C = """#if defined(__ARM_FEATURE_MVE)
+#include <arm_mve.h>
+int32_t bp_dot_s8(void *pa, void *pb, int32_t k) {
+    const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb; int32_t s = 0;
+    for (; k > 0; k -= 16, a += 16, b += 16) { mve_pred16_t p = vctp8q((uint32_t)k); s = vmladavaq_p_s8(s, vldrbq_z_s8(a, p), vldrbq_z_s8(b, p), p); }
+    return s; }
+#elif defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#include <string.h>
+int32_t bp_dot_s8(void *pa, void *pb, int32_t k) {
+    const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb; int32_t s = 0;
+    for (; k >= 4; k -= 4, a += 4, b += 4) {
+        uint32_t x, y; memcpy(&x, a, 4); memcpy(&y, b, 4);
+        s = __smlad(__sxtb16(x), __sxtb16(y), s);
+        s = __smlad(__sxtb16((x >> 8) | (x << 24)), __sxtb16((y >> 8) | (y << 24)), s); }
+    for (; k > 0; k--) s += *a++ * *b++;
+    return s; }
+#else
+int32_t bp_dot_s8(void *pa, void *pb, int32_t k) {
+    const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb; int32_t s = 0;
+    while (k-- > 0) s += *a++ * *b++;
+    return s; }
+#endif"""
+_DOT_INTRINS: set[int] = set()
+
+
+def _dot_intrin(k: int) -> str:
+    """Register (once per K) the tensor intrinsic C[0] += sum_k A[k] B[k] -> one bp_dot_s8 call."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = f"bp_dot_s8_k{k}"
+    if k in _DOT_INTRINS:
+        return name
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((k,), "int8", offset_factor=1), B: T.Buffer((k,), "int8", offset_factor=1), C: T.Buffer((1,), "int32", offset_factor=1)
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:k], B[0:k])
+            T.writes(C[0:1])
+            for i in T.serial(k):
+                with T.sblock("update"):
+                    vi = T.axis.remap("R", [i])
+                    C[0] = C[0] + T.Cast("int32", A[vi]) * T.Cast("int32", B[vi])
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((k,), "int8", offset_factor=1), B: T.Buffer((k,), "int8", offset_factor=1), C: T.Buffer((1,), "int32", offset_factor=1)
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:k], B[0:k])
+            T.writes(C[0:1])
+            C[0] = C[0] + T.call_extern("int32", "bp_dot_s8", A.access_ptr("r"), B.access_ptr("r"), k)
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _DOT_INTRINS.add(k)
+    return name
+
+
 @register_mcu_lowering("matmul_int8")
 def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     """y = requant((a - za) @ (b - zb)): a TE compute printed by TVM, the zero points folded out of the
-    reduction (sum a b - zb sum_k a - za sum_k b + K za zb, exact in int32), scheduled so that each
-    output's sum stays in a register with the reduction unrolled, column sums once per batch."""
+    reduction (sum a b - zb sum_k a - za sum_k b + K za zb, exact in int32), each output's sum in a
+    register, row / column sums hoisted.  With b as [.., N, K] (transpose_b) the reduction is tensorized
+    into the core's dot-product micro-kernel (bp_dot_s8); otherwise it is unrolled."""
     from tvm import s_tir, te, tirx
 
     a, b = n.inputs
     assert a is not None and b is not None
     if a.ndim < 2 or b.ndim < 2:
         raise _fail(n, "matmul of vectors has no MCU lowering (reshape to 2-D)")
+    tb_ = bool(n.attrs.get("transpose_b", False))
     m, k = a.shape[-2:]
-    cols = b.shape[-1]
+    cols = b.shape[-2] if tb_ else b.shape[-1]
     nb = math.prod(n.output.shape[:-2])
     ba, bb = math.prod(a.shape[:-2]), math.prod(b.shape[:-2])
     if ba not in (1, nb) or bb not in (1, nb):
@@ -250,16 +316,21 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     za, zb = int(at["a_zero_point"]), int(at["b_zero_point"])
     mult, r, zp = int(at["multiplier"]), int(at["shift"]), int(at["out_zero_point"])
     n.meta["_mcu_macs"] = nb * m * k * cols
-    n.meta["_mcu_schedule"] = "te-unrolled" if k <= 32 else "te"
+    n.meta["_mcu_schedule"] = "dot-ukernel" if tb_ else "te-unrolled" if k <= 32 else "te"
 
+    bshape = (bb, cols, k) if tb_ else (bb, k, cols)
     ta = te.placeholder((ba, m, k), "int8", name="a")
-    tb = te.placeholder((bb, k, cols), "int8", name="b")
+    tb = te.placeholder(bshape, "int8", name="b")
     ia = (lambda i: i) if ba > 1 else (lambda i: 0)
     ib = (lambda i: i) if bb > 1 else (lambda i: 0)
+
+    def b_at(i: Any, kk: Any, col: Any) -> Any:
+        return tb[ib(i), col, kk] if tb_ else tb[ib(i), kk, col]
+
     kr = te.reduce_axis((0, k), name="k")
     acc = te.compute(
         (nb, m, cols),
-        lambda i, row, col: te.sum(ta[ia(i), row, kr].astype("int32") * tb[ib(i), kr, col].astype("int32"), axis=kr),
+        lambda i, row, col: te.sum(ta[ia(i), row, kr].astype("int32") * b_at(i, kr, col).astype("int32"), axis=kr),
         name="acc",
     )
     sums = {}  # the zero-point corrections, only where the other operand's zero point is not 0
@@ -268,7 +339,7 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
         sums["rowsum"] = te.compute((nb, m), lambda i, row: te.sum(ta[ia(i), row, kr_a].astype("int32"), axis=kr_a), name="rowsum")
     if za:
         kr_b = te.reduce_axis((0, k), name="kb")
-        sums["colsum"] = te.compute((nb, cols), lambda i, col: te.sum(tb[ib(i), kr_b, col].astype("int32"), axis=kr_b), name="colsum")
+        sums["colsum"] = te.compute((nb, cols), lambda i, col: te.sum(b_at(i, kr_b, col).astype("int32"), axis=kr_b), name="colsum")
 
     def req(i: Any, row: Any, col: Any) -> Any:
         v = acc[i, row, col] + k * za * zb
@@ -289,10 +360,14 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
         sch.compute_at(block, at_loop)
         red = sch.get_loops(block)[-1]
         sch.decompose_reduction(block, red)
-        if k <= 32:
+        if blk == "acc" and tb_:
+            sch.tensorize(red, _dot_intrin(k))
+        elif k <= 32:
             sch.unroll(red)
+    if tb_:
+        ctx.preamble.add(_DOT_C)
     name = _kname(ctx, n)
-    kern = ctx.kernels._add(name, sch.mod["main"], [("a", "int8", (ba, m, k)), ("b", "int8", (bb, k, cols)), ("y", "int8", (nb, m, cols))])
+    kern = ctx.kernels._add(name, sch.mod["main"], [("a", "int8", (ba, m, k)), ("b", "int8", bshape), ("y", "int8", (nb, m, cols))])
     return _tvm_call(ctx, n, kern, {"a": ctx.ptr(a), "b": ctx.ptr(b), "y": ctx.ptr(n.output)})
 
 
