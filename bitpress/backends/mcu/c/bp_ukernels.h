@@ -137,28 +137,28 @@ BP_UK int32_t bp_uk_dsp_4row(void *accp, void *xv, void *wv, int32_t kc) {
 
 #if defined(__ARM_FEATURE_MVE)
 /* mve-4row: 4 rows x 1 pixel; x: K bytes (read in place; the last piece with a zeroing tail-predicated load);
- * w: ceil(K / 16) pieces of 4 rows x 16 bytes, zero-padded.  Per piece: 5 VLDRB, 4 VMLADAVA, ADDS, SUBS, BNE
- * = 12 instructions for 64 MACs.  Accumulators pinned to even registers (VMLADAVA needs them). */
+ * w: ceil(K / 16) pieces of 4 rows x 16 bytes, zero-padded.  Per piece: 5 VLDRB (the first advancing w), 4 VMLADAVA
+ * and LE (a low-overhead loop on LR) = 10 instructions for 64 MACs.  Accumulators pinned to even registers (VMLADAVA
+ * needs them). */
 BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K) {
     int32_t *acc = (int32_t *)accp;
     register int32_t a0 __asm__("r0") = acc[0], a1 __asm__("r2") = acc[1], a2 __asm__("r4") = acc[2], a3 __asm__("r6") = acc[3];
     register const int8_t *x __asm__("r1") = (const int8_t *)xv;
     register const int8_t *w __asm__("r3") = (const int8_t *)wv;
-    register int32_t n __asm__("r5") = K >> 4;
+    register int32_t n __asm__("lr") = K >> 4;
     if (n)
-        __asm__ volatile("1:\n\t"
+        __asm__ volatile("dls lr, lr\n"
+                         "1:\n\t"
                          "vldrb.8 q0, [%[x]], #16\n\t"
-                         "vldrb.8 q1, [%[w]]\n\t"
-                         "vldrb.8 q2, [%[w], #16]\n\t"
+                         "vldrb.8 q1, [%[w]], #64\n\t"
+                         "vldrb.8 q2, [%[w], #-48]\n\t"
                          "vmladava.s8 %[a0], q0, q1\n\t"
-                         "vldrb.8 q3, [%[w], #32]\n\t"
+                         "vldrb.8 q3, [%[w], #-32]\n\t"
                          "vmladava.s8 %[a1], q0, q2\n\t"
-                         "vldrb.8 q4, [%[w], #48]\n\t"
+                         "vldrb.8 q4, [%[w], #-16]\n\t"
                          "vmladava.s8 %[a2], q0, q3\n\t"
-                         "adds %[w], #64\n\t"
                          "vmladava.s8 %[a3], q0, q4\n\t"
-                         "subs %[n], #1\n\t"
-                         "bne 1b\n"
+                         "le lr, 1b\n"
                          : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [x] "+r"(x), [w] "+r"(w), [n] "+r"(n)
                          :
                          : "q0", "q1", "q2", "q3", "q4", "cc", "memory");
@@ -175,7 +175,7 @@ BP_UK int32_t bp_uk_mve_4row(void *accp, void *xv, void *wv, int32_t K) {
 
 /* mve-4x2: 4 rows x 2 pixels; acc [row][pixel]; x: both pixels' patches, K bytes each, pixel B after pixel A;
  * w: ceil(K / 16) pieces of 4 rows x 16 bytes (one pointer walks the tile), zero-padded to a whole piece.
- * Per piece: 6 VLDRB, 8 VMLADAVA, ADDS, SUBS, BNE = 17 instructions for 128 MACs (kc >= 1). */
+ * Per piece: 6 VLDRB (the first advancing w), 8 VMLADAVA, SUBS, BNE = 16 instructions for 128 MACs (kc >= 1). */
 BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K) {
     int32_t *acc = (int32_t *)accp;
     const int32_t kc = K >> 4;
@@ -200,17 +200,16 @@ BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K) {
         __asm__ volatile("1:\n\t"
                      "vldrb.8 q0, [%[xa]], #16\n\t"
                      "vldrb.8 q1, [%[xb]], #16\n\t"
-                     "vldrb.8 q2, [%[w]]\n\t"
-                     "vldrb.8 q3, [%[w], #16]\n\t"
+                     "vldrb.8 q2, [%[w]], #64\n\t"
+                     "vldrb.8 q3, [%[w], #-48]\n\t"
                      "vmladava.s8 %[a00], q0, q2\n\t"
                      "vmladava.s8 %[a01], q1, q2\n\t"
-                     "vldrb.8 q4, [%[w], #32]\n\t"
+                     "vldrb.8 q4, [%[w], #-32]\n\t"
                      "vmladava.s8 %[a10], q0, q3\n\t"
                      "vmladava.s8 %[a11], q1, q3\n\t"
-                     "vldrb.8 q5, [%[w], #48]\n\t"
+                     "vldrb.8 q5, [%[w], #-16]\n\t"
                      "vmladava.s8 %[a20], q0, q4\n\t"
                      "vmladava.s8 %[a21], q1, q4\n\t"
-                     "adds %[w], #64\n\t"
                      "vmladava.s8 %[a30], q0, q5\n\t"
                      "vmladava.s8 %[a31], q1, q5\n\t"
                      "subs %[n], #1\n\t"
@@ -231,19 +230,33 @@ BP_UK int32_t bp_uk_mve_4x2(void *accp, void *xv, void *wv, int32_t K) {
     return 0;
 }
 
+/* the vector (a, b, c, d) from general-purpose registers: two 2-lane VMOVs (`vmov Qd[2], Qd[0], Ra, Rb` puts Ra in
+ * lane 0 and Rb in lane 2, as QEMU reads it; GCC 12's vcreateq assumes the opposite order, so it is not used) */
+BP_UK int32x4_t bp_q4(int32_t a, int32_t b, int32_t c, int32_t d) {
+    int32x4_t v;
+    __asm__("vmov %q0[2], %q0[0], %1, %2\n\tvmov %q0[3], %q0[1], %3, %4" : "=&w"(v) : "r"(a), "r"(c), "r"(b), "r"(d));
+    return v;
+}
+
+/* sat8 of each 32-bit lane into its lowest byte (the byte a VSTRB.32 stores): VQMOVNB.S32, VQMOVNB.S16 in place */
+BP_UK int32x4_t bp_sat8q(int32x4_t v) {
+    __asm__("vqmovnb.s32 %q0, %q0\n\tvqmovnb.s16 %q0, %q0" : "+w"(v));
+    return v;
+}
+
 /* mve-4x2 requantization epilogue: y[r * ys + p] = sat8(((mulhi(acc[r][p] + b[r], m[r]) + c[r]) >> s[r]) for the
- * tile's 4 rows x 2 pixels, 4 rows per vector: VLD20/VLD21 split the [row][pixel] accumulators by pixel, then
- * VADD, VMULH (the exact high word, as bp_mulhi), VADD, VSHL by -s (arithmetic: floor), VMAX, VMIN and a
- * byte scatter store per pixel; the per-channel constants are loaded once per tile.  Bit-exact with the scalar form. */
+ * tile's 4 rows x 2 pixels, 4 rows per vector: the [row][pixel] accumulators are read as scalars (inlined after the
+ * reduction micro-kernel, GCC forwards them from its registers: 2-lane VMOVs, no round trip through memory), then
+ * VADD, VMULH (the exact high word, as bp_mulhi), VADD, VSHL by -s (arithmetic: floor), two saturating narrows
+ * and a byte scatter store per pixel.  Bit-exact with the scalar form. */
 BP_UK int32_t bp_uk_mve_req_4x2(void *yv, void *accv, void *mv, void *bv, void *cv, void *sv, int32_t ys) {
     int8_t *y = (int8_t *)yv;
-    int32x4x2_t a = vld2q_s32((const int32_t *)accv);
+    const int32_t *a = (const int32_t *)accv;
     int32x4_t m = vldrwq_s32((const int32_t *)mv), b = vldrwq_s32((const int32_t *)bv), c = vldrwq_s32((const int32_t *)cv);
     int32x4_t ns = vnegq_s32(vldrwq_s32((const int32_t *)sv));
     uint32x4_t off = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)ys);
-    int32x4_t lo = vdupq_n_s32(-128), hi = vdupq_n_s32(127);
-    int32x4_t v0 = vminq_s32(vmaxq_s32(vshlq_s32(vaddq_s32(vmulhq_s32(vaddq_s32(a.val[0], b), m), c), ns), lo), hi);
-    int32x4_t v1 = vminq_s32(vmaxq_s32(vshlq_s32(vaddq_s32(vmulhq_s32(vaddq_s32(a.val[1], b), m), c), ns), lo), hi);
+    int32x4_t v0 = bp_sat8q(vshlq_s32(vaddq_s32(vmulhq_s32(vaddq_s32(bp_q4(a[0], a[2], a[4], a[6]), b), m), c), ns));
+    int32x4_t v1 = bp_sat8q(vshlq_s32(vaddq_s32(vmulhq_s32(vaddq_s32(bp_q4(a[1], a[3], a[5], a[7]), b), m), c), ns));
     vstrbq_scatter_offset_s32(y, off, v0);
     vstrbq_scatter_offset_s32(y + 1, off, v1);
     return 0;
