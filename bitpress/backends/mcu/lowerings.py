@@ -347,6 +347,15 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
             v = v - sums["rowsum"][i, row] * zb
         if za:
             v = v - sums["colsum"][i, col] * za
+        if 32 < r <= 54:
+            # ((v m + 2^(r-1)) >> r) + zp = ((v m + c 2^32) >> 32) >> s with s = r - 32, c = 2^(s-1) + zp 2^s
+            # (adding a multiple of 2^s before the floor adds it after; the high word fits in int32 since
+            # |v m| < 2^62 and |c| < 2^30): one SMLAL, an arithmetic shift, a saturation
+            sh = r - 32
+            c = (1 << (sh - 1)) + zp * (1 << sh)
+            hi = ((v.astype("int64") * mult + tirx.const(c << 32, "int64")) >> tirx.const(32, "int64")).astype("int32")
+            w = hi >> sh
+            return tirx.max(tirx.min(w, 127), -128).astype("int8")
         v = ((v.astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
         return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
