@@ -203,10 +203,27 @@ def _sum_pool(ctx: McuLowerContext, n: Node) -> str:
     return _tvm_call(ctx, n, kern, {"x": ctx.ptr(x), "y": ctx.ptr(n.output)})
 
 
+def _requant_int32(v: Any, mult: int, r: int, zp: int) -> Any:
+    """TE: clamp(((v m + 2^(r-1)) >> r) + zp, -128, 127) for an int32 v, as int8 (the interpreter's `requantize`).
+
+    When 32 < r <= 54 it is ((v m + c 2^32) >> 32) >> s with s = r - 32 and c = 2^(s-1) + zp 2^s: adding a
+    multiple of 2^s before a floor division by 2^s adds it after, and the high word fits in int32
+    (|v m| < 2^62, |c| < 2^30), so the core does one SMLAL, an arithmetic shift and a saturation."""
+    from tvm import tirx
+
+    if 32 < r <= 54:
+        sh = r - 32
+        c = (1 << (sh - 1)) + zp * (1 << sh)
+        hi = ((v.astype("int64") * mult + tirx.const(c << 32, "int64")) >> tirx.const(32, "int64")).astype("int32")
+        return tirx.max(tirx.min(hi >> sh, 127), -128).astype("int8")
+    w = ((v.astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
+    return tirx.max(tirx.min(w, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
+
+
 @register_mcu_lowering("requantize_int32")
 def _requantize(ctx: McuLowerContext, n: Node) -> str:
-    """q = clamp(((x m + 2^(r-1)) >> r) + zp): TE elementwise compute in int64, TVM's loop."""
-    from tvm import te, tirx
+    """q = clamp(((x m + 2^(r-1)) >> r) + zp): TE elementwise compute (`_requant_int32`), TVM's loop."""
+    from tvm import te
 
     x = n.inputs[0]
     assert x is not None
@@ -214,11 +231,7 @@ def _requantize(ctx: McuLowerContext, n: Node) -> str:
     shape = tuple(x.shape)
 
     def fn(t: Any) -> Any:
-        def body(*i: Any) -> Any:
-            v = ((t(*i).astype("int64") * m + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
-            return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
-
-        return te.compute(shape, body, name="Y")
+        return te.compute(shape, lambda *i: _requant_int32(t(*i), m, r, zp), name="Y")
 
     kern = ctx.kernels.add_te(_kname(ctx, n), [("x", "int32", shape)], ("int8", shape), fn)
     return _tvm_call(ctx, n, kern, {"x": ctx.ptr(x), "y": ctx.ptr(n.output)})
@@ -297,7 +310,7 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     reduction (sum a b - zb sum_k a - za sum_k b + K za zb, exact in int32), each output's sum in a
     register, row / column sums hoisted.  With b as [.., N, K] (transpose_b) the reduction is tensorized
     into the core's dot-product micro-kernel (bp_dot_s8); otherwise it is unrolled."""
-    from tvm import s_tir, te, tirx
+    from tvm import s_tir, te
 
     a, b = n.inputs
     assert a is not None and b is not None
@@ -347,17 +360,7 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
             v = v - sums["rowsum"][i, row] * zb
         if za:
             v = v - sums["colsum"][i, col] * za
-        if 32 < r <= 54:
-            # ((v m + 2^(r-1)) >> r) + zp = ((v m + c 2^32) >> 32) >> s with s = r - 32, c = 2^(s-1) + zp 2^s
-            # (adding a multiple of 2^s before the floor adds it after; the high word fits in int32 since
-            # |v m| < 2^62 and |c| < 2^30): one SMLAL, an arithmetic shift, a saturation
-            sh = r - 32
-            c = (1 << (sh - 1)) + zp * (1 << sh)
-            hi = ((v.astype("int64") * mult + tirx.const(c << 32, "int64")) >> tirx.const(32, "int64")).astype("int32")
-            w = hi >> sh
-            return tirx.max(tirx.min(w, 127), -128).astype("int8")
-        v = ((v.astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
-        return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
+        return _requant_int32(v, mult, r, zp)
 
     y = te.compute((nb, m, cols), req, name="Y")
     sch = s_tir.Schedule(te.create_prim_func([ta, tb, y]))
