@@ -255,3 +255,31 @@ def test_matmul_int8_kernel_bit_exact(za: int, zb: int, batch_b: int) -> None:
     ]
     for s, (got,) in zip(samples, cm.executable.run_many(samples), strict=True):
         assert torch.equal(got, run(g, s)[0])
+
+
+@needs_toolchain
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_layer_norm_and_softmax_kernels_bit_exact(target: str) -> None:
+    """Ragged sizes (D = 19, rows of 77) and extreme codes: the C kernels equal the interpreter's integers."""
+    g = Graph()
+    x = g.add_input("x", TensorType((3, 19), "int8"))
+    s = g.add_input("s", TensorType((2, 77), "int8"))
+    torch.manual_seed(7)
+    w, b = g.add_const(torch.randn(19), "w"), g.add_const(torch.randn(19) * 0.2, "b")
+    ln = g.call(
+        "layer_norm", [g.call("dequantize_act", [x], {"scale": 0.004, "zero_point": -3}), w, b], {"normalized_shape": [19], "eps": 1e-5}
+    )
+    sm = g.call("softmax", [g.call("dequantize_act", [s], {"scale": 0.09, "zero_point": 11})], {"dim": -1})
+    g.outputs = [
+        g.call("quantize_act", [ln], {"scale": 0.03, "zero_point": 5}),
+        g.call("quantize_act", [sm], {"scale": SOFTMAX_SCALE, "zero_point": SOFTMAX_ZERO_POINT}),
+    ]
+    lg, _ = legalize(g)
+    assert [n.op for n in lg.nodes] == ["layer_norm_int8", "softmax_int8"]
+    cm = bp.compile(lg, None, target=target, canonicalize=False, options={"profile": False})
+    samples = [[torch.randint(-128, 128, (3, 19), dtype=torch.int8), torch.randint(-128, 128, (2, 77), dtype=torch.int8)] for _ in range(3)]
+    samples.append([torch.full((3, 19), 7, dtype=torch.int8), torch.full((2, 77), -128, dtype=torch.int8)])  # constant rows: V = E
+    samples.append([torch.tensor([[-128, 127] * 9 + [0]] * 3, dtype=torch.int8), torch.tensor([[127] + [-128] * 76] * 2, dtype=torch.int8)])
+    for smp, got in zip(samples, cm.executable.run_many(samples), strict=True):
+        for a, r in zip(got, run(lg, smp), strict=True):
+            assert torch.equal(a, r)

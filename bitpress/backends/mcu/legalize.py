@@ -433,6 +433,8 @@ def integer_layer_norm(ln: Value, *, node: Any) -> Value | Reject:
     d = q.shape[-1]
     if list(p.attrs.get("normalized_shape") or [d]) != [d]:
         return Reject("layer norm over more than the last dimension")
+    if d > 4096:
+        return Reject(f"layer norm over {d} values: the int64 sum of squares is only bounded for D <= 4096")
     if (g is not None and not g.is_const) or (b is not None and not b.is_const):
         return Reject("the layer norm's weight or bias is computed at run time")
     s_out, zp_out = float(node.attrs["scale"]), int(node.attrs["zero_point"])
