@@ -15,10 +15,13 @@ from the float graph's.
 
       c_i = D * x_i - sum_j x_j                     int32
       V   = sum_i c_i^2 + E                         int64, E = round(eps * D^3 / s_in^2)
-      r   = max(isqrt(V), 1),  inv = floor(2^44 / r)  (|c_i| <= r, so c_i * inv < 2^63)
-      n_i = (c_i * inv + 2^19) >> 20                ~ c_i 2^24 / r = (x_i - mean) / sqrt(var + eps) / sqrt(D) in Q24
+      r   = max(isqrt(V), 1),  t = 31 - bitlength(r)  (r 2^t in [2^30, 2^31); |c_i| <= r, so |c_i 2^t| < 2^31)
+      inv = floor(2^56 / (r 2^t))                   in (2^25, 2^26]: one 64-bit division per row
+      n_i = (c_i 2^t * inv + 2^31) >> 32            ~ c_i 2^24 / r = (x_i - mean) / sqrt(var + eps) / sqrt(D) in Q24
       q_i = clamp((n_i * M_i + B_i) >> R, -128, 127)  M_i = round(g_i sqrt(D) 2^(R-24) / s_out),
                                                      B_i = round((b_i / s_out + zp_out) 2^R) + 2^(R-1)
+
+  (per value: one 32 x 32 -> 64 multiply for n_i, one multiply-accumulate for q_i, a shift, a saturation)
 
 - `softmax_int8(x, table)` over the last dimension, output scale 1/256 and zero point -128
   (TFLite's int8 softmax encoding): T[d] = round(2^F exp(-s_in d)) for d = 0..255, then per row
@@ -38,10 +41,10 @@ import torch
 from bitpress.compiler.ir import IRError, TensorType
 from bitpress.compiler.ops import register_op
 
-__all__ = ["LN_INV_BITS", "LN_NORM_BITS", "isqrt", "layer_norm_int8", "matmul_int8", "softmax_bits", "softmax_int8"]
+__all__ = ["LN_INV_BITS", "LN_NORM_BITS", "bitlength", "isqrt", "layer_norm_int8", "matmul_int8", "softmax_bits", "softmax_int8"]
 
-LN_INV_BITS = 44  # inv = floor(2^44 / r)
-LN_NORM_BITS = 24  # n_i in Q24: (c_i * inv) >> (44 - 24)
+LN_INV_BITS = 56  # inv = floor(2^56 / (r 2^t)), r 2^t in [2^30, 2^31)
+LN_NORM_BITS = 24  # n_i in Q24: (c_i 2^t * inv) >> 32
 
 
 def isqrt(v: torch.Tensor) -> torch.Tensor:
@@ -51,6 +54,11 @@ def isqrt(v: torch.Tensor) -> torch.Tensor:
         r = torch.where(r * r > v, r - 1, r)
         r = torch.where((r + 1) * (r + 1) <= v, r + 1, r)
     return r
+
+
+def bitlength(v: torch.Tensor) -> torch.Tensor:
+    """Bits of each non-negative int64 value below 2^62 (0 for 0), exactly."""
+    return (v.unsqueeze(-1) >= (torch.ones(62, dtype=torch.int64) << torch.arange(62))).sum(-1)
 
 
 def _int8_like(t: Any, a: dict[str, Any]) -> list[TensorType]:
@@ -96,9 +104,9 @@ def layer_norm_int8(x: torch.Tensor, mult: torch.Tensor, bias: torch.Tensor, *, 
     c = d * xi - xi.sum(-1, keepdim=True)
     v = (c * c).sum(-1, keepdim=True) + eps
     r = isqrt(v).clamp(min=1)
-    inv = torch.div(torch.full_like(r, 1 << LN_INV_BITS), r, rounding_mode="floor")
-    sh = LN_INV_BITS - LN_NORM_BITS
-    n = (c * inv + (1 << (sh - 1))) >> sh
+    t = 31 - bitlength(r)
+    inv = torch.div(torch.full_like(r, 1 << LN_INV_BITS), r << t, rounding_mode="floor")
+    n = ((c << t) * inv + (1 << 31)) >> 32
     y = (n * mult.to(torch.int64) + bias.to(torch.int64)) >> shift
     return y.clamp(-128, 127).to(torch.int8)
 

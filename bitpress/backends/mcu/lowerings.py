@@ -383,36 +383,54 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     return _tvm_call(ctx, n, kern, {"a": ctx.ptr(a), "b": ctx.ptr(b), "y": ctx.ptr(n.output)})
 
 
-# floor(sqrt(v)) bit by bit: exact, no division, no float (the interpreter's `isqrt`)
+# floor(sqrt(v)) bit by bit: exact, no division, no float (the interpreter's `isqrt`); and acc + a b in 64
+# bits as one SMLAL where the core has it (GCC 12 emits a full 64 x 64 multiply for it in these loops)
 _ISQRT_C = (
     "static inline uint32_t bp_isqrt64(uint64_t v) { uint64_t r = 0, b = 1ULL << 62; while (b > v) b >>= 2;\n"
-    "    while (b != 0) { if (v >= r + b) { v -= r + b; r = (r >> 1) + b; } else { r >>= 1; } b >>= 2; } return (uint32_t)r; }"
+    "    while (b != 0) { if (v >= r + b) { v -= r + b; r = (r >> 1) + b; } else { r >>= 1; } b >>= 2; } return (uint32_t)r; }\n"
+    "#if defined(__ARM_ARCH_ISA_THUMB) && __ARM_ARCH_ISA_THUMB >= 2\n"
+    'static inline int64_t bp_smlal(int64_t acc, int32_t a, int32_t b) { __asm__("smlal %Q0, %R0, %1, %2" : "+r"(acc) : "r"(a), "r"(b)); return acc; }\n'
+    "#else\n"
+    "static inline int64_t bp_smlal(int64_t acc, int32_t a, int32_t b) { return acc + (int64_t)a * b; }\n"
+    "#endif\n"
+    "#if defined(__ARM_FEATURE_SAT)\n"
+    "#include <arm_acle.h>\n"
+    "static inline int32_t bp_ln_sat8(int32_t v) { return __ssat(v, 8); }\n"
+    "#else\n"
+    "static inline int32_t bp_ln_sat8(int32_t v) { return v > 127 ? 127 : v < -128 ? -128 : v; }\n"
+    "#endif"
 )
 
 
 @register_mcu_lowering("layer_norm_int8")
 def _layer_norm_int8(ctx: McuLowerContext, n: Node) -> str:
-    """Integer layer norm (integer_ops.py): sums in int32/int64, integer sqrt, one 64-bit division per row. Plain C."""
-    from bitpress.backends.mcu.integer_ops import LN_INV_BITS, LN_NORM_BITS
+    """Integer layer norm (integer_ops.py): one pass of int32 sums (x and x^2), integer sqrt and one 64-bit
+    division per row; per value two SMLALs, a shift, a saturation. Plain C."""
+    from bitpress.backends.mcu.integer_ops import LN_INV_BITS
 
     x, mult, bias = n.inputs
     assert x is not None and mult is not None and bias is not None
     d = x.shape[-1]
-    sh = LN_INV_BITS - LN_NORM_BITS
+    rs = int(n.attrs["shift"])
     ctx.preamble.add(_ISQRT_C)
+    if rs >= 32:  # |nrm M + B| < 2^62: shifted by >= 32 it fits int32 (the high word's shift, then SSAT)
+        out = f"y[i] = (int8_t)bp_ln_sat8((int32_t)(bp_smlal(B[i], nrm, M[i]) >> {rs}));"
+    else:
+        out = f"int64_t q = bp_smlal(B[i], nrm, M[i]) >> {rs}; y[i] = (int8_t)(q > 127 ? 127 : q < -128 ? -128 : q);"
     return (
         f"    {{ const int8_t *x = {ctx.ptr(x)}; int8_t *y = {ctx.ptr(n.output)}; const int32_t *M = {ctx.ptr(mult)}; "
         f"const int64_t *B = {ctx.ptr(bias)};\n"
         f"      for (int row = 0; row < {x.numel // d}; row++, x += {d}, y += {d}) {{\n"
-        f"        int32_t s = 0; for (int i = 0; i < {d}; i++) s += x[i];\n"
-        f"        uint64_t v = {int(n.attrs['eps'])}ULL;\n"
-        f"        for (int i = 0; i < {d}; i++) {{ int32_t c = {d} * x[i] - s; v += (uint64_t)((int64_t)c * c); }}\n"
+        f"        int32_t s = 0, s2 = 0; for (int i = 0; i < {d}; i++) {{ s += x[i]; s2 += x[i] * x[i]; }}\n"
+        f"        /* sum_i (D x_i - s)^2 = D (D sum x^2 - s^2), exact; sum x^2 < 2^26 for D <= 4096 */\n"
+        f"        uint64_t v = (uint64_t)((int64_t){d} * ((int64_t){d} * s2 - (int64_t)s * s)) + {int(n.attrs['eps'])}ULL;\n"
         f"        uint32_t r = bp_isqrt64(v); if (r == 0) r = 1;\n"
-        f"        int64_t inv = (int64_t)((1ULL << {LN_INV_BITS}) / r);\n"
+        f"        int t = __builtin_clz(r) - 1; uint32_t rn = r << t;  /* t = 31 - bitlength(r): rn in [2^30, 2^31) */\n"
+        f"        int32_t inv = (int32_t)((1ULL << {LN_INV_BITS}) / rn);\n"
+        f"        int32_t scale = (int32_t)(1u << t);\n"
         f"        for (int i = 0; i < {d}; i++) {{\n"
-        f"          int32_t nrm = (int32_t)(((int64_t)({d} * x[i] - s) * inv + {1 << (sh - 1)}) >> {sh});\n"
-        f"          int64_t t = ((int64_t)nrm * M[i] + B[i]) >> {int(n.attrs['shift'])};\n"
-        f"          y[i] = (int8_t)(t > 127 ? 127 : t < -128 ? -128 : t); }} }} }}"
+        f"          int32_t nrm = (int32_t)(bp_smlal(0x80000000LL, ({d} * x[i] - s) * scale, inv) >> 32);\n"
+        f"          {out} }} }} }}"
     )
 
 
