@@ -239,19 +239,42 @@ def test_other_backends_run_act_scope_all(target: str) -> None:
 
 
 @needs_toolchain
-@pytest.mark.parametrize(("za", "zb", "batch_b"), [(0, 5, 2), (-3, 0, 1), (0, 0, 2), (7, -9, 1)])
-def test_matmul_int8_kernel_bit_exact(za: int, zb: int, batch_b: int) -> None:
-    """The TVM kernel with and without each zero-point correction, with and without a broadcast operand."""
+@pytest.mark.parametrize(
+    ("za", "zb", "batch_b", "transpose_b", "cols", "target"),
+    [
+        (0, 5, 2, False, 4, "cortex-m4"),
+        (-3, 0, 1, False, 4, "cortex-m4"),
+        (0, 0, 2, True, 4, "cortex-m4"),
+        (7, -9, 1, True, 6, "cortex-m4"),
+        (7, -9, 2, True, 8, "cortex-m55"),
+        (7, -9, 2, True, 3, "cortex-m55"),
+        (7, -9, 2, True, 4, "cortex-m3"),
+    ],
+)
+def test_matmul_int8_kernel_bit_exact(za: int, zb: int, batch_b: int, transpose_b: bool, cols: int, target: str) -> None:
+    """The TVM kernel with and without each zero-point correction and a broadcast operand; with b as [N, K]
+    the dot-product micro-kernels of each core (MVE, DSP, scalar; 4 columns per call when N % 4 == 0),
+    K = 19 for the 16-lane / 4-byte tails."""
     g = Graph()
-    a = g.add_input("a", TensorType((2, 5, 9), "int8"))
-    b = g.add_input("b", TensorType((batch_b, 9, 4), "int8"))
-    attrs = {"a_zero_point": za, "b_zero_point": zb, "multiplier": 1518500250, "shift": 40, "out_zero_point": -3}
+    a = g.add_input("a", TensorType((2, 5, 19), "int8"))
+    bshape = (batch_b, cols, 19) if transpose_b else (batch_b, 19, cols)
+    b = g.add_input("b", TensorType(bshape, "int8"))
+    attrs = {
+        "a_zero_point": za,
+        "b_zero_point": zb,
+        "multiplier": 1518500250,
+        "shift": 41,
+        "out_zero_point": -3,
+        "transpose_b": transpose_b,
+    }
     g.outputs = [g.call("matmul_int8", [a, b], attrs)]
-    cm = bp.compile(g, None, target="cortex-m4", canonicalize=False, options={"profile": False})
+    cm = bp.compile(g, None, target=target, canonicalize=False, options={"profile": False})
+    src = (cm.executable.project / "kernels_tvm.c").read_text()
+    assert ("bp_dot4_s8(" in src) == (transpose_b and cols % 4 == 0)
+    assert ("bp_dot_s8(" in src) == (transpose_b and cols % 4 != 0)
     torch.manual_seed(za * 31 + zb)
     samples = [
-        [torch.randint(-128, 128, (2, 5, 9), dtype=torch.int8), torch.randint(-128, 128, (batch_b, 9, 4), dtype=torch.int8)]
-        for _ in range(3)
+        [torch.randint(-128, 128, (2, 5, 19), dtype=torch.int8), torch.randint(-128, 128, bshape, dtype=torch.int8)] for _ in range(3)
     ]
     for s, (got,) in zip(samples, cm.executable.run_many(samples), strict=True):
         assert torch.equal(got, run(g, s)[0])

@@ -249,6 +249,14 @@ int32_t bp_dot_s8(void *pa, void *pb, int32_t k) {
     const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb; int32_t s = 0;
     for (; k > 0; k -= 16, a += 16, b += 16) { mve_pred16_t p = vctp8q((uint32_t)k); s = vmladavaq_p_s8(s, vldrbq_z_s8(a, p), vldrbq_z_s8(b, p), p); }
     return s; }
+int32_t bp_dot4_s8(void *pc, void *pa, void *pb, int32_t k) {
+    int32_t *c = (int32_t *)pc; const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb;
+    int32_t s0 = c[0], s1 = c[1], s2 = c[2], s3 = c[3];
+    for (int32_t j = 0; j < k; j += 16) {
+        mve_pred16_t p = vctp8q((uint32_t)(k - j)); int8x16_t va = vldrbq_z_s8(a + j, p);
+        s0 = vmladavaq_p_s8(s0, va, vldrbq_z_s8(b + j, p), p); s1 = vmladavaq_p_s8(s1, va, vldrbq_z_s8(b + k + j, p), p);
+        s2 = vmladavaq_p_s8(s2, va, vldrbq_z_s8(b + 2 * k + j, p), p); s3 = vmladavaq_p_s8(s3, va, vldrbq_z_s8(b + 3 * k + j, p), p); }
+    c[0] = s0; c[1] = s1; c[2] = s2; c[3] = s3; return 0; }
 #elif defined(__ARM_FEATURE_DSP)
 #include <arm_acle.h>
 #include <string.h>
@@ -260,11 +268,25 @@ int32_t bp_dot_s8(void *pa, void *pb, int32_t k) {
         s = __smlad(__sxtb16((x >> 8) | (x << 24)), __sxtb16((y >> 8) | (y << 24)), s); }
     for (; k > 0; k--) s += *a++ * *b++;
     return s; }
+#define BP_DOT4_STEP(S, B) { uint32_t y; memcpy(&y, (B) + j, 4); S = __smlad(xo, __sxtb16((y >> 8) | (y << 24)), __smlad(xe, __sxtb16(y), S)); }
+int32_t bp_dot4_s8(void *pc, void *pa, void *pb, int32_t k) {
+    int32_t *c = (int32_t *)pc; const int8_t *a = (const int8_t *)pa;
+    const int8_t *b0 = (const int8_t *)pb, *b1 = b0 + k, *b2 = b1 + k, *b3 = b2 + k;
+    int32_t s0 = c[0], s1 = c[1], s2 = c[2], s3 = c[3]; int32_t j = 0;
+    for (; j + 4 <= k; j += 4) {
+        uint32_t x; memcpy(&x, a + j, 4); uint32_t xe = __sxtb16(x), xo = __sxtb16((x >> 8) | (x << 24));
+        BP_DOT4_STEP(s0, b0) BP_DOT4_STEP(s1, b1) BP_DOT4_STEP(s2, b2) BP_DOT4_STEP(s3, b3) }
+    for (; j < k; j++) { int32_t v = a[j]; s0 += v * b0[j]; s1 += v * b1[j]; s2 += v * b2[j]; s3 += v * b3[j]; }
+    c[0] = s0; c[1] = s1; c[2] = s2; c[3] = s3; return 0; }
 #else
 int32_t bp_dot_s8(void *pa, void *pb, int32_t k) {
     const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb; int32_t s = 0;
     while (k-- > 0) s += *a++ * *b++;
     return s; }
+int32_t bp_dot4_s8(void *pc, void *pa, void *pb, int32_t k) {
+    int32_t *c = (int32_t *)pc; const int8_t *a = (const int8_t *)pa, *b = (const int8_t *)pb;
+    for (int r = 0; r < 4; r++) for (int32_t j = 0; j < k; j++) c[r] += a[j] * b[r * k + j];
+    return 0; }
 #endif"""
 _DOT_INTRINS: set[int] = set()
 
@@ -304,6 +326,45 @@ def _dot_intrin(k: int) -> str:
     return name
 
 
+def _dot4_intrin(k: int) -> str:
+    """Register (once per K) C[c] += sum_k A[k] B[c, k] for 4 columns -> one bp_dot4_s8 call (A loaded once)."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    name = f"bp_dot4_s8_k{k}"
+    if -k in _DOT_INTRINS:
+        return name
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((k,), "int8", offset_factor=1),
+        B: T.Buffer((4, k), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:k], B[0:4, 0:k])
+            T.writes(C[0:4])
+            for c, i in T.grid(4, k):
+                with T.sblock("update"):
+                    vc, vi = T.axis.remap("SR", [c, i])
+                    C[vc] = C[vc] + T.Cast("int32", A[vi]) * T.Cast("int32", B[vc, vi])
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((k,), "int8", offset_factor=1),
+        B: T.Buffer((4, k), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:k], B[0:4, 0:k])
+            T.writes(C[0:4])
+            T.evaluate(T.call_extern("int32", "bp_dot4_s8", C.access_ptr("rw"), A.access_ptr("r"), B.access_ptr("r"), k))
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _DOT_INTRINS.add(-k)
+    return name
+
+
 @register_mcu_lowering("matmul_int8")
 def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     """y = requant((a - za) @ (b - zb)): a TE compute printed by TVM, the zero points folded out of the
@@ -329,7 +390,7 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     za, zb = int(at["a_zero_point"]), int(at["b_zero_point"])
     mult, r, zp = int(at["multiplier"]), int(at["shift"]), int(at["out_zero_point"])
     n.meta["_mcu_macs"] = nb * m * k * cols
-    n.meta["_mcu_schedule"] = "dot-ukernel" if tb_ else "te-unrolled" if k <= 32 else "te"
+    n.meta["_mcu_schedule"] = ("dot4-ukernel" if cols % 4 == 0 else "dot-ukernel") if tb_ else "te-unrolled" if k <= 32 else "te"
 
     bshape = (bb, cols, k) if tb_ else (bb, k, cols)
     ta = te.placeholder((ba, m, k), "int8", name="a")
@@ -365,12 +426,21 @@ def _matmul_int8(ctx: McuLowerContext, n: Node) -> str:
     y = te.compute((nb, m, cols), req, name="Y")
     sch = s_tir.Schedule(te.create_prim_func([ta, tb, y]))
     i, row, col = sch.get_loops(sch.get_sblock("Y"))
+    four = tb_ and cols % 4 == 0  # 4 columns per micro-kernel call: a's row loaded once for 4 dot products
+    if four:
+        col, ci = sch.split(col, [None, 4])
+        sch.unroll(ci)
     for blk, at_loop in (("acc", col), ("rowsum", row), ("colsum", i)):
         if blk != "acc" and blk not in sums:
             continue
         block = sch.get_sblock(blk)
         sch.compute_at(block, at_loop)
-        red = sch.get_loops(block)[-1]
+        loops = sch.get_loops(block)
+        red = loops[-1]
+        if blk == "acc" and four:
+            sch.decompose_reduction(block, loops[-2])
+            sch.tensorize(loops[-2], _dot4_intrin(k))
+            continue
         sch.decompose_reduction(block, red)
         if blk == "acc" and tb_:
             sch.tensorize(red, _dot_intrin(k))
