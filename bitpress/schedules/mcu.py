@@ -29,6 +29,10 @@ bitpress/backends/mcu/c/bp_ukernels.h):
   for 4 channels is one micro-kernel call (`bp_uk_mve_conv_row`): per pixel one gather load builds the patch from the
   padded NHWC image (no im2col buffer), 4 VMLADAVs give the 4 channels, and the requantization runs on them as one
   vector before a byte scatter store.  Chosen by `row_conv_fits` (else `mve-4x2`).
+- `dsp-1xrow` (3x3 conv over one input channel on M4, M7, M33): the weights as in `dsp-2x2`; the same written-out
+  TE compute over an int16 padded image, one call per output channel over the whole plane
+  (`bp_uk_dsp_conv_row`: per pixel 6 unaligned LDRs of x pairs, 3 SMLAD + 3 halfword MACs, SMLAL/ASR/SSAT).
+  Chosen by `dsp_row_conv_fits` (else `dsp-2x2`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ __all__ = [
     "KernelSchedule",
     "conv_schedule",
     "conv_taps",
+    "dsp_row_conv_fits",
     "gemv_schedule",
+    "hi64_requant",
     "row_conv_fits",
     "row_conv_value",
     "schedule_conv",
@@ -121,9 +127,9 @@ CONV_SCHEDULES: dict[str, KernelSchedule] = {
     "dsp-2x2": KernelSchedule("dsp-2x2", 2, 2, "int16", 4, "bp_uk_dsp_2x2", 4),
     "mve-4x2": KernelSchedule("mve-4x2", 4, 2, "int8", 16, "bp_uk_mve_4x2", 16),
     "mve-4xrow": KernelSchedule("mve-4xrow", 4, 2, "int8", 16, "bp_uk_mve_conv_row", 16),
+    "dsp-1xrow": KernelSchedule("dsp-1xrow", 2, 2, "int16", 4, "bp_uk_dsp_conv_row", 4),
 }
 SCHEDULES: dict[str, KernelSchedule] = LINEAR_SCHEDULES | CONV_SCHEDULES
-_ROW = CONV_SCHEDULES["mve-4xrow"]
 _CONV_FOR = {"scalar": "scalar", "dsp-4row": "dsp-2x2", "mve-4row": "mve-4x2"}
 
 
@@ -162,6 +168,13 @@ def row_conv_fits(geo: dict[str, int], o: int, req: dict[str, Any]) -> bool:
     )
 
 
+def dsp_row_conv_fits(geo: dict[str, int], req: dict[str, Any]) -> bool:
+    """Whether `dsp-1xrow` takes a convolution (else `dsp-2x2`): a 3x3 kernel over one input channel with unit width
+    dilation, the "hi" requantization, and the kernel-row offsets within an LDR immediate."""
+    rstep = (geo["W"] + 2 * geo["pw"]) * geo["dh"]
+    return geo["C"] == 1 and geo["kh"] == 3 and geo["kw"] == 3 and geo["dw"] == 1 and req["form"] == "hi" and 4 * rstep + 4 <= 4095
+
+
 def conv_taps(k: int, kw: int, c: int, dh: int, dw: int) -> list[tuple[int, int, int]]:
     """Patch element t = (i * kw + j) * c + cc of a convolution as (row, column, channel) offsets in the padded image."""
     return [(t // (kw * c) * dh, t // c % kw * dw, t % c) for t in range(k)]
@@ -176,6 +189,15 @@ def _small_k_dot(x_at: Any, w_at: Any, taps: list[tuple[int, int, int]]) -> Any:
     return acc
 
 
+def hi64_requant(acc: Any, ch: Any, m: Any, bm: Any, s: Any) -> Any:
+    """The "hi" requantization (bitpress/backends/mcu/tvm_kernels.py): sat8((((int64)acc * m + bm) >> 32) >> s)."""
+    from tvm import tirx
+
+    prod = acc.astype("int64") * m[ch].astype("int64") + bm[ch]
+    hi = (prod >> tirx.const(32, "int64")).astype("int32")
+    return tirx.call_pure_extern("int32", "bp_sat8", hi >> s[ch]).astype("int8")
+
+
 def _hi32(dot: Any, ch: Any, m: Any, b: Any, c: Any, s: Any) -> Any:
     """The "hi32" requantization (bitpress/backends/mcu/tvm_kernels.py): sat8(((mulhi(dot + b, m) + c) >> s))."""
     from tvm import tirx
@@ -184,15 +206,18 @@ def _hi32(dot: Any, ch: Any, m: Any, b: Any, c: Any, s: Any) -> Any:
     return tirx.call_pure_extern("int32", "bp_sat8", (hi + c[ch]) >> s[ch]).astype("int8")
 
 
-def row_conv_value(xpad: Any, w: Any, consts: list[Any], geo: dict[str, int]) -> Any:
-    """The TE body of an `mve-4xrow` convolution output y[b, oc, oy, ox] (weights in `mve-4xrow`.layout order)."""
+def row_conv_value(sched: KernelSchedule, xpad: Any, w: Any, consts: list[Any], geo: dict[str, int]) -> Any:
+    """The TE body of an `mve-4xrow` ("hi32" requantization) or `dsp-1xrow` ("hi") convolution output
+    y[b, oc, oy, ox]: the K <= 16 reduction written out (weights in `sched`.layout order)."""
     c, kh, kw = geo["C"], geo["kh"], geo["kw"]
     taps = conv_taps(c * kh * kw, kw, c, geo["dh"], geo["dw"])
     sh, sw = geo["sh"], geo["sw"]
-    m, b, cc, s = consts
 
     def value(bi: Any, oc: Any, oy: Any, ox: Any) -> Any:
-        dot = _small_k_dot(lambda i, j, ch: xpad[bi, oy * sh + i, ox * sw + j, ch], lambda t: _ROW.weight_index(w, oc, t), taps)
+        dot = _small_k_dot(lambda i, j, ch: xpad[bi, oy * sh + i, ox * sw + j, ch], lambda t: sched.weight_index(w, oc, t), taps)
+        if sched.name == "dsp-1xrow":
+            return hi64_requant(dot, oc, *consts)
+        m, b, cc, s = consts
         return _hi32(dot, oc, m, b, cc, s)
 
     return value
@@ -476,6 +501,79 @@ def _row_intrin(geo: dict[str, int]) -> str:
     return name
 
 
+def _dsp_row_tile_value(X: Any, W: Any, M: Any, BM: Any, S: Any, vy: Any, vx: Any, taps: Any, sh: int, sw: int) -> Any:
+    """Output [vy, vx] of the `dsp-1xrow` tile intrinsic (X: the padded int16 image region, W: the channel's chunks)."""
+    dot = _small_k_dot(lambda i, j, ch: X[vy * sh + i, vx * sw + j, ch], lambda t: W[0, t // 4, 0, t % 4 % 2 * 2 + t % 4 // 2], taps)
+    return hi64_requant(dot, 0, M, BM, S)
+
+
+def _dsp_row_intrin(geo: dict[str, int]) -> str:
+    """Register (once per geometry) the `dsp-1xrow` intrinsic: one channel x the whole OH x OW output plane of a 3x3
+    convolution over one input channel, requantized (desc: the TE body of `row_conv_value`; impl: bp_uk_dsp_conv_row)."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    oh, ow, sh, sw, dh = geo["OH"], geo["OW"], geo["sh"], geo["sw"], geo["dh"]
+    name = f"bp_dsp_1xrow_s{sh}x{sw}_d{dh}_o{oh}x{ow}"
+    if name in _REGISTERED:
+        return name
+    taps = conv_taps(9, 3, 1, dh, 1)
+    khx, wx = (oh - 1) * sh + 2 * dh + 1, (ow - 1) * sw + 3
+    xs0, xs1, ws0, ws1, ws2, yr = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        X: T.Buffer((khx, wx, 1), "int16", offset_factor=1, strides=[xs0, xs1, 1]),
+        W: T.Buffer((1, 3, 1, 4), "int8", offset_factor=1, strides=[ws0, ws1, ws2, 1]),
+        M: T.Buffer((1,), "int32", offset_factor=1),
+        BM: T.Buffer((1,), "int64", offset_factor=1),
+        S: T.Buffer((1,), "int32", offset_factor=1),
+        Y: T.Buffer((oh, ow), "int8", offset_factor=1, strides=[yr, 1]),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(X[0:khx, 0:wx, 0:1], W[0, 0:3, 0, 0:4], M[0:1], BM[0:1], S[0:1])
+            T.writes(Y[0:oh, 0:ow])
+            for py, px in T.grid(oh, ow):
+                with T.sblock("Y"):
+                    vy, vx = T.axis.remap("SS", [py, px])
+                    Y[vy, vx] = _dsp_row_tile_value(X, W, M, BM, S, vy, vx, taps, sh, sw)
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        X: T.Buffer((khx, wx, 1), "int16", offset_factor=1, strides=[xs0, xs1, 1]),
+        W: T.Buffer((1, 3, 1, 4), "int8", offset_factor=1, strides=[ws0, ws1, ws2, 1]),
+        M: T.Buffer((1,), "int32", offset_factor=1),
+        BM: T.Buffer((1,), "int64", offset_factor=1),
+        S: T.Buffer((1,), "int32", offset_factor=1),
+        Y: T.Buffer((oh, ow), "int8", offset_factor=1, strides=[yr, 1]),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(X[0:khx, 0:wx, 0:1], W[0, 0:3, 0, 0:4], M[0:1], BM[0:1], S[0:1])
+            T.writes(Y[0:oh, 0:ow])
+            T.evaluate(
+                T.call_extern(
+                    "int32",
+                    "bp_uk_dsp_conv_row",
+                    Y.access_ptr("w"),
+                    X.access_ptr("r"),
+                    W.access_ptr("r"),
+                    M.access_ptr("r"),
+                    BM.access_ptr("r"),
+                    S.access_ptr("r"),
+                    yr,
+                    oh,
+                    ow,
+                    xs0 * sh,
+                    xs1 * sw,
+                    xs0 * dh,
+                )
+            )
+
+    s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
+    return name
+
+
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -539,22 +637,24 @@ def schedule_conv(func: Any, sched: KernelSchedule, kx: int, kp: int, row: int, 
     return sch.mod["main"]
 
 
-def schedule_conv_row(func: Any, geo: dict[str, int]) -> Any:
-    """Schedule the TE `mve-4xrow` convolution (blocks `xpad`, `Y`): per image the padded NHWC copy, then per 4
-    output channels one micro-kernel call over the whole output plane (patches gathered, requantization fused)."""
+def schedule_conv_row(func: Any, sched: KernelSchedule, geo: dict[str, int]) -> Any:
+    """Schedule the TE `mve-4xrow` / `dsp-1xrow` convolution (blocks `xpad`, `Y`): per image the padded NHWC copy,
+    then per 4 output channels (MVE) or per channel (DSP) one micro-kernel call over the whole output plane."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     y = sch.get_sblock("Y")
     b, o, oy, ox = sch.get_loops(y)
-    ot, oi = sch.split(o, [None, 4])
-    sch.reorder(b, ot, oi, oy, ox)
+    tile = oy
+    if sched.name == "mve-4xrow":
+        ot, tile = sch.split(o, [None, 4])
+        sch.reorder(b, ot, tile, oy, ox)
     xpad = sch.get_sblock("xpad")
     sch.compute_at(xpad, b)
     cin = sch.get_loops(xpad)[-1]
     if 1 < int(sch.get(cin).extent) <= 64:
         sch.unroll(cin)
-    sch.tensorize(oi, _row_intrin(geo))
+    sch.tensorize(tile, _row_intrin(geo) if sched.name == "mve-4xrow" else _dsp_row_intrin(geo))
     return sch.mod["main"]
 
 

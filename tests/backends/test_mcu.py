@@ -178,6 +178,18 @@ def test_int8_small_k_conv_row_kernel_bit_exact() -> None:
 
 
 @needs_toolchain
+def test_int8_first_layer_conv_dsp_row_kernel_bit_exact() -> None:
+    """A 3x3 conv over one input channel on M4 takes dsp-1xrow (one call per output channel, fused "hi"
+    requantization): odd channel count, height stride and dilation 2, odd pixels (unaligned x pairs)."""
+    torch.manual_seed(6)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 5, 3, stride=(2, 1), padding=1, dilation=(2, 1)), torch.nn.Tanh())
+    cm = _int8(m, (1, 1, 9, 12), "cortex-m4", profile=False)
+    meta = [n.meta.get("_mcu_schedule") for n in cm.executable.graph.nodes if n.op == "qconv2d_w8a8"]
+    assert meta == ["dsp-1xrow"]
+    _bit_exact(cm, [torch.randn(1, 1, 9, 12) * 2 for _ in range(4)])
+
+
+@needs_toolchain
 @pytest.mark.slow
 def test_fashion_cnn_int8_matches_interpreter() -> None:
     """The whole CNN integer-only: TVM conv/linear kernels, fixed-point residual add + average pool."""

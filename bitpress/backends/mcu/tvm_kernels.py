@@ -37,6 +37,7 @@ from bitpress.compiler.target import LoweringError
 from bitpress.schedules.mcu import (
     CONV_SCHEDULES,
     KernelSchedule,
+    dsp_row_conv_fits,
     row_conv_fits,
     row_conv_value,
     schedule_conv,
@@ -121,11 +122,15 @@ class KernelBuilder:
             return tirx.if_then_else(inside, v, tirx.const(xzp, "int8")).astype(xdt)
 
         xpad = te.compute((nb, hp, wp, c), pad_body, name="xpad")
+        row = None
         if sched.name == "mve-4x2" and row_conv_fits(geo, o, req):
-            # K <= 16: the reduction written out, gathered patches, requantization fused (schedules/mcu.py)
             row = CONV_SCHEDULES["mve-4xrow"]
-            y = te.compute((nb, o, oh, ow), row_conv_value(xpad, w, consts, geo), name="Y")
-            func = schedule_conv_row(te.create_prim_func([x, w, *consts, y]), geo)
+        elif sched.name == "dsp-2x2" and dsp_row_conv_fits(geo, req):
+            row = CONV_SCHEDULES["dsp-1xrow"]
+        if row is not None:
+            # small K: the reduction written out, one call per channel group over the plane, requantization fused
+            y = te.compute((nb, o, oh, ow), row_conv_value(row, xpad, w, consts, geo), name="Y")
+            func = schedule_conv_row(te.create_prim_func([x, w, *consts, y]), row, geo)
             args = [
                 ("x", "int8", (nb, c, h, wd)),
                 ("w", "int8", row.weight_shape(o, k)),

@@ -114,6 +114,69 @@ BP_UK int32_t bp_uk_dsp_4row(void *accp, void *xv, void *wv, int32_t kc) {
         return 0;                                                                                                                        \
     }
 
+/* dsp-1xrow: a 3x3 convolution over one input channel (a first layer), one output channel x all OH x OW pixels, the
+ * "hi" requantization fused: y[oy * yrow + ox] = sat8((((int64)sum_t x[oy, ox][t] * w[t] * m + bm) >> 32) >> s).
+ * x: the padded int16 image (output rows srow values apart, pixels pstep apart, kernel rows rstep apart); w: the
+ * channel's row of the dsp-2x2 weight layout (3 chunks of 4 bytes [w0 w2 w1 w3], chunks 8 bytes apart), unpacked
+ * once per call into int16 pairs (w0 w1), (w3 w4), (w6 w7), (w2 w5), (w8 0).  Per pixel: 6 LDR (unaligned pairs of x),
+ * 3 SMLAD + 3 halfword MACs, then LDRD bm, SMLAL, LDR s, ASR, SSAT, STRB: 21 instructions for 9 MACs (13 registers
+ * in the loop; the 64-bit bias term and the shift are read from a block on the stack). */
+BP_UK int32_t bp_uk_dsp_conv_row(void *yv, void *xv, void *wv, void *mv, void *bmv, void *sv, int32_t yrow, int32_t OH, int32_t OW,
+                                 int32_t srow, int32_t pstep, int32_t rstep) {
+    const int8_t *wb = (const int8_t *)wv;
+    int32_t wt[9];
+    for (int32_t t = 0; t < 9; t++) /* tap t sits in chunk t / 4 at byte (0, 2, 1, 3)[t % 4] */
+        wt[t] = wb[(t >> 2) * 8 + ((t & 1) << 1) + ((t & 3) >> 1)];
+#define BP_PAIR(lo, hi) ((uint32_t)(uint16_t)(int16_t)(lo) | (uint32_t)(hi) << 16)
+    uint32_t a0 = BP_PAIR(wt[0], wt[1]), a1 = BP_PAIR(wt[3], wt[4]), a2 = BP_PAIR(wt[6], wt[7]);
+    uint32_t b01 = BP_PAIR(wt[2], wt[5]), b2 = BP_PAIR(wt[8], 0);
+#undef BP_PAIR
+    /* per row: bm (64-bit), then the x advance at the row's end, the y advance, the remaining rows */
+    int32_t cst[6];
+    memcpy(cst, bmv, 8);
+    cst[2] = (srow - OW * pstep) * 2, cst[3] = yrow - OW, cst[4] = OH, cst[5] = *(const int32_t *)sv;
+    int32_t m = *(const int32_t *)mv;
+    const int16_t *x = (const int16_t *)xv;
+    int8_t *y = (int8_t *)yv, *yend = y + OW;
+    int32_t acc, t0, t1;
+    __asm__ volatile("1:\n\t"
+                     "ldr %[t0], [%[x], #4]\n\t"
+                     "ldr %[t1], [%[x], %[r1]]\n\t"
+                     "smulbb %[acc], %[t0], %[b01]\n\t"
+                     "smlad %[acc], %[t1], %[a1], %[acc]\n\t"
+                     "ldr %[t0], [%[x], %[r1b]]\n\t"
+                     "ldr %[t1], [%[x], %[r2]]\n\t"
+                     "smlabt %[acc], %[t0], %[b01], %[acc]\n\t"
+                     "smlad %[acc], %[t1], %[a2], %[acc]\n\t"
+                     "ldr %[t0], [%[x], %[r2b]]\n\t"
+                     "ldr %[t1], [%[x]], %[ps]\n\t"
+                     "smlabb %[acc], %[t0], %[b2], %[acc]\n\t"
+                     "smlad %[acc], %[t1], %[a0], %[acc]\n\t"
+                     "ldrd %[t0], %[t1], [%[cst]]\n\t"
+                     "smlal %[t0], %[t1], %[acc], %[m]\n\t"
+                     "ldr %[t0], [%[cst], #20]\n\t"
+                     "asr %[t1], %[t1], %[t0]\n\t"
+                     "ssat %[t1], #8, %[t1]\n\t"
+                     "strb %[t1], [%[y]], #1\n\t"
+                     "cmp %[y], %[yend]\n\t"
+                     "bne 1b\n\t"
+                     "ldr %[t0], [%[cst], #8]\n\t"
+                     "add %[x], %[x], %[t0]\n\t"
+                     "ldr %[t0], [%[cst], #12]\n\t"
+                     "add %[y], %[y], %[t0]\n\t"
+                     "add %[yend], %[y], %[ow]\n\t"
+                     "ldr %[t0], [%[cst], #16]\n\t"
+                     "subs %[t0], %[t0], #1\n\t"
+                     "str %[t0], [%[cst], #16]\n\t"
+                     "bne 1b\n"
+                     : [x] "+&r"(x), [y] "+&r"(y), [yend] "+&r"(yend), [acc] "=&r"(acc), [t0] "=&r"(t0), [t1] "=&r"(t1)
+                     : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [b01] "r"(b01), [b2] "r"(b2), [m] "r"(m), [cst] "r"(cst),
+                       [r1] "n"(rstep * 2), [r1b] "n"(rstep * 2 + 4), [r2] "n"(rstep * 4), [r2b] "n"(rstep * 4 + 4), [ps] "n"(pstep * 2),
+                       [ow] "n"(OW)
+                     : "cc", "memory");
+    return 0;
+}
+
 /* the same tile in C for offsets LDRD cannot reach */
 #define BP_DEFINE_UK_DSP2X2_C(OFF)                                                                                                       \
     BP_UK int32_t bp_uk_dsp_2x2_##OFF(void *accp, void *xv, void *wv, int32_t kc) {                                                      \
