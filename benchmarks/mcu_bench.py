@@ -55,6 +55,13 @@ def kernel_rows(info: dict) -> list[dict]:
     return [r for r in info["layers"] if r.get("macs")]
 
 
+def schedule_label(rows: list[dict]) -> str:
+    """The schedules the conv/linear layers ran with, e.g. "mve-4row / mve-4xrow, mve-4x2 (conv)"."""
+    lin = list(dict.fromkeys(r["schedule"] for r in rows if r["op"] != "qconv2d_w8a8"))
+    conv = list(dict.fromkeys(r["schedule"] for r in rows if r["op"] == "qconv2d_w8a8"))
+    return " / ".join([*lin, *([f"{', '.join(conv)} (conv)"] if conv else [])])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=1000)
@@ -92,7 +99,7 @@ def main() -> None:
                 "model": mname,
                 "target": target,
                 "mode": mode,
-                "schedule": info["schedule"] if mode == "int8" else "float32",
+                "schedule": schedule_label(kr) if mode == "int8" else "float32",
                 "flash": info["flash_bytes"],
                 "text": info["text_bytes"],
                 "rodata": info["rodata_bytes"],

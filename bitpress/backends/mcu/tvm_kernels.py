@@ -16,7 +16,10 @@ SMLAL, ASR and SSAT.  Where a vector epilogue takes the tile (M55 convolutions o
 tiles) it is the int32-only `(((acc + b) * m >> 32) + c) >> (r - 32)` instead (the same value when
 acc + b provably fits in int32: VADD, VMULH, VADD, VSHL on 4 channels).  A convolution first copies the image into a
 zero-point-padded NHWC buffer (so im2col patches are contiguous rows), then writes per tile the
-patches the micro-kernel reads.
+patches the micro-kernel reads.  A convolution with a small reduction (K <= 16 on M55, a 3x3 kernel over
+one input channel on DSP cores: first layers) is instead one compute with the K products written out
+(no accumulator buffer), whose whole output plane per channel group is one micro-kernel call that reads
+its patches from the padded image and requantizes (schedules/mcu.py: `mve-4xrow`, `dsp-1xrow`).
 
 `build()` compiles every kernel of the model into one C source with `tvm.compile(target="c")`.
 The source keeps TVM's packed calling convention (`__tvm_ffi_<name>(self, args, n, ret)` over

@@ -1,9 +1,11 @@
 /* Micro-kernels that TVM-scheduled int8 kernels are tensorized into (bitpress/schedules/mcu.py).
  *
- * Each one is the reduction of one register tile: acc[r][p] += sum_k x[p][k] * w[r][k] for `rows`
- * output channels x `pixels` pixels, in the weight layout the schedule chose.  TVM generates
- * everything around them (loops, activation packing / im2col, requantization); its C calls them by
- * name with pointers into its buffers, and they are inlined into the generated kernels.
+ * Most are the reduction of one register tile: acc[r][p] += sum_k x[p][k] * w[r][k] for `rows`
+ * output channels x `pixels` pixels, in the weight layout the schedule chose; TVM generates
+ * everything around them (loops, activation packing / im2col, requantization).  The requantization
+ * epilogues (bp_uk_*_req_*) take a whole tile's accumulators, and the small-K convolution kernels
+ * (bp_uk_*_conv_row) a channel group's whole output plane, patches and requantization included.  TVM's
+ * C calls them by name with pointers into its buffers, and they are inlined into the generated kernels.
  * Signature as TVM's C declares it: int32_t f(void *acc, void *x, void *w, int32_t k[, int32_t xstride]). */
 #ifndef BP_UKERNELS_H
 #define BP_UKERNELS_H
