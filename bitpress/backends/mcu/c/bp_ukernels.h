@@ -122,7 +122,8 @@ BP_UK int32_t bp_uk_dsp_4row(void *accp, void *xv, void *wv, int32_t kc) {
  * channel's row of the dsp-2x2 weight layout (3 chunks of 4 bytes [w0 w2 w1 w3], chunks 8 bytes apart), unpacked
  * once per call into int16 pairs (w0 w1), (w3 w4), (w6 w7), (w2 w5), (w8 0).  Per pixel: 6 LDR (unaligned pairs of x),
  * 3 SMLAD + 3 halfword MACs, then LDRD bm, SMLAL, LDR s, ASR, SSAT, STRB: 21 instructions for 9 MACs (13 registers
- * in the loop; the 64-bit bias term and the shift are read from a block on the stack). */
+ * in the loop; the 64-bit bias term and the shift are read from a block on the stack).  The pair holding a window's
+ * last column also loads the value after it (unused: bottom-half MACs), 2 bytes past the image on its last row. */
 BP_UK int32_t bp_uk_dsp_conv_row(void *yv, void *xv, void *wv, void *mv, void *bmv, void *sv, int32_t yrow, int32_t OH, int32_t OW,
                                  int32_t srow, int32_t pstep, int32_t rstep) {
     const int8_t *wb = (const int8_t *)wv;
