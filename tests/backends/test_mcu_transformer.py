@@ -306,3 +306,51 @@ def test_layer_norm_and_softmax_kernels_bit_exact(target: str) -> None:
     for smp, got in zip(samples, cm.executable.run_many(samples), strict=True):
         for a, r in zip(got, run(lg, smp), strict=True):
             assert torch.equal(a, r)
+
+
+class _SdpaAttention(torch.nn.Module):
+    """Attention through F.scaled_dot_product_attention (exported as one `sdpa` node, as HF models are)."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.h, self.d = heads, d
+        self.qkv, self.out = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        q, k, v = (y.reshape(1, t, self.h, self.d // self.h).transpose(1, 2) for y in self.qkv(x).chunk(3, dim=-1))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.out(a.transpose(1, 2).reshape(1, t, self.d))
+
+
+def test_fused_attention_is_written_out_for_integer_encodings() -> None:
+    torch.manual_seed(0)
+    m = _SdpaAttention().eval()
+    cal = _calibration()
+    cm = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**ALL)], target="torch", calibration=cal)
+    ops = [n.op for n in cm.graph.nodes]
+    assert "sdpa" not in ops and ops.count("softmax") == 1 and ops.count("matmul") == 2
+    assert "decompose-attention fired" in cm.explain()
+    lg, _ = legalize(cm.graph)
+    assert {n.op for n in lg.nodes} >= {"matmul_int8", "softmax_int8"} and "softmax" not in {n.op for n in lg.nodes}
+    torch.manual_seed(8)
+    x = torch.randn(4, 1, 6, 16)
+    with torch.no_grad():
+        ref = torch.stack([m(xi) for xi in x])
+    assert _cos(torch.stack([run(lg, [xi])[0] for xi in x]), ref) > 0.999
+
+
+@needs_toolchain
+def test_fused_attention_with_chunked_qkv_runs_integer_only() -> None:
+    """qkv.chunk(3) (split -> int8 slices) and F.scaled_dot_product_attention, on M4 without allow_float, bit-exact."""
+    torch.manual_seed(0)
+    m = _SdpaAttention().eval()
+    cal = _calibration()
+    cm = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**ALL)], target="cortex-m4", calibration=cal, options={"profile": False})
+    assert cm.report.backend["integer_only"]
+    lg = cm.executable.graph
+    assert lg is not None and "slice" in {n.op for n in lg.nodes}
+    torch.manual_seed(9)
+    xs = [torch.randn(1, 6, 16) for _ in range(4)]
+    for x, (got,) in zip(xs, cm.executable.run_many([[x] for x in xs]), strict=True):
+        assert torch.equal(got, run(lg, [x])[0])

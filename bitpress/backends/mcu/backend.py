@@ -125,11 +125,11 @@ class McuBackend:
     name = "mcu"
 
     def supported_ops(self, target: str) -> set[str]:
-        # the W8A8 ops plus what legalization turns into int8 (every unary op after a dequantize)
+        # the W8A8 ops plus what legalization rewrites (unary ops after a dequantize, split into slices)
         from bitpress.backends.mcu import lowerings  # noqa: F401
-        from bitpress.backends.mcu.legalize import UNARY_OPS
+        from bitpress.backends.mcu.legalize import LEGALIZED_OPS
 
-        return lowered_ops() | set(UNARY_OPS)
+        return lowered_ops() | set(LEGALIZED_OPS)
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> McuExecutable:
         board = board_for(target)

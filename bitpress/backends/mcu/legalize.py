@@ -57,7 +57,7 @@ from bitpress.compiler.rewrite import dead_code_elimination, rewrite
 from bitpress.passes.quantize._numerics import quant_multiplier
 from bitpress.passes.quantize.activations import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
 
-__all__ = ["CODES", "GLUE_OPS", "integer_glue_rules", "legalize", "mcu_rules"]
+__all__ = ["CODES", "GLUE_OPS", "LEGALIZED_OPS", "integer_glue_rules", "legalize", "mcu_rules"]
 
 # every int8 code, in table order: entry u holds the value for the code whose byte is u
 CODES = torch.arange(256, dtype=torch.int64).to(torch.uint8).view(torch.int8)
@@ -78,7 +78,9 @@ UNARY_OPS = (
     "dropout",
     "identity",
 )
-LAYOUT_OPS = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout", "transpose", "permute")
+LAYOUT_OPS = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout", "transpose", "permute", "slice", "select")
+# ops legalize() rewrites into lowered ones (tables after a dequantize; split into slices)
+LEGALIZED_OPS = (*UNARY_OPS, "split")
 
 
 def _index(x: torch.Tensor) -> torch.Tensor:
@@ -485,6 +487,22 @@ integer_glue_rules = RuleSet([integer_add_pool, integer_matmul, integer_layer_no
 GLUE_OPS = ("requantize_int32", "matmul_int8", "layer_norm_int8", "softmax_int8")
 
 
+def _split_to_slices(g: Graph) -> None:
+    """split(x) -> one slice(x) per piece (exact): single-output layout ops that move past dequantize."""
+    for n in list(g.nodes):
+        if n.op != "split" or n.inputs[0] is None:
+            continue
+        x = n.inputs[0]
+        dim = int(n.attrs.get("dim", 0)) % x.ndim
+        start = 0
+        with g.inserting_before(n):
+            for i, (o, size) in enumerate(zip(n.outputs, n.attrs["sizes"], strict=True)):
+                piece = g.call("slice", [x], {"dim": dim, "start": start, "end": start + int(size), "step": 1}, name=f"{n.name}.{i}")
+                g.replace_all_uses(o, piece)
+                start += int(size)
+        g.erase_node(n)
+
+
 def legalize(g: Graph, *, integer_glue: bool = True) -> tuple[Graph, list[str]]:
     """A copy of `g` with the W8A8 glue in int8 (see the module docstring) and the names of the
     nodes rewritten in fixed point; `g` is not modified."""
@@ -492,6 +510,7 @@ def legalize(g: Graph, *, integer_glue: bool = True) -> tuple[Graph, list[str]]:
     from bitpress.passes.canonicalize.passes import CommonSubexpressionElimination
 
     out = g.clone()
+    _split_to_slices(out)
     rewrite(out, mcu_rules, pass_name="mcu-legalize")
     glue: list[str] = []
     if integer_glue:

@@ -731,6 +731,29 @@ def _permute(ctx: McuLowerContext, n: Node) -> str:
     return f"    {{ const {ct} *a = {ctx.ptr(x)}; {ct} *y = {ctx.ptr(n.output)};\n{body} }}"
 
 
+@register_mcu_lowering("slice", "select", float_math=False)
+def _slice(ctx: McuLowerContext, n: Node) -> str:
+    """A strided copy: y[i] = x[start + i * step] along `dim` (slice) or x[index] (select)."""
+    x = n.inputs[0]
+    assert x is not None
+    nd = x.ndim
+    dim = int(n.attrs.get("dim", 0)) % nd
+    xs = _contig(x.shape)
+    if n.op == "select":
+        idx = int(n.attrs["index"]) % x.shape[dim]
+        strides, base = [s for d, s in enumerate(xs) if d != dim], idx * xs[dim]
+    else:
+        start = int(n.attrs.get("start") or 0)
+        start = start + x.shape[dim] if start < 0 else start
+        step = int(n.attrs.get("step", 1))
+        strides, base = [s * step if d == dim else s for d, s in enumerate(xs)], min(start, x.shape[dim]) * xs[dim]
+    body = _nested(n.output.shape, {"o": _contig(n.output.shape), "a": strides}, f"y[@o] = a[{base} + @a];")
+    ct = {"float32": "float", "int8": "int8_t", "int32": "int32_t"}.get(x.dtype)
+    if ct is None:
+        raise _fail(n, f"dtype {x.dtype} has no MCU lowering")
+    return f"    {{ const {ct} *a = {ctx.ptr(x)}; {ct} *y = {ctx.ptr(n.output)};\n{body} }}"
+
+
 @register_mcu_lowering("max_pool2d", float_math=True)
 def _maxpool_f32(ctx: McuLowerContext, n: Node) -> str:
     _f32(n)

@@ -19,7 +19,10 @@ Which values get a QDQ pair:
 - not a value every use of which is a quantize_act (through layout ops): it is quantized already;
 - not a value used only as `x * c` or `x / c` with a scalar constant c: the product is quantized
   instead, and the constant folds into the producer's requantization (attention's 1/sqrt(d));
-- softmax outputs get the fixed encoding of TFLite's int8 softmax: scale 1/256, zero point -128.
+- softmax outputs get the fixed encoding of TFLite's int8 softmax: scale 1/256, zero point -128;
+- fused attention (`sdpa`, as torch.export gives for F.scaled_dot_product_attention and HF models) is
+  first written out as q @ k^T * scale (+ mask), softmax, @ v, so its scores and probabilities get
+  encodings too (`decompose_attention`; causal / grouped-query attention stays fused).
 
 Requires: act_bits=8 and calibration data.  Ensures: every float activation read by a
 non-quantize op is dequantize(int8 codes), or an exact function (layout, relu, max pool) of one.
@@ -42,9 +45,9 @@ __all__ = ["ACT_SCOPES", "SOFTMAX_SCALE", "SOFTMAX_ZERO_POINT", "quantize_activa
 ACT_SCOPES = ("layers", "all")
 SOFTMAX_SCALE = 1.0 / 256.0  # probabilities in [0, 255/256] (TFLite's int8 softmax output)
 SOFTMAX_ZERO_POINT = -128
-LAYOUT_OPS = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "dropout", "identity", "transpose", "permute"})
+LAYOUT_OPS = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "dropout", "identity", "transpose", "permute", "slice", "select"})
 # maps a backend applies to int8 codes exactly (codes in, codes out of the same encoding)
-EXACT_ON_CODES = LAYOUT_OPS | {"relu", "max_pool2d"}
+EXACT_ON_CODES = LAYOUT_OPS | {"relu", "max_pool2d", "split"}
 _RULE = "quantize-activation"
 
 
@@ -151,14 +154,56 @@ def _observe(g: Graph, values: list[Value], batches: list[tuple[torch.Tensor, ..
     return stats
 
 
+def decompose_attention(g: Graph, ctx: PassContext, pass_name: str) -> int:
+    """sdpa(q, k, v, mask) -> matmul(softmax(matmul(q, k^T) * scale + mask), v), so that the scores and
+    the probabilities are activations that get their own int8 encodings.  The same function up to float
+    rounding (the fused op sums in another order); causal or grouped-query attention and boolean masks
+    are left fused (a backend without a lowering for them says so)."""
+    done = 0
+    for n in list(g.nodes):
+        if n.op != "sdpa":
+            continue
+        q, k, v = n.inputs[:3]
+        mask = n.inputs[3] if len(n.inputs) > 3 else None
+        why = None
+        if n.attrs.get("is_causal") or n.attrs.get("enable_gqa"):
+            why = "causal or grouped-query attention"
+        elif mask is not None and not mask.dtype.startswith("float"):
+            why = f"a {mask.dtype} mask"
+        elif q is None or k is None or v is None or q.ndim < 2:
+            why = "operands of unknown rank"
+        if why is not None:
+            ctx.explain.add(ExplainEvent(pass_name, "decompose-attention", n.name, n.op, "declined", why))
+            continue
+        assert q is not None and k is not None and v is not None
+        scale = n.attrs.get("scale")
+        scale = float(scale) if scale is not None else q.shape[-1] ** -0.5
+        with g.inserting_before(n):
+            kt = g.call("transpose", [k], {"dim0": -2, "dim1": -1}, name=f"{n.name}.k_t")
+            s = g.call("matmul", [q, kt], {}, name=f"{n.name}.qk")
+            s = g.call("mul", [s, g.add_const(torch.tensor(scale, dtype=torch.float32), f"{n.name}.scale")], {}, name=f"{n.name}.scores")
+            if mask is not None:
+                s = g.call("add", [s, mask], {}, name=f"{n.name}.masked")
+            prob = g.call("softmax", [s], {"dim": -1}, name=f"{n.name}.probs")
+            y = g.call("matmul", [prob, v], {}, name=f"{n.name}.pv")
+        g.replace_all_uses(n.output, y)
+        g.erase_node(n)
+        ctx.explain.add(
+            ExplainEvent(pass_name, "decompose-attention", n.name, n.op, "fired", f"explicit q k^T * {scale:.4g}, softmax, @ v")
+        )
+        done += 1
+    return done
+
+
 def quantize_activations(res: PassResult, cfg: Any, ctx: PassContext) -> PassResult:
     """Insert calibrated QDQ pairs on the float activations of `res.graph` (see the module docstring).
 
     `cfg` is the Quantize pass (its `observer`, `calib_samples` and `name` are used)."""
     g = res.graph
+    decomposed = decompose_attention(g, ctx, cfg.name)
     values = _targets(g)
     if not values:
-        return res
+        return PassResult(g, res.modified or decomposed > 0, res.stats)
     batches = ctx.require_calibration(f"{cfg.name} (act_scope='all')")
     stats = _observe(g, values, batches, cfg.calib_samples)
     for v in values:
