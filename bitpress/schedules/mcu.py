@@ -31,7 +31,7 @@ bitpress/backends/mcu/c/bp_ukernels.h):
   vector before a byte scatter store.  Chosen by `row_conv_fits` (else `mve-4x2`).
 - `dsp-1xrow` (3x3 conv over one input channel on M4, M7, M33): the weights as in `dsp-2x2`; the same written-out
   TE compute over an int16 padded image, one call per output channel over the whole plane
-  (`bp_uk_dsp_conv_row`: per pixel 6 unaligned LDRs of x pairs, 3 SMLAD + 3 halfword MACs, SMLAL/ASR/SSAT).
+  (`bp_uk_dsp_conv_row`: per pixel 3 unaligned LDRs of x pairs + 3 LDRSH, 3 SMLAD + 3 halfword MACs, SMLAL/ASR/SSAT).
   Chosen by `dsp_row_conv_fits` (else `dsp-2x2`).
 """
 

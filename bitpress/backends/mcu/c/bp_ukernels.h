@@ -120,10 +120,10 @@ BP_UK int32_t bp_uk_dsp_4row(void *accp, void *xv, void *wv, int32_t kc) {
  * "hi" requantization fused: y[oy * yrow + ox] = sat8((((int64)sum_t x[oy, ox][t] * w[t] * m + bm) >> 32) >> s).
  * x: the padded int16 image (output rows srow values apart, pixels pstep apart, kernel rows rstep apart); w: the
  * channel's row of the dsp-2x2 weight layout (3 chunks of 4 bytes [w0 w2 w1 w3], chunks 8 bytes apart), unpacked
- * once per call into int16 pairs (w0 w1), (w3 w4), (w6 w7), (w2 w5), (w8 0).  Per pixel: 6 LDR (unaligned pairs of x),
+ * once per call into int16 pairs (w0 w1), (w3 w4), (w6 w7), (w2 w5), (w8 0).  Per pixel: 3 LDR (unaligned pairs of x) + 3 LDRSH,
  * 3 SMLAD + 3 halfword MACs, then LDRD bm, SMLAL, LDR s, ASR, SSAT, STRB: 21 instructions for 9 MACs (13 registers
- * in the loop; the 64-bit bias term and the shift are read from a block on the stack).  The pair holding a window's
- * last column also loads the value after it (unused: bottom-half MACs), 2 bytes past the image on its last row. */
+ * in the loop; the 64-bit bias term and the shift are read from a block on the stack).  A window's last column is
+ * read as a halfword (LDRSH, bottom-half MACs), so no load reaches past the window. */
 BP_UK int32_t bp_uk_dsp_conv_row(void *yv, void *xv, void *wv, void *mv, void *bmv, void *sv, int32_t yrow, int32_t OH, int32_t OW,
                                  int32_t srow, int32_t pstep, int32_t rstep) {
     const int8_t *wb = (const int8_t *)wv;
@@ -143,15 +143,15 @@ BP_UK int32_t bp_uk_dsp_conv_row(void *yv, void *xv, void *wv, void *mv, void *b
     int8_t *y = (int8_t *)yv, *yend = y + OW;
     int32_t acc, t0, t1;
     __asm__ volatile("1:\n\t"
-                     "ldr %[t0], [%[x], #4]\n\t"
+                     "ldrsh %[t0], [%[x], #4]\n\t"
                      "ldr %[t1], [%[x], %[r1]]\n\t"
                      "smulbb %[acc], %[t0], %[b01]\n\t"
                      "smlad %[acc], %[t1], %[a1], %[acc]\n\t"
-                     "ldr %[t0], [%[x], %[r1b]]\n\t"
+                     "ldrsh %[t0], [%[x], %[r1b]]\n\t"
                      "ldr %[t1], [%[x], %[r2]]\n\t"
                      "smlabt %[acc], %[t0], %[b01], %[acc]\n\t"
                      "smlad %[acc], %[t1], %[a2], %[acc]\n\t"
-                     "ldr %[t0], [%[x], %[r2b]]\n\t"
+                     "ldrsh %[t0], [%[x], %[r2b]]\n\t"
                      "ldr %[t1], [%[x]], %[ps]\n\t"
                      "smlabb %[acc], %[t0], %[b2], %[acc]\n\t"
                      "smlad %[acc], %[t1], %[a0], %[acc]\n\t"
