@@ -354,3 +354,23 @@ def test_fused_attention_with_chunked_qkv_runs_integer_only() -> None:
     xs = [torch.randn(1, 6, 16) for _ in range(4)]
     for x, (got,) in zip(xs, cm.executable.run_many([[x] for x in xs]), strict=True):
         assert torch.equal(got, run(lg, [x])[0])
+
+
+def test_a_value_that_reaches_the_output_through_layout_ops_is_quantized() -> None:
+    """layer_norm(x)[0].T: the norm's output is the graph output (through select and transpose), so it gets a QDQ pair."""
+
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln, self.fc = torch.nn.LayerNorm(8), torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.ln(self.fc(x))[0].transpose(0, 1)
+
+    torch.manual_seed(0)
+    cal = [(torch.randn(1, 4, 8),) for _ in range(4)]
+    cm = bp.compile(M().eval(), cal[0], passes=[bp.passes.Quantize(**ALL)], target="torch", calibration=cal)
+    ln = next(n for n in cm.graph.nodes if n.op == "layer_norm")
+    assert [u.op for u in ln.output.users] == ["quantize_act"]
+    lg, _ = legalize(cm.graph)
+    assert "layer_norm_int8" in {n.op for n in lg.nodes} and "layer_norm" not in {n.op for n in lg.nodes}

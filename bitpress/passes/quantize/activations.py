@@ -85,6 +85,13 @@ def _uses(v: Value) -> list[Node]:
     return out
 
 
+def _is_output(g: Graph, v: Value) -> bool:
+    """v is a graph output, or becomes one through layout ops only."""
+    if any(o is v for o in g.outputs):
+        return True
+    return any(u.op in LAYOUT_OPS and u.inputs[0] is v and _is_output(g, u.output) for u in v.users)
+
+
 def _scalar_const(v: Value | None) -> bool:
     return v is not None and v.is_const and v.numel == 1 and v.dtype.startswith("float")
 
@@ -112,7 +119,7 @@ def _why_not(g: Graph, v: Value) -> str | None:
         return "not a float value"
     if _is_codes(v):
         return "already int8 codes"
-    is_out = any(o is v for o in g.outputs)
+    is_out = _is_output(g, v)
     uses = _uses(v)
     if uses and not is_out and all(u.op == "quantize_act" for u in uses):
         return "quantized by its users"
