@@ -39,7 +39,7 @@ GROUPS = {
     "attn matmul": ("matmul_int8", "matmul"),
     "layer norm": ("layer_norm_int8", "layer_norm"),
     "softmax": ("softmax_int8", "softmax"),
-    "residual add": ("rescale_add_int32", "requantize_int32", "add"),
+    "residual add": ("add_requant_int8", "rescale_add_int32", "requantize_int32", "add"),
 }
 
 

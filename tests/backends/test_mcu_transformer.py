@@ -163,7 +163,7 @@ def test_block_legalizes_to_integers_only() -> None:
     assert float_in == {"quantize_act", "dequantize_act"}  # the input samples in, the output out
     ops = [n.op for n in lg.nodes]
     assert ops.count("layer_norm_int8") == 2 and ops.count("matmul_int8") == 2 and ops.count("softmax_int8") == 1
-    assert ops.count("rescale_add_int32") == 2 and ops.count("qlinear_w8a8") == 6 and ops.count("lut_int8") == 1
+    assert ops.count("add_requant_int8") == 2 and ops.count("qlinear_w8a8") == 6 and ops.count("lut_int8") == 1
     assert len(glue) == 7
     torch.manual_seed(5)
     x = torch.randn(16, 1, 6, 16)
@@ -200,7 +200,7 @@ def test_block_integer_only_bit_exact(target: str) -> None:
     cm = bp.compile(m, cal[0], passes=[bp.passes.Quantize(**ALL)], target=target, calibration=cal)
     info = cm.report.backend
     assert info["integer_only"] and info["float_nodes"] == [] and len(info["integer_glue"]) == 7
-    assert {r["op"] for r in info["layers"]} >= {"layer_norm_int8", "softmax_int8", "matmul_int8", "rescale_add_int32"}
+    assert {r["op"] for r in info["layers"]} >= {"layer_norm_int8", "softmax_int8", "matmul_int8", "add_requant_int8"}
     lg = cm.executable.graph
     assert lg is not None
     torch.manual_seed(1)

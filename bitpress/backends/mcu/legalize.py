@@ -17,7 +17,8 @@ quantize(layout(avg_pool(A[a] + B[b]))) into fixed point, TFLite style:
     acc = sum_window(ma * f(a) + mb * f(b))        int32; f(q) = max(q - zp, 0) after a relu, else q - zp
     q   = requantize(acc, m, r) + zp_out           m * 2^-r = u / (window * s_out),  ma = sa / u, mb = sb / u
 
-with ma, mb as large as int32 allows (window * 255 * (ma + mb) < 2^31: about 19 bits).  That is the
+with ma, mb as large as int32 allows (window * 255 * (ma + mb) < 2^31: about 19 bits); without a pool
+the add and the requantization are one op (`add_requant_int8`, no int32 tensor in between).  That is the
 real-number result rounded once, where the float graph rounds each float32 step, so an output code
 can differ by one when the exact value lies within ~1e-6 (relative) of a rounding boundary; the
 backend reports the rewritten nodes (info["integer_glue"]) and tests measure the agreement.
@@ -225,6 +226,14 @@ def rescale_add_int32(
     return y.to(torch.int32)
 
 
+@register_op("add_requant_int8", ("a", "b?"), infer=lambda t, a: [TensorType(t[0].shape, "int8")])  # type: ignore[union-attr]
+def add_requant_int8(
+    a: torch.Tensor, b: torch.Tensor | None = None, *, multiplier: int, shift: int, zero_point: int, **add: Any
+) -> torch.Tensor:
+    """q = requantize(ma f(a) + mb f(b))   (rescale_add_int32 then requantize_int32, fused: a residual add)"""
+    return requantize_int32(rescale_add_int32(a, b, **add), multiplier=multiplier, shift=shift, zero_point=zero_point)
+
+
 def _sum_pool_type(t: Any, a: dict[str, Any]) -> list[TensorType]:
     n, c, h, w = t[0].shape
     (kh, kw), (sh, sw) = _pair2(a["kernel_size"]), _pair2(a["stride"])
@@ -317,6 +326,11 @@ def integer_add_pool(v: Value, *, node: Any) -> Value | Reject:
     attrs: dict[str, Any] = {}
     for tag, (_, _, zp, relu), m in zip("ab", srcs, mults, strict=False):  # type: ignore[misc]
         attrs |= {f"{tag}_zero_point": zp, f"{tag}_relu": relu, f"{tag}_mult": m}
+    m, r = quant_multiplier(torch.tensor([u / (window * float(node.attrs["scale"]))]))
+    req = {"multiplier": int(m[0]), "shift": int(r[0]), "zero_point": int(node.attrs["zero_point"])}
+    if pool is None:  # add and requantization in one pass, no int32 tensor in between
+        y = emit("add_requant_int8", *[s[0] for s in srcs], name=node.name if not layouts else f"{node.name}.int_add", **attrs, **req)  # type: ignore[index]
+        return _reapply_layouts(y, layouts)
     y = emit("rescale_add_int32", *[s[0] for s in srcs], name=f"{node.name}.int_add", **attrs)  # type: ignore[index]
     if pool is not None:
         y = emit(
@@ -328,8 +342,7 @@ def integer_add_pool(v: Value, *, node: Any) -> Value | Reject:
         )
     for lay in reversed(layouts):
         y = emit(lay.op, y, name=f"{lay.name}.int32", **lay.attrs)
-    m, r = quant_multiplier(torch.tensor([u / (window * float(node.attrs["scale"]))]))
-    return emit("requantize_int32", y, name=node.name, multiplier=int(m[0]), shift=int(r[0]), zero_point=int(node.attrs["zero_point"]))
+    return emit("requantize_int32", y, name=node.name, **req)
 
 
 # ----------------------------------------------------------------------------- transformer ops (integer_ops.py)
@@ -484,7 +497,7 @@ def integer_softmax(sm: Value, *, node: Any) -> Value | Reject:
 
 integer_glue_rules = RuleSet([integer_add_pool, integer_matmul, integer_layer_norm, integer_softmax])
 # the integer ops the glue rules introduce (reported in the backend's info["integer_glue"])
-GLUE_OPS = ("requantize_int32", "matmul_int8", "layer_norm_int8", "softmax_int8")
+GLUE_OPS = ("requantize_int32", "add_requant_int8", "matmul_int8", "layer_norm_int8", "softmax_int8")
 
 
 def _split_to_slices(g: Graph) -> None:

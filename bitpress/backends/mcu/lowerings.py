@@ -160,13 +160,15 @@ def _kname(ctx: McuLowerContext, n: Node) -> str:
 # ----------------------------------------------------------------------------- fixed-point glue (TVM, default schedule)
 
 
-@register_mcu_lowering("rescale_add_int32")
+@register_mcu_lowering("rescale_add_int32", "add_requant_int8")
 def _rescale_add(ctx: McuLowerContext, n: Node) -> str:
-    """y = ma f(a) + mb f(b): TE elementwise compute, TVM's loop."""
+    """y = ma f(a) + mb f(b) (int32), or requantized to int8 in the same loop (add_requant_int8): TE
+    elementwise compute, TVM's loop."""
     from tvm import te, tirx
 
     a = n.attrs
     ins = [v for v in n.inputs if v is not None]
+    fused = n.op == "add_requant_int8"
 
     def f(t: Any, i: tuple[Any, ...], tag: str) -> Any:
         v = t(*i).astype("int32") - int(a[f"{tag}_zero_point"])
@@ -175,13 +177,14 @@ def _rescale_add(ctx: McuLowerContext, n: Node) -> str:
     def fn(*ts: Any) -> Any:
         def body(*i: Any) -> Any:
             y = f(ts[0], i, "a") * int(a["a_mult"])
-            return y + f(ts[1], i, "b") * int(a["b_mult"]) if len(ts) > 1 else y
+            y = y + f(ts[1], i, "b") * int(a["b_mult"]) if len(ts) > 1 else y
+            return _requant_int32(y, int(a["multiplier"]), int(a["shift"]), int(a["zero_point"])) if fused else y
 
         return te.compute(ts[0].shape, body, name="Y")
 
     shape = tuple(n.output.shape)
     roles = ["a", "b"][: len(ins)]
-    kern = ctx.kernels.add_te(_kname(ctx, n), [(r, "int8", shape) for r in roles], ("int32", shape), fn)
+    kern = ctx.kernels.add_te(_kname(ctx, n), [(r, "int8", shape) for r in roles], ("int8" if fused else "int32", shape), fn)
     return _tvm_call(ctx, n, kern, {**{r: ctx.ptr(v) for r, v in zip(roles, ins, strict=True)}, "y": ctx.ptr(n.output)})
 
 
@@ -206,16 +209,18 @@ def _sum_pool(ctx: McuLowerContext, n: Node) -> str:
 def _requant_int32(v: Any, mult: int, r: int, zp: int) -> Any:
     """TE: clamp(((v m + 2^(r-1)) >> r) + zp, -128, 127) for an int32 v, as int8 (the interpreter's `requantize`).
 
-    When 32 < r <= 54 it is ((v m + c 2^32) >> 32) >> s with s = r - 32 and c = 2^(s-1) + zp 2^s: adding a
-    multiple of 2^s before a floor division by 2^s adds it after, and the high word fits in int32
-    (|v m| < 2^62, |c| < 2^30), so the core does one SMLAL, an arithmetic shift and a saturation."""
+    When 32 < r <= 54 it is (mulhi(v, m) + c) >> s with s = r - 32 and c = 2^(s-1) + zp 2^s: adding a
+    multiple of 2^s before a floor division by 2^s adds it after, and floor((v m + c 2^32) / 2^32) =
+    floor(v m / 2^32) + c, all in int32 (|v m / 2^32| <= 2^30, |c| < 2^30): one SMMUL, an add, an arithmetic
+    shift and an SSAT (bp_mulhi / bp_sat8 of bp_ukernels.h; opaque calls, so TVM does not widen the sum
+    that v is into several 64-bit products)."""
     from tvm import tirx
 
     if 32 < r <= 54:
         sh = r - 32
         c = (1 << (sh - 1)) + zp * (1 << sh)
-        hi = ((v.astype("int64") * mult + tirx.const(c << 32, "int64")) >> tirx.const(32, "int64")).astype("int32")
-        return tirx.max(tirx.min(hi >> sh, 127), -128).astype("int8")
+        hi = tirx.call_pure_extern("int32", "bp_mulhi", v, tirx.const(mult, "int32")) + tirx.const(c, "int32")
+        return tirx.call_pure_extern("int32", "bp_sat8", hi >> sh).astype("int8")
     w = ((v.astype("int64") * mult + tirx.const(1 << (r - 1), "int64")) >> tirx.const(r, "int64")) + tirx.const(zp, "int64")
     return tirx.max(tirx.min(w, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
