@@ -419,7 +419,7 @@ def test_legalize_keeps_every_bit(chain: list[str], scale: float, zp: int, seed:
     x = g.add_input("x", TensorType((1, 2, 8, 8), "int8"))
     v = g.call("dequantize_act", [x], {"scale": scale, "zero_point": zp})
     for op in chain:
-        if op == "maxpool" and v.ndim == 4:
+        if op == "maxpool" and v.ndim == 4 and v.shape[-1] >= 2:  # 8x8 allows three 2x2 pools
             v = g.call(
                 "max_pool2d", [v], {"kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False}
             )
@@ -431,8 +431,8 @@ def test_legalize_keeps_every_bit(chain: list[str], scale: float, zp: int, seed:
     g.outputs = [q, v]
     lg, glue = legalize(g)
     assert glue == []  # no add / average pool in these chains
-    if "maxpool" not in chain or "gelu" not in chain[: chain.index("maxpool")]:
-        # max pooling only moves past monotone tables; gelu is not monotone, so it may stay in float
+    if "gelu" not in chain or "maxpool" not in chain[chain.index("gelu") :]:
+        # max pooling only moves past monotone tables; gelu is not monotone, so a pool after it may stay in float
         assert "quantize_act" not in {n.op for n in lg.nodes}
     torch.manual_seed(seed)
     inp = torch.randint(-128, 128, (1, 2, 8, 8), dtype=torch.int8)
