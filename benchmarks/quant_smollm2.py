@@ -41,6 +41,13 @@ CONFIGS = {
     "w3g128-gptq": Q(method="gptq", bits=3, group_size=128, exclude=EXCLUDE),
     "w2g64-rtn": Q(method="rtn", bits=2, group_size=64, exclude=EXCLUDE),
     "w2g64-gptq": Q(method="gptq", bits=2, group_size=64, exclude=EXCLUDE),
+    # group 64 with min-max ranges: the settings llm-compressor can run on SmolLM2 (its observers
+    # need the group to divide the 576 columns), for benchmarks/quant_peer_llmcompressor.py
+    **{
+        f"w{b}g64-{m}-minmax": Q(method=m, bits=b, group_size=64, weight_clip="minmax", exclude=EXCLUDE)
+        for b in (4, 3, 2)
+        for m in ("rtn", "awq", "gptq")
+    },
     "auto3.5g128-gptq": Q(method="gptq", bits="auto", avg_bits=3.5, candidate_bits=(2, 3, 4, 8), group_size=128, exclude=EXCLUDE),
 }
 

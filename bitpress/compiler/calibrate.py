@@ -239,11 +239,14 @@ def sequential(
     constant inputs of the yielded nodes (new weights via ``node.replace_input`` or
     ``g.set_const``, or in-place edits) and their meta, and the next group is then
     calibrated on the outputs of the modified layers, as GPTQ / SparseGPT / Wanda do.
+    Constants of the nodes between the previous group's start and this group (e.g. the
+    norm in front of q/k/v, which AWQ rescales) may change too; earlier ones may not
+    (RuntimeError).
 
     Cost: the live values of every batch are cached at each group boundary (e.g. the
     residual stream), so each node runs once to observe and once more to produce the
     next boundary, and that second run is skipped when the caller changed no constant of
-    the segment.  Nodes after the last selected node never run.  Memory: one boundary's
+    the segment.  Nodes after the last selected node never run.  Memory: two boundaries'
     live values per batch plus the statistics of one group.
 
     The caller must not add, remove or reorder nodes while iterating (checked: raises
@@ -314,10 +317,11 @@ def sequential(
             raise RuntimeError("sequential: the graph's nodes changed during calibration; only constants may change between steps")
 
     with torch.no_grad():
-        envs: list[dict[int, Any]] = []
-        for b in batch_list:
-            env0 = {id(v): t for v, t in zip(g.inputs, b, strict=True)}
-            envs.append(run_segment(env0, 0, bounds[0], None))
+        # live values at the previous boundary too: a caller may fold into a node just before
+        # its group (a norm's weight before q/k/v), which makes the cached boundary stale
+        prev_envs: list[dict[int, Any]] = [{id(v): t for v, t in zip(g.inputs, b, strict=True)} for b in batch_list]
+        prev_lo = 0
+        envs = [run_segment(env0, 0, bounds[0], None) for env0 in prev_envs]
         steps: Iterable[int] = range(len(groups))
         if not _is_quiet(quiet):
             from tqdm import tqdm
@@ -327,7 +331,7 @@ def sequential(
             key, members = groups[gi]
             lo, hi = bounds[gi], bounds[gi + 1]
             col = _Collector(_member_of(members), hessian, keep_inputs)
-            before = _const_state(g, order[lo:hi])
+            earlier, before_prev, before = (_const_state(g, order[a:b]) for a, b in ((0, prev_lo), (prev_lo, lo), (lo, hi)))
             nxt = []
             for env in envs:
                 col.new_batch()
@@ -337,6 +341,15 @@ def sequential(
             check_structure()
             if gi + 1 == len(groups):
                 break
-            if _const_state(g, order[lo:hi]) != before:
+            if _const_state(g, order[:prev_lo]) != earlier:
+                raise RuntimeError(
+                    f"sequential: after group {key!r} a constant changed before the previous group's segment; "
+                    "only the constants read from the previous group's start on may change"
+                )
+            if _const_state(g, order[prev_lo:lo]) != before_prev:
+                envs = [run_segment(env, prev_lo, lo, None) for env in prev_envs]
+                nxt = []  # the boundary changed: the segment must run again
+            if not nxt or _const_state(g, order[lo:hi]) != before:
                 nxt = [run_segment(env, lo, hi, None) for env in envs]
+            prev_envs, prev_lo = envs, lo
             envs = nxt

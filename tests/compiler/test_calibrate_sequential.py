@@ -126,3 +126,22 @@ def test_linears_sharing_an_input_get_their_own_exact_stats() -> None:
             assert s.rows == 8
             torch.testing.assert_close(s.hessian, x.t() @ x)
         assert st["q"].hessian is not st["k"].hessian  # accumulators are not shared
+
+
+def test_constants_just_before_a_group_may_change() -> None:
+    """AWQ folds 1/s into the norm in front of q/k/v: a node of the previous group's segment.
+    The cached boundary values are recomputed, so the next group sees the change."""
+    g, batches = _graph()
+    select = {"nodes": lambda n: n.op == "linear" and "down" in n.name, "group": lambda n: n.name}
+    seen = {}
+    for step in sequential(g, batches, hessian=True, **select):  # type: ignore[arg-type]
+        seen.update(step.stats)
+        if step.key == "layers.1.down":
+            _halve(g, "layers.1.up")  # before layers.1.down: in the previous group's segment
+    final = collect(g, batches, hessian=True)
+    torch.testing.assert_close(seen["layers.2.down"].hessian, final["layers.2.down"].hessian)
+    it = sequential(g, batches, **select)  # type: ignore[arg-type]
+    next(it), next(it)
+    _halve(g, "layers.0.up")  # two groups back: the cached values cannot be recomputed
+    with pytest.raises(RuntimeError, match="before the previous group"):
+        next(it)

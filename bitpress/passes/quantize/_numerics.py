@@ -16,7 +16,6 @@ import torch
 __all__ = [
     "QWeight",
     "act_qparams",
-    "awq_search",
     "fit_params",
     "gptq",
     "quant_multiplier",
@@ -241,49 +240,6 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
             if int(info2) == 0:
                 return U
     raise ValueError("GPTQ: the Hessian is not positive definite even with 1000x damping")
-
-
-def awq_search(
-    weights: list[torch.Tensor],
-    x: torch.Tensor,
-    mean_abs: torch.Tensor,
-    specs: list[tuple[int, int, bool]],
-    *,
-    grid: int = 20,
-    duo: bool = True,
-) -> tuple[torch.Tensor, float]:
-    """AWQ (Lin et al. 2023): per-input-channel scale s, W' = W * s quantized, x' = x / s; pick
-    the s minimising sum_i ||x W_i^T - x (Q(W_i s) / s)^T||^2 over the candidates
-
-        s = mean|x|^a                         (the paper's family)
-        s = mean|x|^a / mean_w^(1 - a)        (AutoAWQ's "duo" family; mean_w = mean over output
-                                               rows of |W| / max|W| of its group)
-
-    for a on a grid in [0, 1), each normalised so sqrt(max(s) * min(s)) = 1.  As in the paper,
-    the search quantizes with plain min-max group ranges (clipping is searched afterwards,
-    on the scaled weights, by `rtn(..., importance=E[(x/s)^2])`); a = 0 is plain RTN.
-    Returns (s, relative error at the best candidate).
-    """
-    xf = x.float()
-    refs = [xf @ w.float().t() for w in weights]
-    denom = sum(float(r.pow(2).sum()) for r in refs) or 1.0
-    m = mean_abs.float().clamp(min=1e-8)
-    cands = [m.pow(i / grid) for i in range(grid)]
-    if duo:
-        wn = [_group_normalised_abs(w.float(), gs) for w, (_, gs, _) in zip(weights, specs)]
-        wm = torch.cat(wn).mean(0).clamp(min=1e-8)
-        cands += [m.pow(i / grid) / (wm.pow(1 - i / grid) + 1e-4) for i in range(1, grid)]
-    best_s, best_err = torch.ones_like(m), math.inf
-    for s in cands:
-        s = s.clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()
-        err = 0.0
-        for w, r, (bits, gs, sym) in zip(weights, refs, specs):
-            qw = rtn(w.float() * s, bits, gs, sym, observer="minmax")
-            err += float((xf @ (qw.dequantize() / s).t() - r).pow(2).sum())
-        if err < best_err:
-            best_err, best_s = err, s
-    return best_s, best_err / denom
 
 
 def _group_normalised_abs(w: torch.Tensor, group_size: int) -> torch.Tensor:

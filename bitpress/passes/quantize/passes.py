@@ -51,6 +51,7 @@ from bitpress.compiler.rewrite import ExplainEvent
 from bitpress.passes.prune.quantized import quantize_nm_layers
 from bitpress.passes.quantize import _numerics as nq
 from bitpress.passes.quantize.activations import check_act_scope, quantize_activations
+from bitpress.passes.quantize.awq import awq_sequential, fold_input_scale, rescale_stats
 from bitpress.passes.quantize.ops import requantize, weight_dtype, zeros_dtype
 
 __all__ = ["Quantize", "quantize_rules"]
@@ -58,7 +59,6 @@ __all__ = ["Quantize", "quantize_rules"]
 _METHODS = ("rtn", "smoothquant", "awq", "gptq")
 _OBSERVERS = ("minmax", "percentile", "mse")
 _MAX_ROWS = 1024
-_AWQ_ROWS = 512  # rows per AWQ scale search: 39 candidate scalings x every layer of a group
 
 
 # ----------------------------------------------------------------------------- plans
@@ -216,11 +216,13 @@ class Quantize:
         avg_bits: bits="auto" budget in code bits per weight (scales not counted).
         candidate_bits: widths bits="auto" may choose from.
         damp, block_size, act_order: GPTQ (damping as a fraction of mean diag(H)).
-        sequential: GPTQ calibration order: "layer" (default; the reference GPTQ's
+        sequential: calibration order.  GPTQ: "layer" (its default; the reference GPTQ's
             true-sequential mode: the layers of a block that read one input, q/k/v, then o,
             then gate/up, then down, each calibrated on the outputs of every layer already
             quantized), "block" (one transformer / residual block at a time) or "none"
-            (every Hessian from the float model).
+            (every Hessian from the float model).  AWQ always searches block by block;
+            "none" (its default, as llm-compressor) calibrates every block on the float
+            model, "layer"/"block" on the outputs of the blocks already quantized.
         alpha: SmoothQuant migration strength.
         calib_samples: calibration batches kept per layer for searches and error reports.
 
@@ -247,7 +249,7 @@ class Quantize:
     act_order: bool = False
     alpha: float = 0.5
     calib_samples: int = 4
-    sequential: str = "layer"
+    sequential: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -289,8 +291,10 @@ class Quantize:
             raise ValueError(f"Quantize: damp must be in [0, 1), got {self.damp}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"Quantize: alpha must be in [0, 1], got {self.alpha}")
-        if self.sequential not in ("layer", "block", "none"):
-            raise ValueError(f"Quantize: sequential must be 'layer', 'block' or 'none', got {self.sequential!r}")
+        if self.sequential not in (None, "layer", "block", "none"):
+            raise ValueError(f"Quantize: sequential must be None, 'layer', 'block' or 'none', got {self.sequential!r}")
+        if self.method == "awq" and self.act_bits is not None:
+            raise ValueError("Quantize: method='awq' is weight-only (act_bits=None); for static W8A8 use method='smoothquant'")
         if self.block_size < 1 or self.calib_samples < 1:
             raise ValueError("Quantize: block_size and calib_samples must be >= 1")
 
@@ -348,14 +352,18 @@ class Quantize:
             return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
         data_aware = self.method != "rtn" or self.act_bits is not None or self.bits == "auto"
         batches = ctx.require_calibration(f"{self.name} (method={self.method})") if data_aware else ctx.calibration
-        if self.method == "gptq" and self.sequential != "none" and batches:
+        seq = self.sequential or ("none" if self.method == "awq" else "layer")
+        if self.method == "gptq" and seq != "none" and batches:
             if self.bits == "auto":  # sensitivities are measured on the float model
                 stats = self._collect(g, nodes, batches, hessian=False)
                 self._allocate(nodes, {n.name: _rows(n, stats.get(n.name)) for n in nodes}, bits_of, ctx)
             self._gptq_sequential(g, nodes, batches, bits_of, cfg)
             return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
+        if self.method == "awq" and batches:
+            self._awq(g, nodes, batches, bits_of, cfg, ctx, quantized_inputs=seq != "none")
+            return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
         stats = self._collect(g, nodes, batches)
-        if self.method in ("smoothquant", "awq"):
+        if self.method == "smoothquant":
             self._equalize(g, nodes, stats, ctx, bits_of)
             if self.act_bits is not None:  # activation ranges must be those of the smoothed inputs
                 stats = self._collect(g, nodes, batches)
@@ -402,48 +410,62 @@ class Quantize:
                 n.replace_input(w, g.add_const(plan.qw.dequantize().reshape(w.shape).to(w.value.dtype), w.name))
         g.prune_consts()
 
+    def _awq(
+        self,
+        g: Graph,
+        nodes: list[Node],
+        batches: list[tuple[torch.Tensor, ...]],
+        bits_of: dict[str, int | None],
+        cfg: _Plans,
+        ctx: PassContext,
+        quantized_inputs: bool,
+    ) -> None:
+        """AWQ block by block (awq.py)."""
+        if self.bits == "auto":  # sensitivities are measured on the float model
+            stats = self._collect(g, nodes, batches)
+            self._allocate(nodes, {n.name: _rows(n, stats.get(n.name)) for n in nodes}, bits_of, ctx)
+
+        def spec(n: Node) -> tuple[int, int, bool]:
+            b = self._bits(n, bits_of)
+            return b, self._gs(n.inputs[1].shape[1]), self._sym(b)  # type: ignore[union-attr]
+
+        def explain(n: Node, why: str) -> None:
+            ctx.explain.add(ExplainEvent(self.name, "awq-scale-input-channels", n.name, n.op, "fired", why))
+
+        plans = awq_sequential(
+            g,
+            nodes,
+            batches,
+            spec=spec,
+            plan=lambda n, st: self._plan(n, st, _rows(n, st), bits_of[n.name]),
+            explain=explain,
+            quantized_inputs=quantized_inputs,
+        )
+        cfg.plans.update(plans)
+
     def _bits(self, n: Node, bits_of: dict[str, int | None]) -> int:
         b = bits_of.get(n.name)
         if b is not None:
             return b
         return int(self.bits) if self.bits != "auto" else max(self.candidate_bits)
 
-    # -- step 3: SmoothQuant / AWQ input-channel scaling (an exact rewrite before rounding)
+    # -- step 3: SmoothQuant input-channel scaling (an exact rewrite before rounding)
     def _equalize(self, g: Graph, nodes: list[Node], stats: dict[str, NodeStats], ctx: PassContext, bits_of: dict[str, int | None]) -> None:
         groups: dict[int, list[Node]] = {}
         for n in nodes:
             if n.op == "linear" and n.inputs[0] is not None and n.name in stats:
                 groups.setdefault(id(n.inputs[0]), []).append(n)
-        rule_name = "smooth-input-channels" if self.method == "smoothquant" else "awq-scale-input-channels"
         for grp in groups.values():
             x = grp[0].inputs[0]
             assert x is not None
             st = stats[grp[0].name]
-            ws = [n.inputs[1].value.float() for n in grp]  # type: ignore[union-attr]
-            if self.method == "smoothquant":
-                assert st.absmax is not None
-                s = nq.smooth_scales(st.absmax, ws, self.alpha)
-                why = f"s = max|x|^{self.alpha} / max|W|^{1 - self.alpha}"
-            else:
-                xr = _rows(grp[0], st)
-                if xr is None:
-                    continue
-                if xr.shape[0] > _AWQ_ROWS:
-                    xr = xr[torch.linspace(0, xr.shape[0] - 1, _AWQ_ROWS).long()]
-                specs = [(self._bits(n, bits_of), self._gs(n.inputs[1].shape[1]), self._sym(self._bits(n, bits_of))) for n in grp]  # type: ignore[union-attr]
-                s, rel = nq.awq_search(ws, xr, st.mean_abs, specs)
-                why = f"s = mean|x|^a (/ mean|W|^(1-a)) searched on calibration rows (rel. error {rel:.3g})"
-            where = _scale_inputs(g, x, grp, s)
+            assert st.absmax is not None
+            s = nq.smooth_scales(st.absmax, [n.inputs[1].value.float() for n in grp], self.alpha)  # type: ignore[union-attr]
+            where = fold_input_scale(g, x, grp, s)
             for n in grp:
-                ctx.explain.add(ExplainEvent(self.name, rule_name, n.name, n.op, "fired", f"W' = W * s, x' = x / s ({where}); {why}"))
-                sn = stats[n.name]
-                sn.samples = [t / s.to(t.dtype) for t in sn.samples]
-                if sn.mean_abs is not None and sn.abssum is not None:
-                    sn.abssum = sn.abssum / s.double()
-                if sn.absmax is not None:
-                    sn.absmax = sn.absmax / s.double()
-                if sn.sqsum is not None:
-                    sn.sqsum = sn.sqsum / s.double().pow(2)
+                why = f"W' = W * s, x' = x / s ({where}); s = max|x|^{self.alpha} / max|W|^{1 - self.alpha}"
+                ctx.explain.add(ExplainEvent(self.name, "smooth-input-channels", n.name, n.op, "fired", why))
+                rescale_stats(stats[n.name], s)
 
     # -- step 4: bits="auto"
     def _allocate(self, nodes: list[Node], rows: dict[str, torch.Tensor | None], bits_of: dict[str, int | None], ctx: PassContext) -> None:
@@ -572,52 +594,3 @@ def _w8a8_rows(xr: torch.Tensor, qw: nq.QWeight, act: dict[str, Any]) -> torch.T
     y = requantize(acc, act["multiplier"], act["shift"], int(act["y_zp"]))
     out: torch.Tensor = (y.to(torch.int32) - int(act["y_zp"])).float() * torch.tensor(float(act["y_scale"]), dtype=torch.float32)
     return out
-
-
-def _scale_inputs(g: Graph, x: Value, group: list[Node], s: torch.Tensor) -> str:
-    """W_i' = W_i * s for every layer reading x, and x' = x / s folded into x's producer when possible.
-
-    Sound because x W^T = (x / s)(W * s)^T exactly in real arithmetic; the norm fold is exact
-    as well since rms_norm/layer_norm end with an elementwise affine (y = n(x) * w + b).
-    """
-    s = s.float()
-    for n in group:
-        w = n.inputs[1]
-        assert w is not None
-        view = (1, -1) if w.ndim == 2 else (1, -1, 1, 1)
-        nw = g.add_const((w.value.float() * s.reshape(view)).to(w.value.dtype), f"{w.name}.scaled")
-        n.replace_input(w, nw)
-    p = x.producer
-    group_ids = {id(n) for n in group}
-    if (
-        p is not None
-        and p.op in ("rms_norm", "layer_norm")
-        and len(p.inputs) > 1
-        and p.inputs[1] is not None
-        and p.inputs[1].is_const
-        and p.inputs[1].shape == (s.numel(),)
-        and all(id(u) in group_ids for u in x.users)
-        and len(p.inputs[1].users) == 1
-        and not any(o is x for o in g.outputs)
-    ):
-        nb = p.inputs[2] if p.op == "layer_norm" and len(p.inputs) > 2 else None
-        if nb is not None and (not nb.is_const or len(nb.users) != 1):
-            return _insert_mul(g, x, group, s)  # a shared or computed bias cannot absorb 1/s
-        nw = p.inputs[1]
-        p.replace_input(nw, g.add_const((nw.value.float() / s).to(nw.value.dtype), f"{nw.name}.scaled"))
-        if nb is not None:
-            p.replace_input(nb, g.add_const((nb.value.float() / s).to(nb.value.dtype), f"{nb.name}.scaled"))
-        g.prune_consts()
-        return f"folded into {p.op} {p.name}"
-    return _insert_mul(g, x, group, s)
-
-
-def _insert_mul(g: Graph, x: Value, group: list[Node], s: torch.Tensor) -> str:
-    first = next(n for n in g.nodes if n in set(group))
-    with g.inserting_before(first):
-        inv = g.add_const((1.0 / s).to(torch.float32), f"{first.name}.input_scale")
-        y = g.call("mul", [x, inv], name=f"{first.name}.input_scale")
-    for n in group:
-        n.replace_input(x, y)
-    g.prune_consts()
-    return f"explicit mul {y.name}"
