@@ -41,6 +41,13 @@ CONFIGS = {
     "w3g128-gptq": Q(method="gptq", bits=3, group_size=128, exclude=EXCLUDE),
     "w2g64-rtn": Q(method="rtn", bits=2, group_size=64, exclude=EXCLUDE),
     "w2g64-gptq": Q(method="gptq", bits=2, group_size=64, exclude=EXCLUDE),
+    "w4g64-gptq": Q(method="gptq", bits=4, group_size=64, exclude=EXCLUDE),
+    # GPTQ with static activation order, llm-compressor's default (actorder="static")
+    **{
+        f"w{b}g64-gptq-minmax-actorder": Q(method="gptq", bits=b, group_size=64, weight_clip="minmax", act_order=True, exclude=EXCLUDE)
+        for b in (4, 3, 2)
+    },
+    "w3g64-gptq": Q(method="gptq", bits=3, group_size=64, exclude=EXCLUDE),
     # group 64 with min-max ranges: the settings llm-compressor can run on SmolLM2 (its observers
     # need the group to divide the 576 columns), for benchmarks/quant_peer_llmcompressor.py
     **{

@@ -299,6 +299,11 @@ class Quantize:
             raise ValueError("Quantize: block_size and calib_samples must be >= 1")
 
     # -- helpers
+    @property
+    def _sequential(self) -> str:
+        """The calibration order in effect: `sequential`, or the method's default."""
+        return self.sequential or ("none" if self.method == "awq" else "layer")
+
     def _sym(self, bits: int) -> bool:
         return self.symmetric if self.symmetric is not None else bits == 8
 
@@ -352,7 +357,7 @@ class Quantize:
             return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
         data_aware = self.method != "rtn" or self.act_bits is not None or self.bits == "auto"
         batches = ctx.require_calibration(f"{self.name} (method={self.method})") if data_aware else ctx.calibration
-        seq = self.sequential or ("none" if self.method == "awq" else "layer")
+        seq = self._sequential
         if self.method == "gptq" and seq != "none" and batches:
             if self.bits == "auto":  # sensitivities are measured on the float model
                 stats = self._collect(g, nodes, batches, hessian=False)
@@ -394,7 +399,7 @@ class Quantize:
         cur, part = "", 0
         for n in nodes:
             x = n.inputs[0]
-            k = block_key(n.name) + (f"/{x.name}" if self.sequential == "layer" and x is not None else "")
+            k = block_key(n.name) + (f"/{x.name}" if self._sequential == "layer" and x is not None else "")
             if k != cur:  # a new part whenever the key changes keeps every group contiguous
                 cur, part = k, part + 1
             key_of[n.name] = f"{k}#{part}"

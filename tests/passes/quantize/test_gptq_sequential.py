@@ -65,3 +65,39 @@ def test_second_layer_is_calibrated_on_quantized_first_layer(mlp_and_data) -> No
 def test_sequential_option_is_validated() -> None:
     with pytest.raises(ValueError, match="sequential must be"):
         Quantize(method="gptq", sequential="yes")
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(96, 200), torch.nn.Linear(200, 40)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))  # type: ignore[no-any-return]
+
+
+class _TwoInOneBlock(torch.nn.Module):
+    """Two linears in one block (`layers.0`): "layer" calibrates the second on the quantized first,
+    "block" calibrates both on the float block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([_Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[0](x)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow  # three GPTQ compiles
+def test_default_order_is_layer_by_layer(mlp_and_data) -> None:  # type: ignore[no-untyped-def]
+    _, cal = mlp_and_data
+    torch.manual_seed(0)
+    m = _TwoInOneBlock().eval()
+
+    def codes(**kw: object) -> torch.Tensor:
+        q = Quantize(method="gptq", bits=BITS, group_size=GS, **kw)  # type: ignore[arg-type]
+        return _codes(bp.compile(m, cal[0], passes=[q], target="torch", calibration=cal, quiet=True), "layers.0.down")
+
+    default, layer, block = codes(), codes(sequential="layer"), codes(sequential="block")
+    assert torch.equal(default, layer)
+    assert not torch.equal(layer, block)
