@@ -91,7 +91,7 @@ def main() -> None:
         model.eval()
         t1 = time.perf_counter()
         with torch.no_grad():
-            ppl = perplexity(lambda ids: model(ids).logits, tok, text, seq_len=64, max_windows=args.eval_windows)
+            ppl = perplexity(lambda ids, m=model: m(ids).logits, tok, text, seq_len=64, max_windows=args.eval_windows)
         rec = {
             "peer": f"llmcompressor {llmcompressor.__version__}",
             "algo": name,
