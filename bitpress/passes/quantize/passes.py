@@ -369,7 +369,7 @@ class Quantize:
             return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
         stats = self._collect(g, nodes, batches)
         if self.method == "smoothquant":
-            self._equalize(g, nodes, stats, ctx, bits_of)
+            self._equalize(g, nodes, stats, ctx)
             if self.act_bits is not None:  # activation ranges must be those of the smoothed inputs
                 stats = self._collect(g, nodes, batches)
         rows = {n.name: _rows(n, stats.get(n.name)) for n in nodes}
@@ -455,7 +455,7 @@ class Quantize:
         return int(self.bits) if self.bits != "auto" else max(self.candidate_bits)
 
     # -- step 3: SmoothQuant input-channel scaling (an exact rewrite before rounding)
-    def _equalize(self, g: Graph, nodes: list[Node], stats: dict[str, NodeStats], ctx: PassContext, bits_of: dict[str, int | None]) -> None:
+    def _equalize(self, g: Graph, nodes: list[Node], stats: dict[str, NodeStats], ctx: PassContext) -> None:
         groups: dict[int, list[Node]] = {}
         for n in nodes:
             if n.op == "linear" and n.inputs[0] is not None and n.name in stats:
