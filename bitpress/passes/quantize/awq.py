@@ -112,16 +112,17 @@ def parent_region(g: Graph, group: Sequence[Node]) -> Region:
                 terminals.append(u)
             else:
                 work.extend(u.outputs)
+    if not terminals:
+        return alone
     made = {id(o) for n in inside.values() for o in n.outputs}
     terminal_ids = {id(t) for t in terminals}
     for n in inside.values():
-        ins = n.inputs[:1] if id(n) in terminal_ids else n.inputs
-        if any(v is not None and not v.is_const and v is not x and id(v) not in made for v in ins):
-            return alone
-        if any(v is not None and not v.is_const for v in n.inputs[1:]) and id(n) in terminal_ids:
-            return alone
-    if not terminals:
-        return alone
+        for j, v in enumerate(n.inputs):
+            if v is None or v.is_const:
+                continue
+            # computed values must come from x or the region; a terminal layer's weights must be constants
+            if (j > 0 and id(n) in terminal_ids) or (v is not x and id(v) not in made):
+                return alone
     pos = {id(n): i for i, n in enumerate(g.nodes)}
     nodes = sorted(inside.values(), key=lambda n: pos[id(n)])
     return Region(x, list(group), nodes, [t.outputs[0] for t in terminals], ",".join(t.name for t in terminals))
