@@ -35,6 +35,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check bitpress tests examples benchmarks
 	$(VENV)/bin/ruff format --check bitpress tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(VENV)/bin/mypy bitpress/compiler

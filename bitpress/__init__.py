@@ -7,7 +7,7 @@ print(cm.report)
 
 from bitpress import backends as _backends  # noqa: F401  (registers targets)
 from bitpress import passes
-from bitpress.compiler.api import ArtifactError, CompiledModel, compile, load
+from bitpress.api import ArtifactError, CompiledModel, compile, load
 from bitpress.compiler.builder import F, const
 from bitpress.compiler.frontend import FrontendError, UnsupportedOpError
 from bitpress.compiler.ir import Graph, Node, TensorType, Value
@@ -23,10 +23,10 @@ from bitpress.compiler.pass_manager import (
     rewrite_pass,
 )
 from bitpress.compiler.pattern import Pat, Reject, Rule, RuleSet, rule
+from bitpress.compiler.recipe import RecipeError
 from bitpress.compiler.rewrite import rewrite
 from bitpress.compiler.target import LoweringError
 from bitpress.compiler.torch_pattern import rule_from_torch
-from bitpress.passes.recipe import RecipeError
 
 __version__ = "0.1.0"
 

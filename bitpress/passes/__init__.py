@@ -15,7 +15,7 @@ __all__ = ["canonicalize_pipeline"]
 
 def _load_subpackages() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "recipe":
+        if info.name.startswith("_"):
             continue
         mod = importlib.import_module(f"{__name__}.{info.name}")
         for name in getattr(mod, "__all__", []):

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import bitpress as bp
+from bitpress.api import ArtifactError
 from bitpress.backends.onnx import backend as onnx_backend
-from bitpress.compiler.api import ArtifactError
 from bitpress.compiler.interpreter import run
 
 

@@ -127,7 +127,7 @@ def test_unknown_target() -> None:
 def test_missing_lowering_names_op_node_and_targets() -> None:
     from bitpress.compiler.target import LoweringError, legalize_check, register_backend
 
-    register_backend(["tiny-test"], "tests.compiler.test_api:_TinyBackend")
+    register_backend(["tiny-test"], "tests.test_api:_TinyBackend")
     g = bp.compile(mlp(), (torch.randn(3, 8),)).graph
     with pytest.raises(LoweringError, match=r"target tiny-test cannot lower: op 'relu' at 1.relu; targets with a lowering: .*torch"):
         legalize_check(g, "tiny-test")
@@ -141,7 +141,7 @@ class _TinyBackend:
 
 
 def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
-    from bitpress.passes.recipe import load_recipe
+    from bitpress.compiler.recipe import load_recipe
 
     assert [p.name for p in load_recipe({"passes": ["fold-batch-norm", {"dce": {}}]})] == ["fold-batch-norm", "dce"]
     with pytest.raises(bp.RecipeError, match=r"passes\[1\]: unknown pass 'quantise'"):

@@ -1,4 +1,7 @@
-"""compile(), CompiledModel, save/load of artifacts.
+"""The composition root: compile(), CompiledModel, save/load of artifacts.
+
+The one module (with cli.py) that may import every layer: the core (compiler/),
+the passes and the backends.
 
 Example:
     >>> import torch, bitpress as bp
@@ -22,12 +25,15 @@ from typing import Any
 
 import torch
 
+import bitpress.backends  # noqa: F401  (registers every target)
 from bitpress.compiler.interpreter import check_inputs
 from bitpress.compiler.ir import Graph, IRError
 from bitpress.compiler.pass_manager import CompileError, Pass, PassContext, Pipeline
+from bitpress.compiler.recipe import load_recipe
 from bitpress.compiler.report import Report
 from bitpress.compiler.serialize import graph_from_json, save_graph
 from bitpress.compiler.target import BuildOptions, Executable, get_backend, legalize_check, resolve_target
+from bitpress.passes import canonicalize_pipeline  # importing bitpress.passes registers every pass and its ops
 
 __all__ = ["ArtifactError", "CompiledModel", "compile", "load"]
 
@@ -124,14 +130,8 @@ def load(directory: str | os.PathLike[str]) -> CompiledModel:
     except (IRError, KeyError, ValueError) as e:
         raise ArtifactError(f"{d}: cannot read the graph: {e}") from None
     target = manifest["target"]
-    _ensure_registered()
     exe = get_backend(target).load(d, g, target)
     return CompiledModel(g, exe, report, target)
-
-
-def _ensure_registered() -> None:
-    import bitpress.backends
-    import bitpress.passes  # noqa: F401  (registers passes and their ops)
 
 
 def _import_model(model: Any, example_inputs: Sequence[Any]) -> Graph:
@@ -186,10 +186,6 @@ def compile(
     Returns:
         A callable CompiledModel with `.report`, `.graph`, `.save()`.
     """
-    _ensure_registered()
-    from bitpress.passes import canonicalize_pipeline
-    from bitpress.passes.recipe import load_recipe
-
     t0 = time.perf_counter()
     target = resolve_target(target)
     if quiet is None:

@@ -67,6 +67,7 @@ def load_recipe(recipe: str | os.PathLike[str] | dict[str, Any] | list[Any]) -> 
     index = _index()
     out: list[Pass] = []
     for i, item in enumerate(items):
+        opts: Any
         if isinstance(item, str):
             key, opts = item, {}
         elif isinstance(item, dict) and len(item) == 1:
