@@ -247,14 +247,29 @@ def _requant(ctx: OnnxLowerContext, node: Node, acc: str, bias: str | None, chan
     return ctx.add_node("Cast", [q], to=onnx.TensorProto.UINT8 if off else onnx.TensorProto.INT8)
 
 
+# Weights travel as uint8 w + 128 with zero point 128 (the integers w are the same), so
+# onnxruntime runs its u8 x u8 kernels.  Its u8 x s8 kernels on hosts without VNNI (AVX2,
+# AVX-512BW) use vpmaddubsw, which adds two u8 x s8 products in a saturating int16: with
+# activations near 255 and weights near +-127 the sum leaves int16 and the result is no
+# longer the reference's.  The u8 x u8 kernels widen to int16 first (vpmaddwd): exact on
+# every x86 host, so one ONNX artifact is bit-exact wherever it is loaded.
+def _weight_u8(w: torch.Tensor) -> torch.Tensor:
+    return (w.to(torch.int16) + 128).to(torch.uint8)
+
+
+def _weight_zp(ctx: OnnxLowerContext) -> str:
+    return ctx.add_initializer(np.array(128, dtype=np.uint8), "w_zero_point_u8")
+
+
 @register_onnx_lowering("qlinear_w8a8")
 def lower_qlinear_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """y = requant(sum_k (x - xzp) w + b)   MatMulInteger + int64 requantization"""
     wv = node.inputs[1]
     assert wv is not None
-    wt = ctx.add_initializer(wv.value.t().contiguous(), f"{node.name}.wT")
-    xzp = _zp(ctx, int(node.attrs["x_zero_point"]), _offset_u8(node.inputs[0]), "x_zero_point")
-    acc = ctx.add_node("MatMulInteger", [str(inputs[0]), wt, xzp])[0]
+    wt = ctx.add_initializer(_weight_u8(wv.value.t().contiguous()), f"{node.name}.wT_u8")
+    xu = _as_u8(ctx, str(inputs[0]), node.inputs[0])
+    xzp = _zp(ctx, int(node.attrs["x_zero_point"]), True, "x_zero_point")
+    acc = ctx.add_node("MatMulInteger", [xu, wt, xzp, _weight_zp(ctx)])[0]
     return _requant(ctx, node, acc, inputs[4] if len(inputs) > 4 else None, [-1])
 
 
@@ -264,5 +279,8 @@ def lower_qconv2d_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list
     # ConvInteger takes uint8 activations: x + 128 with zero point xzp + 128 is the same integer x - xzp
     xu = _as_u8(ctx, str(inputs[0]), node.inputs[0])
     xzp = ctx.add_initializer(np.array(int(node.attrs["x_zero_point"]) + 128, dtype=np.uint8), "x_zero_point_u8")
-    acc = ctx.add_node("ConvInteger", [xu, str(inputs[1]), xzp], **_conv_attrs(node))[0]
+    wv = node.inputs[1]
+    assert wv is not None
+    wu = ctx.add_initializer(_weight_u8(wv.value), f"{node.name}.w_u8")
+    acc = ctx.add_node("ConvInteger", [xu, wu, xzp, _weight_zp(ctx)], **_conv_attrs(node))[0]
     return _requant(ctx, node, acc, inputs[4] if len(inputs) > 4 else None, [1, -1, 1, 1])
