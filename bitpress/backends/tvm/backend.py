@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from bitpress.backends.tvm.isa import CpuIsa, check_runnable, host_target_spec, required_features
 from bitpress.backends.tvm.lowering import (
     LowerContext,
     ParamRef,
@@ -44,14 +45,20 @@ def make_target(target: str, options: dict[str, Any] | None = None) -> Any:
 
     options = options or {}
     if target == "llvm":
-        from tvm.target import codegen
-
-        spec: dict[str, Any] = {
-            "kind": "llvm",
-            "mcpu": options.get("mcpu") or codegen.llvm_get_system_cpu(),
-            "num-cores": _num_cores(options),
-        }
-        return tvm.target.Target(spec)
+        spec: dict[str, Any] = {"kind": "llvm", "num-cores": _num_cores(options)}
+        if options.get("mcpu") or options.get("mtriple"):
+            # another CPU than this host's: exactly what the user named
+            for key in ("mcpu", "mtriple", "mattr"):
+                if options.get(key):
+                    spec[key] = options[key] if key != "mattr" else _mattr(options[key])
+        else:
+            spec.update(host_target_spec())
+            if options.get("mattr"):
+                spec["mattr"] = [*spec.get("mattr", []), *_mattr(options["mattr"])]
+        try:
+            return tvm.target.Target(spec)
+        except Exception as e:
+            raise ValueError(f"TVM backend: bad llvm target {spec}: {str(e).strip().splitlines()[-1]}") from None
     if target == "cuda":
         arch = options.get("arch") or _cuda_arch()
         # MetaSchedule's thread binding needs the per-block limits, which a bare {"kind", "arch"}
@@ -59,6 +66,12 @@ def make_target(target: str, options: dict[str, Any] | None = None) -> Any:
         spec = {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32}
         return tvm.target.Target(spec, host={"kind": "llvm"})
     raise ValueError(f"TVM backend: unknown target {target!r} (use 'llvm' or 'cuda')")
+
+
+def _mattr(v: Any) -> list[str]:
+    """-mattr as a list: "+avx2,-avx512f" or ["+avx2", "-avx512f"]."""
+    items = v.split(",") if isinstance(v, str) else list(v)
+    return [str(i).strip() for i in items if str(i).strip()]
 
 
 def _num_cores(options: dict[str, Any]) -> int:
@@ -85,12 +98,15 @@ class Lowered:
     out_dtypes: list[str]
 
 
-def lower_graph(g: Graph, target: str) -> Lowered:
-    """bitpress Graph -> Relax IRModule: `main(*inputs, *params)` returning a tuple of outputs."""
+def lower_graph(g: Graph, target: str, isa: CpuIsa | None = None) -> Lowered:
+    """bitpress Graph -> Relax IRModule: `main(*inputs, *params)` returning a tuple of outputs.
+
+    `isa` (llvm) picks the CPU kernels' data layouts (e.g. the int8 dot micro-kernel).
+    """
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    ctx = LowerContext(bb=bb, target=target, graph=g)
+    ctx = LowerContext(bb=bb, target=target, graph=g, isa=isa)
     env: dict[int, Any] = {}
     inputs = []
     for i, v in enumerate(g.inputs):
@@ -134,6 +150,12 @@ def lower_graph(g: Graph, target: str) -> Lowered:
         bb.emit_func_output(out, params=inputs + params)
     mod = bb.get()
     return Lowered(mod, ctx, [o.dtype for o in g.outputs])
+
+
+def _host_triple() -> str:
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_triple())
 
 
 def _check_type(node: str, op: str, o: Value, e: Any) -> None:
@@ -201,8 +223,15 @@ def build_module(g: Graph, target: str, options: BuildOptions) -> tuple[Any, Low
     extra = dict(options.extra)
     tgt = make_target(target, extra)
     info["tvm_target"] = str(tgt)
+    isa = None
+    if target == "llvm":
+        isa = CpuIsa.of(tgt)
+        info["cpu"] = isa.describe()
+        info["mcpu"] = isa.mcpu
+        info["target_triple"] = str(tgt.attrs.get("mtriple", "") or "") or _host_triple()
+        info["cpu_features"] = ",".join(required_features(tgt))
     t0 = time.perf_counter()
-    low = lower_graph(g, target)
+    low = lower_graph(g, target, isa)
     mod = _legalize(low.mod, tgt)
     info["lower_seconds"] = round(time.perf_counter() - t0, 3)
     if options.tune > 0:
@@ -250,6 +279,8 @@ class TvmExecutable:
         import tvm
         from tvm import relax
 
+        if self.target == "llvm" and self.info.get("cpu_features"):
+            check_runnable(str(self.info["cpu_features"]).split(","), what="this llvm build", mcpu=str(self.info.get("mcpu", "")))
         self._dev = tvm.cpu(0) if self.target == "llvm" else tvm.cuda(0)
         if not self._dev.exist:
             raise RuntimeError(f"target {self.target}: no {self.target} device on this machine to run the compiled model")
@@ -341,8 +372,11 @@ class TvmBackend:
         if missing:
             raise ValueError(f"{directory}: artifact lacks parameters {missing[:5]}")
         tensors = [r.resolve(g.store, derived) for r in refs]
-        lib = tvm.runtime.load_module(str(directory / LIB_FILE))
         info = dict(meta.get("info", {}))
+        if target == "llvm" and info.get("cpu_features"):
+            # before loading the library: its static initializers may already use the features
+            check_runnable(str(info["cpu_features"]).split(","), what=f"artifact {directory}", mcpu=str(info.get("mcpu", "")))
+        lib = tvm.runtime.load_module(str(directory / LIB_FILE))
         info["loaded_from"] = str(directory)
         return TvmExecutable(target, lib, refs, tensors, list(meta["out_dtypes"]), derived, info)
 

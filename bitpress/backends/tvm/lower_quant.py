@@ -24,15 +24,15 @@ CUDA: the GEMM form with the decode inlined, one thread per output.
 W8A8: `quantize_act` / `dequantize_act` are elementwise kernels with the reference's float32
 arithmetic and round-half-even (`nearbyint`); `qlinear_w8a8` and `qconv2d_w8a8` accumulate
 int8 x int8 in int32 and requantize with the int64 fixed-point multiply and arithmetic
-shift of the reference, so they are bit-exact.  On llvm the accumulation is AVX512-VNNI
-`vpdpbusd` on u = x + 128 with an exact per-channel correction (see _vnni_weight); convs
-run as a channels-last im2col + that GEMM.  `qconv2d` (weight-only) decodes its packed
+shift of the reference, so they are bit-exact.  On llvm the accumulation runs on u = x + 128
+with an exact per-channel correction, in the target's int8 micro-kernel (vpdpbusd with VNNI,
+exact vpmaddwd on AVX2/AVX-512BW; bitpress.schedules.cpu_int8); convs run as a channels-last
+im2col + that GEMM.  `qconv2d` (weight-only) decodes its packed
 kernel per call into a float buffer and runs a float conv.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -43,6 +43,7 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits
 from bitpress.passes.quantize.ops import unpack_codes
+from bitpress.schedules.cpu_int8 import int8_acc, int8_gemm_schedule, int8_weight
 from bitpress.schedules.default import _extent, _root_blocks
 
 Args = list[Any]
@@ -537,170 +538,17 @@ def _requant(acc: Any, mult: Any, shift: Any, ch: Any, yzp: int) -> Any:
     return tirx.max(tirx.min(v, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
 
-# int8 x int8 -> int32 on x86: vpdpbusd (AVX512-VNNI) multiplies 4 unsigned x 4 signed bytes
-# and adds the 4 products into each int32 lane.  Activations are shifted to unsigned
-# (u = x + 128) and the shift is taken back exactly with a per-channel constant:
-#     sum_k (x - xzp) w = sum_k u w - (128 + xzp) sum_k w
-# Weights are laid out [N / 16, K / 4, 16, 4] (K and N zero-padded): one 64-byte load is the
-# 16 x 4 operand of one instruction.
-VNNI_LANES = 16
+# int8 x int8 -> int32 on CPUs: the weight layout, the micro-kernel (vpdpbusd, vpmaddwd or
+# plain loops) and the register tile follow the target's ISA: bitpress.schedules.cpu_int8.
 
 
-def _vnni_weight(w: torch.Tensor, xzp: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """(w [Np / 16, Kp / 4, 16, 4] int8, corr [Np] int32 = (128 + xzp) * sum_k w, Kp, Np) for w [N, K]."""
-    n, k = w.shape
-    kp, np_ = -(-k // 4) * 4, -(-n // VNNI_LANES) * VNNI_LANES
-    wp = torch.zeros(np_, kp, dtype=torch.int8)
-    wp[:n, :k] = w
-    corr = (128 + xzp) * wp.to(torch.int32).sum(1)
-    return wp.reshape(np_ // VNNI_LANES, VNNI_LANES, kp // 4, 4).permute(0, 2, 1, 3).contiguous(), corr.to(torch.int32), kp, np_
+def _int8_kernel(ctx: LowerContext) -> tuple[Any, int]:
+    """(Int8Kernel, vector registers) of the llvm target being built for."""
+    from bitpress.backends.tvm.isa import INT8_KERNELS
 
-
-def _vnni_acc(xu: Any, wp: Any, m: int, kp: int, np_: int) -> Any:
-    r = te.reduce_axis((0, kp), name="k")
-    return te.compute(
-        (m, np_),
-        lambda i, j: te.sum(
-            xu[i, r].astype("int32") * wp[j // VNNI_LANES, r // 4, j % VNNI_LANES, r % 4].astype("int32"),
-            axis=r,
-        ),
-        name="acc",
-    )
-
-
-_VNNI_INTRIN = "bitpress_dot_16x4_vnni"
-
-
-def _vnni_intrin() -> str:
-    """TVM's x86 VNNI tensor intrinsic (u8 x i8 -> i32, 16 lanes x 4), with the operand types of LLVM >= 20's vpdpbusd.
-
-    TVM 0.27 ships `dot_16x4_vnni` calling llvm.x86.avx512.vpdpbusd.512 with int32x16
-    operands; the LLVM inside the wheel (22) declares them <64 x i8> and rejects the call.
-    """
-    from tvm.s_tir import TensorIntrin
-
-    from bitpress.schedules.tuning import fast_tvmscript
-
-    try:
-        TensorIntrin.get(_VNNI_INTRIN)
-        return _VNNI_INTRIN
-    except Exception:
-        pass
-    from tvm.script import tirx as T
-
-    # (importing tvm.s_tir.tensor_intrin.x86 for its description would parse every
-    # intrinsic of every target: seconds of build time)
-    with fast_tvmscript():
-
-        @T.prim_func(s_tir=True)
-        def desc(
-            a: T.Buffer((4,), "uint8", offset_factor=1),
-            b: T.Buffer((16, 4), "int8", offset_factor=1),
-            c: T.Buffer((16,), "int32", offset_factor=1),
-        ) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-                T.writes(c[0:16])
-                for i, k in T.grid(16, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-        @T.prim_func(s_tir=True)
-        def impl(
-            a: T.Buffer((4,), "uint8", offset_factor=1),
-            b: T.Buffer((16, 4), "int8", offset_factor=1),
-            c: T.Buffer((16,), "int32", offset_factor=1),
-        ) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-                T.writes(c[0:16])
-                a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                    c.vload([0], dtype="int32x16"),
-                    T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64"),
-                    b.vload([0, 0], dtype="int8x64"),
-                    dtype="int32x16",
-                )
-
-    TensorIntrin.register(_VNNI_INTRIN, desc, impl)
-    return _VNNI_INTRIN
-
-
-def _cpu_vnni_schedule(conv_width: int = 1, conv_channels: int = 1) -> Any:
-    """parallel(n strips x row tiles) . k/4 . unroll(mi, nv) . vpdpbusd(16 lanes x 4 bytes)
-
-    Register tile mi rows x nv*16 columns of int32 accumulators; each step loads nv 64-byte
-    weight vectors and broadcasts 4 activation bytes per row.
-    """
-
-    def schedule(sch: Any, target: Any) -> None:
-        from tvm.target import codegen
-
-        # operand rows in parallel; the row index arithmetic (im2col) stays outside the k loop
-        if _has_block(sch, "xpad"):
-            xp = sch.get_sblock("xpad")
-            lp = sch.get_loops(xp)
-            sch.parallel(sch.fuse(lp[0], lp[1]))
-        for name in [n for n in ("xu", "patches") if _has_block(sch, n)]:
-            rows, cols = sch.get_loops(sch.get_sblock(name))
-            if name == "patches" and conv_width > 1:
-                # rows = (image, output row) x output column: the simplifier then drops the
-                # row's divisions, leaving only constant-divisor ones for (channel, ky, kx)
-                rows, _ = sch.split(rows, factors=[None, conv_width])
-            sch.parallel(rows)
-            if name == "xu":
-                sch.vectorize(cols)
-            elif conv_channels > 1:
-                _, ci = sch.split(cols, factors=[None, conv_channels])
-                sch.vectorize(ci)
-        acc = sch.get_sblock("acc")
-        i, j, r = sch.get_loops(acc)
-        m, np_ = _extent(sch, i), _extent(sch, j)
-        nv = next(v for v in (4, 2, 1) if (np_ // VNNI_LANES) % v == 0)
-        mi = next(f for f in (8, 6, 4, 3, 2, 1) if m % f == 0 and f * nv <= 24)
-        jo, jv, ji = sch.split(j, factors=[None, nv, VNNI_LANES])
-        io, ii = sch.split(i, factors=[None, mi])
-        ro, ri = sch.split(r, factors=[None, 4])
-        sch.reorder(jo, io, ro, ii, jv, ji, ri)
-        tile = sch.cache_write(acc, 0, "global")
-        outer = sch.fuse(jo, io)
-        sch.parallel(outer)
-        sch.reverse_compute_at(tile, outer, preserve_unit_loops=True)
-        init = sch.decompose_reduction(acc, ro)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.unroll(ii)
-        sch.unroll(jv)
-        if codegen.target_has_features("avx512vnni", target):
-            sch.tensorize(ji, _vnni_intrin())
-        else:  # same layout, plain widening multiply-adds
-            sch.vectorize(ji)
-            sch.unroll(ri)
-        sch.vectorize(sch.get_loops(tile)[-1])
-        # requantize and whatever elementwise epilogue FuseOps appended (dequantize, relu, add,
-        # the next quantize): one pass over the output, parallel rows, vectorized last axis
-        blocks = _root_blocks(sch)
-        names = [sch.get(b).name_hint for b in blocks]
-        for b in blocks[names.index("requant") + 1 :]:
-            with contextlib.suppress(Exception):
-                sch.reverse_compute_inline(b)
-        for b in _root_blocks(sch)[names.index("requant") :]:
-            loops = sch.get_loops(b)
-            if not loops:
-                continue
-            if len(loops) == 4:  # conv output (n, c, y, x): channels innermost, read acc rows contiguously
-                nl, cl, yl, xl = loops
-                sch.reorder(nl, yl, xl, cl)
-                loops = [nl, yl, xl, cl]
-            fused = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-            if len(loops) > 1:
-                sch.parallel(fused)
-                sch.vectorize(loops[-1])
-            else:
-                sch.parallel(fused)
-
-    return schedule
+    if ctx.isa is None:  # lowered without a target (tests of the lowering alone)
+        return INT8_KERNELS["generic"], 16
+    return ctx.isa.int8, ctx.isa.vector_registers
 
 
 @register_lowering("qlinear_w8a8")
@@ -714,7 +562,8 @@ def _qlinear_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     x2, shp, m = _flatten_in(ctx, x, k)
     xzp, yzp = int(node.attrs["x_zero_point"]), int(node.attrs["out_zero_point"])
     if ctx.target == "llvm":
-        wp, corr, kp, np_ = _vnni_weight(w, xzp)
+        kernel, regs = _int8_kernel(ctx)
+        wp, corr, kp, np_ = int8_weight(w, xzp, kernel.lanes, kernel.k)
 
         def vfn(xx: Any, ww: Any, cc: Any, mm: Any, ss: Any, *rest: Any) -> Any:
             xu = te.compute(
@@ -724,7 +573,7 @@ def _qlinear_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
                 ),
                 name="xu",
             )
-            acc = _vnni_acc(xu, ww, m, kp, np_)
+            acc = int8_acc(xu, ww, m, kp, np_, kernel.lanes, kernel.k)
 
             def body(i: Any, j: Any) -> Any:
                 v = acc[i, j] - cc[j]
@@ -732,9 +581,9 @@ def _qlinear_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
 
             return te.compute((m, n), body, name="requant")
 
-        ins = [x2, ctx.const(wp, f"{node.name}.w_vnni"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
+        ins = [x2, ctx.const(wp, f"{node.name}.w_{kernel.name}"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
         ins += [b] if b is not None else []
-        ctx.schedule_hint("qlinear_w8a8", schedule=_cpu_vnni_schedule())
+        ctx.schedule_hint("qlinear_w8a8", schedule=int8_gemm_schedule(kernel, regs))
         y = ctx.emit_te(vfn, *ins, primfunc_name_hint="qlinear_w8a8")
     else:
         wt = ctx.const(w.t().contiguous(), f"{node.name}.w_t")  # [K, N] int8: n contiguous
@@ -764,7 +613,7 @@ def _qconv2d_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     xzp, yzp = int(a["x_zero_point"]), int(a["out_zero_point"])
     wv = ctx.value(node.inputs[1])
     if ctx.target == "llvm" and wv is not None and int(a.get("groups", 1)) == 1:
-        return _qconv2d_w8a8_vnni(ctx, node, x, wv, mult, shift, b, xzp, yzp)
+        return _qconv2d_w8a8_cpu(ctx, node, x, wv, mult, shift, b, xzp, yzp)
     xs = ctx.emit_te(
         lambda t: te.compute(t.shape, lambda *i: t(*i).astype("int32") - xzp, name="shift_in"), x, primfunc_name_hint="qconv_shift"
     )
@@ -790,9 +639,9 @@ def _qconv2d_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     return ctx.emit_te(req, *ins, primfunc_name_hint="qconv_requant")
 
 
-def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mult: Any, shift: Any, b: Any, xzp: int, yzp: int) -> Any:
+def _qconv2d_w8a8_cpu(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mult: Any, shift: Any, b: Any, xzp: int, yzp: int) -> Any:
     """u = x + 128, padded with xzp + 128 (zero in the shifted domain), channels last ->
-    im2col with columns (ky, kx, c) (c contiguous: vector copies) -> VNNI GEMM -> requant to NCHW."""
+    im2col with columns (ky, kx, c) (c contiguous: vector copies) -> int8 GEMM -> requant to NCHW."""
     a = node.attrs
     (sh, sw), (ph, pw), (dh, dw) = _pair(a.get("stride", 1)), _pair(a.get("padding", 0)), _pair(a.get("dilation", 1))
     bn, c, h, wd = ctx.shape(x)
@@ -802,7 +651,8 @@ def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, m
     k = c * kh * kw
     m = bn * oh * ow
     # the GEMM's K order is (ky, kx, c): permute the kernel to match
-    wp, corr, kp, np_ = _vnni_weight(w.permute(0, 2, 3, 1).reshape(o, k), xzp)
+    kernel, regs = _int8_kernel(ctx)
+    wp, corr, kp, np_ = int8_weight(w.permute(0, 2, 3, 1).reshape(o, k), xzp, kernel.lanes, kernel.k)
     pad_u = xzp + 128
     hp, wpd = h + 2 * ph, wd + 2 * pw
 
@@ -823,7 +673,7 @@ def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, m
             return tirx.if_then_else(kk < k, v, tirx.const(0, "uint8"))
 
         xu = te.compute((m, kp), patch, name="patches")
-        acc = _vnni_acc(xu, ww, m, kp, np_)
+        acc = int8_acc(xu, ww, m, kp, np_, kernel.lanes, kernel.k)
 
         def body(i: Any, co: Any, y: Any, xw: Any) -> Any:
             row = (i * oh + y) * ow + xw
@@ -832,12 +682,12 @@ def _qconv2d_w8a8_vnni(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, m
 
         return te.compute((bn, o, oh, ow), body, name="requant")
 
-    ins = [x, ctx.const(wp, f"{node.name}.w_vnni"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
+    ins = [x, ctx.const(wp, f"{node.name}.w_{kernel.name}"), ctx.const(corr, f"{node.name}.w_corr"), mult, shift]
     ins += [b] if b is not None else []
     # the im2col copies c contiguous bytes per tap when the columns are not padded
     vec_c = c if kp == k and c >= 4 else 1
     name = f"qconv2d_w8a8_{ow}_{vec_c}"
-    ctx.schedule_hint(name, schedule=_cpu_vnni_schedule(ow, vec_c))
+    ctx.schedule_hint(name, schedule=int8_gemm_schedule(kernel, regs, ow, vec_c))
     return ctx.emit_te(fn, *ins, primfunc_name_hint=name)
 
 

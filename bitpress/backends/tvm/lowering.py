@@ -136,6 +136,7 @@ class LowerContext:
         params: the VM parameters in order, as (relax.Var, ParamRef).
         derived: tensors made at build time (re-laid-out weights), by ParamRef key.
         hints: schedule hints per PrimFunc name hint (read by bitpress.schedules).
+        isa: on llvm, the target CPU's `CpuIsa` (vector width, registers, int8 dot kernel).
     """
 
     bb: Any
@@ -144,6 +145,7 @@ class LowerContext:
     params: list[tuple[Any, ParamRef]] = field(default_factory=list)
     derived: dict[str, torch.Tensor] = field(default_factory=dict)
     hints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    isa: Any = None  # bitpress.backends.tvm.isa.CpuIsa on llvm: picks CPU kernel layouts
     _store_vars: dict[tuple[str, str], Any] = field(default_factory=dict)
     _counter: int = 0
 

@@ -1,0 +1,233 @@
+"""int8 x int8 -> int32 GEMM on CPUs: weight layout, accumulation, micro-kernels and schedule.
+
+The W8A8 lowerings (qlinear_w8a8, qconv2d_w8a8) build one accumulation
+
+    acc[i, j] = sum_r u[i, r] * W[j, r]        u = x + 128 (uint8), W int8
+
+from activations shifted to unsigned; the shift is taken back exactly with a per-channel
+constant, sum_k (x - xzp) w = sum_k u w - (128 + xzp) sum_k w.  The weight is laid out for
+the target's micro-kernel (`bitpress.backends.tvm.isa.Int8Kernel`):
+
+    W[Np / lanes, Kp / k, lanes, k]      (K and N zero-padded)
+
+so one vector load is the `lanes x k` operand of one instruction, and the schedule
+tensorizes the (lanes, k) inner loops into it:
+
+- vnni-512 / vnni-256: vpdpbusd multiplies 4 unsigned x 4 signed bytes and adds the 4
+  products into each int32 lane (exact);
+- pmaddwd-512 / pmaddwd-256: the weight bytes are sign-extended to int16 (vpmovsxbw), the two
+  activation bytes of a lane zero-extended and broadcast, and vpmaddwd adds 2 int16 products
+  into each int32 lane (exact: |u w| <= 255 * 128, two of them fit an int32);
+- generic: the same loops, left to LLVM's vectorizer.
+
+Register tile: mi rows x nv vectors of int32 accumulators, sized from the target's number of
+vector registers (32 on AVX-512, 16 on AVX2) so the tile, the nv weight vectors and the
+broadcast operand stay in registers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from bitpress.schedules.default import _extent, _root_blocks
+
+__all__ = ["int8_acc", "int8_gemm_schedule", "int8_weight", "register_tile"]
+
+
+def int8_weight(w: torch.Tensor, xzp: int, lanes: int, k: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(W [Np / lanes, Kp / k, lanes, k] int8, corr [Np] int32 = (128 + xzp) sum_k w, Kp, Np) for w [N, K]."""
+    n, kk = w.shape
+    kp, np_ = -(-kk // k) * k, -(-n // lanes) * lanes
+    wp = torch.zeros(np_, kp, dtype=torch.int8)
+    wp[:n, :kk] = w
+    corr = (128 + xzp) * wp.to(torch.int32).sum(1)
+    return wp.reshape(np_ // lanes, lanes, kp // k, k).permute(0, 2, 1, 3).contiguous(), corr.to(torch.int32), kp, np_
+
+
+def int8_acc(xu: Any, wp: Any, m: Any, kp: int, np_: int, lanes: int, k: int) -> Any:
+    """acc[i, j] = sum_r int32(xu[i, r]) * int32(W[j, r]) over the packed weight."""
+    from tvm import te
+
+    r = te.reduce_axis((0, kp), name="k")
+    return te.compute(
+        (m, np_),
+        lambda i, j: te.sum(xu[i, r].astype("int32") * wp[j // lanes, r // k, j % lanes, r % k].astype("int32"), axis=r),
+        name="acc",
+    )
+
+
+def _intrin(kernel: Any) -> str | None:
+    """Register (once) and name the TensorIntrin of `kernel` (None: plain loops)."""
+    if kernel.intrinsic is None:
+        return None
+    from tvm.s_tir import TensorIntrin
+
+    from bitpress.schedules.tuning import fast_tvmscript
+
+    name = f"bitpress_int8_{kernel.name.replace('-', '_')}"
+    try:
+        TensorIntrin.get(name)
+        return name
+    except Exception:
+        pass
+    from tvm.script import tirx as T
+
+    lanes, k, llvm = kernel.lanes, kernel.k, kernel.intrinsic
+    # (importing tvm.s_tir.tensor_intrin.x86 for its descriptions would parse every intrinsic
+    # of every target: seconds of build time; TVM 0.27's dot_16x4_vnni also declares the
+    # operands int32x16 where LLVM >= 20's vpdpbusd takes <64 x i8>)
+    with fast_tvmscript():
+
+        @T.prim_func(s_tir=True)
+        def desc(
+            a: T.Buffer((k,), "uint8", offset_factor=1),
+            b: T.Buffer((lanes, k), "int8", offset_factor=1),
+            c: T.Buffer((lanes,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:k], b[0:lanes, 0:k])
+                T.writes(c[0:lanes])
+                for i, kk in T.grid(lanes, k):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, kk])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+        if k == 4:  # vpdpbusd: 4 activation bytes broadcast as one int32, 64 or 32 weight bytes
+
+            @T.prim_func(s_tir=True)
+            def impl(
+                a: T.Buffer((k,), "uint8", offset_factor=1),
+                b: T.Buffer((lanes, k), "int8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1),
+            ) -> None:
+                with T.sblock("root"):
+                    T.reads(c[0:lanes], a[0:k], b[0:lanes, 0:k])
+                    T.writes(c[0:lanes])
+                    a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+                    c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm),
+                        c.vload([0], dtype=f"int32x{lanes}"),
+                        T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"int8x{lanes * 4}"),
+                        b.vload([0, 0], dtype=f"int8x{lanes * 4}"),
+                        dtype=f"int32x{lanes}",
+                    )
+
+        else:  # vpmaddwd: 2 activation bytes zero-extended to an int16 pair, weights sign-extended
+
+            @T.prim_func(s_tir=True)
+            def impl(
+                a: T.Buffer((k,), "uint8", offset_factor=1),
+                b: T.Buffer((lanes, k), "int8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1),
+            ) -> None:
+                with T.sblock("root"):
+                    T.reads(c[0:lanes], a[0:k], b[0:lanes, 0:k])
+                    T.writes(c[0:lanes])
+                    a_pair = T.reinterpret(T.Cast("int16x2", a.vload([0], "uint8x2")), dtype="int32")
+                    c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm),
+                        T.reinterpret(T.broadcast(a_pair, lanes), dtype=f"int16x{lanes * 2}"),
+                        T.Cast(f"int16x{lanes * 2}", b.vload([0, 0], dtype=f"int8x{lanes * 2}")),
+                        dtype=f"int32x{lanes}",
+                    )
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def register_tile(m: int | None, vectors: int, registers: int) -> tuple[int, int]:
+    """(mi rows, nv vectors) of int32 accumulators: mi * nv + nv + 2 <= registers, nv | vectors."""
+    budget = registers - 4
+    best = (1, 1)
+    for nv in (4, 3, 2, 1):
+        if vectors % nv:
+            continue
+        for mi in (8, 6, 4, 3, 2, 1):
+            if mi * nv + nv > budget or (m is not None and m % mi):
+                continue
+            if mi * nv > best[0] * best[1]:
+                best = (mi, nv)
+            break
+    return best
+
+
+def int8_gemm_schedule(kernel: Any, registers: int, conv_width: int = 1, conv_channels: int = 1) -> Any:
+    """parallel(n strips x row tiles) . k / kernel.k . unroll(mi, nv) . micro-kernel(lanes x k)
+
+    Register tile mi rows x nv * lanes columns of int32 accumulators; each step loads nv
+    weight vectors and broadcasts kernel.k activation bytes per row.
+    """
+    lanes, kb = kernel.lanes, kernel.k
+
+    def schedule(sch: Any, target: Any) -> None:
+        # operand rows in parallel; the row index arithmetic (im2col) stays outside the k loop
+        if _has_block(sch, "xpad"):
+            xp = sch.get_sblock("xpad")
+            lp = sch.get_loops(xp)
+            sch.parallel(sch.fuse(lp[0], lp[1]))
+        for name in [n for n in ("xu", "patches") if _has_block(sch, n)]:
+            rows, cols = sch.get_loops(sch.get_sblock(name))
+            if name == "patches" and conv_width > 1:
+                # rows = (image, output row) x output column: the simplifier then drops the
+                # row's divisions, leaving only constant-divisor ones for (channel, ky, kx)
+                rows, _ = sch.split(rows, factors=[None, conv_width])
+            sch.parallel(rows)
+            if name == "xu":
+                sch.vectorize(cols)
+            elif conv_channels > 1:
+                _, ci = sch.split(cols, factors=[None, conv_channels])
+                sch.vectorize(ci)
+        acc = sch.get_sblock("acc")
+        i, j, r = sch.get_loops(acc)
+        m, np_ = _extent(sch, i), _extent(sch, j)
+        assert np_ is not None
+        mi, nv = register_tile(m, np_ // lanes, registers)
+        jo, jv, ji = sch.split(j, factors=[None, nv, lanes])
+        io, ii = sch.split(i, factors=[None, mi])
+        ro, ri = sch.split(r, factors=[None, kb])
+        sch.reorder(jo, io, ro, ii, jv, ji, ri)
+        tile = sch.cache_write(acc, 0, "global")
+        outer = sch.fuse(jo, io)
+        sch.parallel(outer)
+        sch.reverse_compute_at(tile, outer, preserve_unit_loops=True)
+        init = sch.decompose_reduction(acc, ro)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.unroll(ii)
+        sch.unroll(jv)
+        intrin = _intrin(kernel)
+        if intrin is not None:
+            sch.tensorize(ji, intrin)
+        else:  # plain widening multiply-adds over (lanes, k): unrolled, LLVM's SLP vectorizer
+            sch.unroll(ji)
+            sch.unroll(ri)
+        sch.vectorize(sch.get_loops(tile)[-1])
+        # requantize and whatever elementwise epilogue FuseOps appended (dequantize, relu, add,
+        # the next quantize): one pass over the output, parallel rows, vectorized last axis
+        blocks = _root_blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
+        for b in blocks[names.index("requant") + 1 :]:
+            with contextlib.suppress(Exception):
+                sch.reverse_compute_inline(b)
+        for b in _root_blocks(sch)[names.index("requant") :]:
+            loops = sch.get_loops(b)
+            if not loops:
+                continue
+            if len(loops) == 4:  # conv output (n, c, y, x): channels innermost, read acc rows contiguously
+                nl, cl, yl, xl = loops
+                sch.reorder(nl, yl, xl, cl)
+                loops = [nl, yl, xl, cl]
+            fused = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+            if len(loops) > 1:
+                sch.parallel(fused)
+                sch.vectorize(loops[-1])
+            else:
+                sch.parallel(fused)
+
+    return schedule
+
+
+def _has_block(sch: Any, name: str) -> bool:
+    return any(sch.get(b).name_hint == name for b in _root_blocks(sch))
