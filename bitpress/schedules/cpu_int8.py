@@ -6,7 +6,7 @@ The W8A8 lowerings (qlinear_w8a8, qconv2d_w8a8) build one accumulation
 
 from activations shifted to unsigned; the shift is taken back exactly with a per-channel
 constant, sum_k (x - xzp) w = sum_k u w - (128 + xzp) sum_k w.  The weight is laid out for
-the target's micro-kernel (`bitpress.backends.tvm.isa.Int8Kernel`):
+the target's micro-kernel (`bitpress.schedules.isa.Int8Kernel`):
 
     W[Np / lanes, Kp / k, lanes, k]      (K and N zero-padded)
 

@@ -31,15 +31,51 @@ VEC_BITS = 256  # AVX2; the rule reads the target's width when it can
 
 
 def _vec_lanes(target: Any, dtype_bits: int) -> int:
+    # the target's ISA, not LLVM's get_vector_width (which says 512 for znver3, an AVX2 CPU)
     try:
-        from tvm.target.codegen import llvm_get_vector_width
+        from bitpress.schedules.isa import CpuIsa
 
-        bits = int(llvm_get_vector_width(target))
+        bits = CpuIsa.of(target).vector_bits if target.kind.name == "llvm" else VEC_BITS
     except Exception:
         bits = VEC_BITS
     if bits <= 0:
         bits = 128
     return max(bits // max(dtype_bits, 8), 1)
+
+
+def _vector_registers(target: Any) -> int:
+    if target.kind.name != "llvm":
+        return 32
+    from bitpress.schedules.isa import CpuIsa
+
+    try:
+        return CpuIsa.of(target).vector_registers
+    except Exception:
+        return 16
+
+
+def _register_tile(n_ext: int, m_ext: int, lanes: int, registers: int, n_tile: int | None, m_tiles: tuple[int, ...]) -> tuple[int, int]:
+    """(ni, mi): the output tile held in registers, mi rows x ni columns (ni / lanes vectors).
+
+    mi * nv accumulators + nv operand vectors + 1 broadcast fit the target's vector registers
+    (16 on AVX2: 6 x 16 floats; 32 on AVX-512: 8 x 32), largest tile first; ni a divisor of
+    the column extent (n_tile when the weights were packed in strips of that width).
+    """
+    if n_tile is not None and n_ext % n_tile == 0:
+        n_opts: tuple[int, ...] = (n_tile,)
+    else:
+        n_opts = tuple(c for c in (lanes * 3, lanes * 2, lanes, lanes // 2, 4, 2, 1) if c >= 1 and n_ext % c == 0) or (1,)
+    best: tuple[int, int, int] | None = None  # (accumulators, ni, mi)
+    for ni in n_opts:
+        nv = max(ni // lanes, 1)
+        for mi in (*m_tiles, 1):
+            if m_ext % mi or (mi * nv + nv + 1 > registers and mi > 1):
+                continue
+            if best is None or mi * nv > best[0] or (mi * nv == best[0] and ni > best[1]):
+                best = (mi * nv, ni, mi)
+            break
+    assert best is not None
+    return best[1], best[2]
 
 
 def _largest_divisor(n: int, candidates: tuple[int, ...]) -> int:
@@ -157,12 +193,17 @@ def cpu_gemm(
         return None
     n_ext = exts[na]
     assert n_ext is not None
-    ni = n_tile if n_tile is not None and n_ext % n_tile == 0 else _largest_divisor(n_ext, (lanes * 2, lanes, lanes // 2, 4, 2))
+    m_ext = exts[ma] if p >= 2 else 1
+    assert m_ext is not None
+    ni, mi = _register_tile(n_ext, m_ext, lanes, _vector_registers(target), n_tile, m_tiles if p >= 2 else (1,))
+    if na != p - 1:
+        # the vectorized axis is not the output's last (conv: channels of NCHW): lay the
+        # accumulator out with it innermost, so the tile is contiguous vectors that LLVM keeps
+        # in registers across the reduction instead of strided gathers and scatters
+        perm = [i for i in range(p) if i != na] + [na]
+        sch.transform_layout(main.block_rv, ("write", 0), lambda *i: tuple(i[j] for j in perm))
     no, ni_l = sch.split(spatial[na], factors=[None, ni])
     if p >= 2:
-        m_ext = exts[ma]
-        assert m_ext is not None
-        mi = _largest_divisor(m_ext, tuple(m_tiles))
         mo, mi_l = sch.split(spatial[ma], factors=[None, mi])
         rest = [lp for i, lp in enumerate(spatial) if i not in (na, ma)]
         # weight strip (no) outside the row tiles (mo): each strip is read once and stays in

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import bitpress as bp
-from bitpress.backends.tvm import isa
 from bitpress.backends.tvm.backend import TvmBackend, make_target
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType
 from bitpress.compiler.target import BuildOptions
 from bitpress.passes.quantize import _numerics as nq
+from bitpress.schedules import isa
 
 # (mcpu, int8 kernel, a regex the assembly must match)
 CPUS = [

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from bitpress.backends.tvm.isa import CpuIsa, check_runnable, host_target_spec, required_features
 from bitpress.backends.tvm.lowering import (
     LowerContext,
     ParamRef,
@@ -31,6 +30,7 @@ from bitpress.backends.tvm.lowering import (
 )
 from bitpress.compiler.ir import Graph, Value, to_torch_dtype
 from bitpress.compiler.target import BuildOptions, LoweringError
+from bitpress.schedules.isa import CpuIsa, check_runnable, host_target_spec, required_features
 
 __all__ = ["TvmBackend", "TvmExecutable", "lower_graph", "make_target"]
 

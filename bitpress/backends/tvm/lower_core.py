@@ -321,13 +321,20 @@ def _linear_cpu(ctx: LowerContext, node: Node, args: Args) -> Any:
     if not wv.is_const or wv.ndim != 2 or wv.dtype != "float32" or str(x.ty.dtype) != "float32":
         return _linear(ctx, node, args)
     n, k = wv.shape
-    nb = next((c for c in (32, 16, 8) if n % c == 0), 0)
+    nb = _strip_width(ctx, n)
     if nb == 0:
         return _linear(ctx, node, args)
     y = _dense_packed(ctx, node, x, ctx.store_param(wv, pack=nb), k, nb)
     if b is not None:
         y = ctx.emit(R.add(y, b))
     return y
+
+
+def _strip_width(ctx: LowerContext, n: int) -> int:
+    """Columns per packed weight strip: two vectors of the target (16 floats on AVX2, 32 on
+    AVX-512), so the register tile (rows x strip) fits its vector registers; 0 if none divides n."""
+    lanes = ctx.isa.vector_bits // 32 if ctx.isa is not None else 8
+    return next((c for c in (2 * lanes, lanes, 8) if n % c == 0), 0)
 
 
 def _dense_packed(ctx: LowerContext, node: Node, x: Any, wp: Any, k: int, nb: int) -> Any:
@@ -368,7 +375,7 @@ def _matmul_cpu(ctx: LowerContext, node: Node, args: Args) -> Any:
     a_shape = node.inputs[0].shape
     if bv.is_const and bv.ndim == 2 and len(a_shape) >= 2 and bv.dtype == "float32" and node.inputs[0].dtype == "float32":
         k, n = bv.shape
-        nb = next((c for c in (32, 16, 8) if n % c == 0), 0)
+        nb = _strip_width(ctx, n)
         if nb:
             return _dense_packed(ctx, node, args[0], ctx.store_param(bv, pack=-nb), k, nb)
     return _matmul(ctx, node, args)

@@ -544,7 +544,7 @@ def _requant(acc: Any, mult: Any, shift: Any, ch: Any, yzp: int) -> Any:
 
 def _int8_kernel(ctx: LowerContext) -> tuple[Any, int]:
     """(Int8Kernel, vector registers) of the llvm target being built for."""
-    from bitpress.backends.tvm.isa import INT8_KERNELS
+    from bitpress.schedules.isa import INT8_KERNELS
 
     if ctx.isa is None:  # lowered without a target (tests of the lowering alone)
         return INT8_KERNELS["generic"], 16

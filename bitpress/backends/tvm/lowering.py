@@ -145,7 +145,7 @@ class LowerContext:
     params: list[tuple[Any, ParamRef]] = field(default_factory=list)
     derived: dict[str, torch.Tensor] = field(default_factory=dict)
     hints: dict[str, dict[str, Any]] = field(default_factory=dict)
-    isa: Any = None  # bitpress.backends.tvm.isa.CpuIsa on llvm: picks CPU kernel layouts
+    isa: Any = None  # bitpress.schedules.isa.CpuIsa on llvm: picks CPU kernel layouts
     _store_vars: dict[tuple[str, str], Any] = field(default_factory=dict)
     _counter: int = 0
 
