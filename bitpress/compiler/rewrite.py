@@ -20,10 +20,10 @@ from typing import Any
 
 from bitpress.compiler.builder import building
 from bitpress.compiler.ir import Graph, IRError, Node, Value
-from bitpress.compiler.ops import get_op
+from bitpress.compiler.ops import _freeze, get_op
 from bitpress.compiler.pattern import Reject, Rule, RuleSet, match
 
-__all__ = ["ExplainEvent", "ExplainLog", "RewriteError", "dead_code_elimination", "rewrite"]
+__all__ = ["ExplainEvent", "ExplainLog", "RewriteError", "common_subexpression_elimination", "dead_code_elimination", "rewrite"]
 
 log = logging.getLogger("bitpress.rewrite")
 
@@ -191,3 +191,22 @@ def dead_code_elimination(g: Graph) -> int:
         n = prev
     g.prune_consts()
     return before - len(g)
+
+
+def common_subexpression_elimination(g: Graph) -> int:
+    """Merge pure nodes computing the same op on the same inputs with the same attributes; returns nodes merged."""
+    seen: dict[Any, Node] = {}
+    n = 0
+    for node in list(g.nodes):
+        if node._erased or not get_op(node.op).pure:
+            continue
+        key = (node.op, tuple(id(v) if v is not None else None for v in node.inputs), _freeze(node.attrs))
+        prev = seen.get(key)
+        if prev is None:
+            seen[key] = node
+            continue
+        for a, b in zip(node.outputs, prev.outputs, strict=True):
+            g.replace_all_uses(a, b)
+        g.erase_node(node)
+        n += 1
+    return n

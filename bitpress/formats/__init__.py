@@ -4,3 +4,10 @@ A format is a compressed op (its registration and reference semantics), its pack
 pack/unpack helpers, a typed view of its attributes, and the integer arithmetic its kernels share.
 This package imports only `bitpress.compiler` (checked by import-linter in `make lint`).
 """
+
+# importing the package registers every compressed op and its dense reconstruction
+from bitpress.formats import binary, dense, integer, quantized, sparse
+from bitpress.formats.dense import dense_weight, dense_weight_ops, register_dense_weight
+from bitpress.formats.quantized import QuantAttrs
+
+__all__ = ["QuantAttrs", "binary", "dense", "dense_weight", "dense_weight_ops", "integer", "quantized", "register_dense_weight", "sparse"]

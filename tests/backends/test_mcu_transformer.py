@@ -19,7 +19,7 @@ from bitpress.backends.mcu.legalize import legalize
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType
 from bitpress.compiler.target import LoweringError
-from bitpress.passes.quantize.activations import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
+from bitpress.formats.integer import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
 from tests.backends.test_mcu import _Block
 
 needs_toolchain = pytest.mark.skipif(

@@ -87,7 +87,7 @@ def matmul_int8(
     transpose_b: bool = False,
 ) -> torch.Tensor:
     """y = requant((a - za) @ (b - zb))   int8 x int8 -> int32 -> int8, one multiplier (b given as [.., N, K] with transpose_b)"""
-    from bitpress.passes.quantize.ops import requantize
+    from bitpress.formats.integer import requantize
 
     if transpose_b:
         b = b.transpose(-1, -2)

@@ -54,9 +54,8 @@ from bitpress.compiler.builder import const, emit
 from bitpress.compiler.ir import Graph, TensorType, Value
 from bitpress.compiler.ops import get_op, register_op
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
-from bitpress.compiler.rewrite import dead_code_elimination, rewrite
-from bitpress.passes.quantize._numerics import quant_multiplier
-from bitpress.passes.quantize.activations import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
+from bitpress.compiler.rewrite import common_subexpression_elimination, dead_code_elimination, rewrite
+from bitpress.formats.integer import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, quant_multiplier, requantize
 
 __all__ = ["CODES", "GLUE_OPS", "LEGALIZED_OPS", "integer_glue_rules", "legalize", "mcu_rules"]
 
@@ -257,8 +256,6 @@ def sum_pool2d_int32(x: torch.Tensor, *, kernel_size: Any, stride: Any) -> torch
 @register_op("requantize_int32", ("x",), infer=lambda t, a: [TensorType(t[0].shape, "int8")])  # type: ignore[union-attr]
 def requantize_int32(x: torch.Tensor, *, multiplier: int, shift: int, zero_point: int) -> torch.Tensor:
     """q = clamp(((x * m + 2^(r-1)) >> r) + zp, -128, 127)   (the W8A8 layers' requantization, per tensor)"""
-    from bitpress.passes.quantize.ops import requantize
-
     return requantize(x, torch.tensor([multiplier]), torch.tensor([shift]), zero_point)
 
 
@@ -519,16 +516,13 @@ def _split_to_slices(g: Graph) -> None:
 def legalize(g: Graph, *, integer_glue: bool = True) -> tuple[Graph, list[str]]:
     """A copy of `g` with the W8A8 glue in int8 (see the module docstring) and the names of the
     nodes rewritten in fixed point; `g` is not modified."""
-    from bitpress.compiler.pass_manager import PassContext
-    from bitpress.passes.canonicalize.passes import CommonSubexpressionElimination
-
     out = g.clone()
     _split_to_slices(out)
     rewrite(out, mcu_rules, pass_name="mcu-legalize")
     glue: list[str] = []
     if integer_glue:
         # several layers reading one activation quantize it alike (q, k, v): one quantize, one integer op
-        CommonSubexpressionElimination().apply(out, PassContext())
+        common_subexpression_elimination(out)
         rewrite(out, integer_glue_rules, pass_name="mcu-integer-glue")
         rewrite(out, mcu_rules, pass_name="mcu-legalize")
         glue = sorted(n.name for n in out.nodes if n.op in GLUE_OPS)

@@ -1,4 +1,4 @@
-"""ONNX lowerings of the quantized ops (bitpress/passes/quantize/ops.py).
+"""ONNX lowerings of the quantized ops (bitpress/formats/quantized.py).
 
 - `qlinear`, 4-bit with a power-of-two group size >= 16: com.microsoft `MatMulNBits`
   (codes re-laid out as [N, blocks, block_size / 2] bytes; signed codes are offset by 8,
@@ -26,7 +26,7 @@ import torch
 
 from bitpress.backends.onnx.lowering import MS_DOMAIN, OnnxLowerContext, register_onnx_lowering
 from bitpress.compiler.ir import PACKED_BITS, Node, Value, pack_bits
-from bitpress.passes.quantize.ops import unpack_codes
+from bitpress.formats.quantized import unpack_codes
 
 Names = list[str | None]
 

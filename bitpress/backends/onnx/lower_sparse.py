@@ -1,4 +1,4 @@
-"""ONNX lowerings of the pruning ops (bitpress/passes/prune/ops.py): dense expansion at run time.
+"""ONNX lowerings of the pruning ops (bitpress/formats/sparse.py): dense expansion at run time.
 
 ONNX Runtime has no N:M or CSR matmul on CPU, so the stored compressed form is expanded
 inside the ONNX graph, once per call, and multiplied densely:
@@ -26,7 +26,7 @@ from onnx import TensorProto
 from bitpress.backends.onnx.lower_quant import _dequant_weight
 from bitpress.backends.onnx.lowering import OnnxLowerContext, register_onnx_lowering
 from bitpress.compiler.ir import Node, Value, unpack_bits
-from bitpress.passes.prune.ops import index_bits
+from bitpress.formats.sparse import index_bits
 
 Names = list[str | None]
 

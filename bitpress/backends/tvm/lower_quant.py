@@ -1,4 +1,4 @@
-"""TVM lowerings of the quantized ops (bitpress/passes/quantize/ops.py), llvm and cuda.
+"""TVM lowerings of the quantized ops (bitpress/formats/quantized.py), llvm and cuda.
 
 Weight-only `qlinear` is one fused dequantize+matmul kernel that reads the packed codes:
 
@@ -42,7 +42,7 @@ from tvm.relax import op as R
 
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits
-from bitpress.passes.quantize.ops import unpack_codes
+from bitpress.formats.quantized import unpack_codes
 from bitpress.schedules.cpu_int8 import int8_acc, int8_gemm_schedule, int8_weight
 from bitpress.schedules.default import _extent, _root_blocks
 

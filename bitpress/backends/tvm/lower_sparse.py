@@ -1,4 +1,4 @@
-"""TVM lowerings of the pruning ops (bitpress/passes/prune/ops.py): gather kernels on the compressed form.
+"""TVM lowerings of the pruning ops (bitpress/formats/sparse.py): gather kernels on the compressed form.
 
 Every op is one TE reduction over the stored (weight, column) pairs, with no dense weight:
 
@@ -41,8 +41,8 @@ from tvm.relax import op as R
 
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits, unpack_bits
-from bitpress.passes.prune.ops import index_bits
-from bitpress.passes.quantize.ops import unpack_codes
+from bitpress.formats.quantized import unpack_codes
+from bitpress.formats.sparse import index_bits
 
 Args = list[Any]
 

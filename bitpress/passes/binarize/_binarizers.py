@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from bitpress.passes.lowrank._factor import lapack_single_thread
+from bitpress.passes._common import lapack_single_thread
 
 __all__ = [
     "partial_binarize",

@@ -31,10 +31,9 @@ from bitpress.compiler.calibrate import NodeStats, collect
 from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
+from bitpress.formats.binary import binary_weight, partial_weight, shift_weight, shiftadd_weight
+from bitpress.passes._common import excluded, layer_sqnr_db, shared_weight
 from bitpress.passes.binarize import _binarizers as bz
-from bitpress.passes.binarize.ops import binary_weight, partial_weight, shift_weight, shiftadd_weight
-from bitpress.passes.lowrank._factor import output_sqnr_db
-from bitpress.passes.lowrank.passes import excluded, shared_weight
 
 __all__ = ["Binarize", "BinarizePlan", "ShiftAdd", "binarize_rules", "shift_add_rules"]
 
@@ -110,7 +109,7 @@ def binarize_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Bin
         bits, scales = bz.residual_binarize(w.value, 1 if cfg.method == "sign" else cfg.bases, cfg.group_size, d)
     k = bits.shape[0]
     w_hat = binary_weight(pack_bits(bits.to(torch.int64), 1), scales, out_f, in_f, k, cfg.group_size)
-    sq = output_sqnr_db(w.value, w_hat, _h_for_error(cfg, node.name, in_f))
+    sq = layer_sqnr_db(w.value, w_hat, _h_for_error(cfg, node.name, in_f), 3)
     y = F.binary_linear(
         x,
         _packed(bits, w.name + ".signs"),
@@ -140,7 +139,7 @@ def partial_binarize_linear(x: Value, w: Value, b: Value | None, *, node: Node, 
     index = idx.to(torch.int16 if in_f <= 32767 else torch.int32)
     signs = pack_bits(bits.to(torch.int64), 1)
     w_hat = partial_weight(signs, scales, values, index, vscale, out_f, in_f, cfg.group_size)
-    sq = output_sqnr_db(w.value, w_hat, _h_for_error(cfg, node.name, in_f))
+    sq = layer_sqnr_db(w.value, w_hat, _h_for_error(cfg, node.name, in_f), 3)
     y = F.partial_binary_linear(
         x,
         _packed(bits, w.name + ".signs"),
@@ -185,7 +184,7 @@ def shift_add_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Bi
             bits=cfg.bits,
             group_size=cfg.group_size,
         )
-        return _meta(y, bits=cfg.bits, params=out_f * in_f, sqnr_db=output_sqnr_db(w.value, w_hat, h), method="power-of-two")
+        return _meta(y, bits=cfg.bits, params=out_f * in_f, sqnr_db=layer_sqnr_db(w.value, w_hat, h, 3), method="power-of-two")
     bits, exps = bz.shiftadd_binarize(w.value, cfg.bases, cfg.group_size, cfg.importance(node.name))
     k = bits.shape[0]
     w_hat = shiftadd_weight(pack_bits(bits.to(torch.int64), 1), exps, out_f, in_f, k, cfg.group_size)
@@ -200,7 +199,7 @@ def shift_add_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Bi
         bases=k,
         group_size=cfg.group_size,
     )
-    return _meta(y, bits=k, params=out_f * in_f, sqnr_db=output_sqnr_db(w.value, w_hat, h), method="binary-coded")
+    return _meta(y, bits=k, params=out_f * in_f, sqnr_db=layer_sqnr_db(w.value, w_hat, h, 3), method="binary-coded")
 
 
 shift_add_rules = RuleSet([shift_add_linear])

@@ -10,10 +10,10 @@ import torch
 from bitpress.compiler.builder import F, const
 from bitpress.compiler.interpreter import InterpreterError
 from bitpress.compiler.ir import Graph, Node, TensorType, Value
-from bitpress.compiler.ops import _freeze, get_op
+from bitpress.compiler.ops import get_op
 from bitpress.compiler.pass_manager import Pass, PassContext, PassResult, register_pass, rewrite_pass
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
-from bitpress.compiler.rewrite import dead_code_elimination
+from bitpress.compiler.rewrite import common_subexpression_elimination, dead_code_elimination
 
 # ----------------------------------------------------------------------------- identities
 
@@ -201,20 +201,7 @@ class CommonSubexpressionElimination:
     name: ClassVar[str] = "cse"
 
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
-        seen: dict[Any, Node] = {}
-        n = 0
-        for node in list(g.nodes):
-            if node._erased or not get_op(node.op).pure:
-                continue
-            key = (node.op, tuple(id(v) if v is not None else None for v in node.inputs), _freeze(node.attrs))
-            prev = seen.get(key)
-            if prev is None:
-                seen[key] = node
-                continue
-            for a, b in zip(node.outputs, prev.outputs, strict=True):
-                g.replace_all_uses(a, b)
-            g.erase_node(node)
-            n += 1
+        n = common_subexpression_elimination(g)
         return PassResult(g, n > 0, {"merged": n})
 
 

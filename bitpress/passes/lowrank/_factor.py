@@ -8,35 +8,20 @@ the SVD of W S (not of W) minimizes the output error at a given rank; W' = (W S)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import torch
+
+from bitpress.passes._common import lapack_single_thread
 
 __all__ = [
     "Whitening",
     "allocate_budget",
     "factor",
     "max_useful_rank",
-    "output_sqnr_db",
     "rank_for_energy",
     "whitening",
 ]
-
-
-@contextmanager
-def lapack_single_thread() -> Iterator[None]:
-    """Run small dense factorizations on one thread.
-
-    Measured on the 2-core CI machine under load: eigh of a 384 x 384 matrix took 5-10 s with
-    torch's default threads (OpenMP spinning against other processes) and 0.17 s with one.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class Whitening:
@@ -133,16 +118,3 @@ def allocate_budget(spectra: Mapping[str, tuple[torch.Tensor, int, int]], budget
         ranks[name] += 1
         used += o + i
     return {k: max(r, 1) for k, r in ranks.items()}
-
-
-def output_sqnr_db(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor | None) -> float:
-    """SQNR of the layer output on the calibration inputs, tr(W H W^T) / tr(E H E^T), in dB (weights when no H)."""
-    w64, e = w.double(), (w.double() - w_hat.double())
-    if h is None:
-        sig, err = w64.pow(2).sum().item(), e.pow(2).sum().item()
-    else:
-        h64 = h.double()
-        sig, err = ((w64 @ h64) * w64).sum().item(), ((e @ h64) * e).sum().item()
-    if err <= 0:
-        return math.inf
-    return round(10 * math.log10(max(sig, 1e-30) / err), 3)

@@ -19,7 +19,6 @@ Does not handle: conv layers, weights shared with another node (tied embeddings)
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,22 +30,15 @@ from bitpress.compiler.calibrate import collect
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
 from bitpress.compiler.pattern import Pat, Reject, Rule, RuleSet, rule
+from bitpress.formats.dense import dense_weight, dense_weight_ops
+from bitpress.passes._common import excluded, layer_sqnr_db, shared_weight
 from bitpress.passes.lowrank import _factor as lr
-from bitpress.passes.lowrank.dense import dense_weight, dense_weight_ops
 
 __all__ = ["Compensate", "LowRank", "compensate_rules", "lowrank_rules"]
 
 
 def _float_weight(v: Value) -> bool:
     return v.dtype in ("float32", "float16", "bfloat16", "float64")
-
-
-def excluded(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def shared_weight(w: Value, node: Node) -> bool:
-    return any(u is not node for u in w.users)
 
 
 def _set_meta(v: Value, **meta: Any) -> None:
@@ -98,7 +90,7 @@ def factor_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: LowRa
     if r * (out_f + in_f) >= out_f * in_f:
         return Reject(f"rank {r} does not shrink {list(w.shape)} ({r * (out_f + in_f)} >= {out_f * in_f} parameters)")
     a, bm = lr.factor(w.value, r, wh)
-    sq = lr.output_sqnr_db(w.value, bm.double() @ a.double(), h)
+    sq = layer_sqnr_db(w.value, bm.double() @ a.double(), h, 3)
     inner = F.linear(x, const(a, w.name + ".lowrank_a"), None, name=node.name + ".lowrank_a")
     _set_meta(inner, rank=r, sqnr_db=sq)
     y = F.linear(inner, const(bm, w.name + ".lowrank_b"), b, name=node.name)
@@ -226,8 +218,8 @@ def _compensate(x: Value, *, node: Node, cfg: CompensatePlan) -> Value | Reject 
     h = cfg.hessians.get(node.name)
     wh = lr.whitening(h, cfg.damp) if cfg.method == "asvd" else None
     a, bm = lr.factor(resid.float(), r, wh)
-    before = lr.output_sqnr_db(w, wq, h)
-    after = lr.output_sqnr_db(w, wq.double() + bm.double() @ a.double(), h)
+    before = layer_sqnr_db(w, wq, h, 3)
+    after = layer_sqnr_db(w, wq.double() + bm.double() @ a.double(), h, 3)
     main = emit(node.op, *node.inputs, name=node.name, **node.attrs)
     assert main.producer is not None
     main.producer.meta.update(node.meta)

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 from bitpress.compiler.ir import Graph
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
-from bitpress.passes.prune import ops as ops  # registers nm_linear / sparse_linear
 from bitpress.passes.prune.structured import find_groups, prune_structured
 from bitpress.passes.prune.unstructured import PackConfig, pack_rules, prune_unstructured
 

@@ -12,13 +12,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
     "keep_mask",
-    "layer_sqnr_db",
     "magnitude_scores",
     "sparsegpt",
     "wanda_scores",
@@ -56,19 +53,6 @@ def keep_mask(scores: torch.Tensor, sparsity: float | None, nm: tuple[int, int] 
     flat = scores.reshape(-1)
     idx = flat.topk(drop, largest=False).indices
     return torch.ones_like(flat, dtype=torch.bool).scatter_(0, idx, False).reshape(out, k)
-
-
-def layer_sqnr_db(w: torch.Tensor, w_new: torch.Tensor, h: torch.Tensor | None) -> float:
-    """10 log10(||W X||^2 / ||(W - W') X||^2) from H = X^T X; weight-space SQNR when H is None."""
-    w64, d = w.double(), (w.double() - w_new.double())
-    if h is None:
-        sig, err = float(w64.pow(2).sum()), float(d.pow(2).sum())
-    else:
-        h64 = h.double()
-        sig, err = float(((w64 @ h64) * w64).sum()), float(((d @ h64) * d).sum())
-    if err <= 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(sig, 1e-30) / err)
 
 
 def sparsegpt(

@@ -38,7 +38,7 @@ from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.ops import get_op
 from bitpress.compiler.pass_manager import CompileError, PassContext
 from bitpress.compiler.rewrite import ExplainEvent
-from bitpress.passes.prune._algorithms import layer_sqnr_db
+from bitpress.passes._common import layer_sqnr_db
 from bitpress.passes.prune.unstructured import select_layers
 
 __all__ = ["Group", "Segment", "find_groups", "prune_structured"]

@@ -51,8 +51,9 @@ from bitpress.compiler.calibrate import block_key, collect, sequential
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
-from bitpress.passes.prune._algorithms import keep_mask, layer_sqnr_db, magnitude_scores, sparsegpt, wanda_scores
-from bitpress.passes.prune.ops import ell_bytes, ell_pays_off, encode_ell, encode_nm, is_nm_sparse
+from bitpress.formats.sparse import ell_bytes, ell_pays_off, encode_ell, encode_nm, is_nm_sparse
+from bitpress.passes._common import hessian_chunks, layer_sqnr_db
+from bitpress.passes.prune._algorithms import keep_mask, magnitude_scores, sparsegpt, wanda_scores
 
 __all__ = ["PackConfig", "pack_rules", "prune_unstructured", "select_layers"]
 
@@ -80,20 +81,6 @@ def _matrix(n: Node) -> torch.Tensor:
     w = n.inputs[1]
     assert w is not None
     return w.value.reshape(w.shape[0], -1)
-
-
-def hessian_chunks(nodes: list[Node], budget_bytes: int, cost: Callable[[Node], int] | None = None) -> list[list[Node]]:
-    """`nodes` in runs whose Hessians (float64 [in, in] each, or `cost(node)` bytes) fit `budget_bytes`."""
-    chunks: list[list[Node]] = [[]]
-    used = 0
-    for n in nodes:
-        c = cost(n) if cost is not None else _matrix(n).shape[1] ** 2 * 8
-        if chunks[-1] and used + c > budget_bytes:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(n)
-        used += c
-    return [c for c in chunks if c]
 
 
 def _calibration_groups(nodes: list[Node], mode: str, budget_bytes: int) -> Callable[[Node], str]:

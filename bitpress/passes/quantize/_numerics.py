@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bitpress.formats.integer import quant_multiplier  # re-exported: the pass computes its W8A8 multipliers with it
+
 __all__ = [
     "QWeight",
     "act_qparams",
@@ -287,23 +289,3 @@ def _act_params(lo: float, hi: float) -> tuple[float, int]:
     s = float(torch.tensor(s, dtype=torch.float32))
     zp = int(max(-128, min(127, round(-128 - lo / s))))
     return s, zp
-
-
-def quant_multiplier(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """real = m * 2^-r with m an int32 in [2^30, 2^31) and 1 <= r <= 62 (gemmlowp/TFLite style)."""
-    r = real.double()
-    if (r <= 0).any():
-        raise ValueError("requantization multipliers must be positive")
-    mant, exp = torch.frexp(r)  # r = mant * 2^exp, mant in [0.5, 1)
-    m = torch.round(mant * (1 << 31)).to(torch.int64)
-    carry = m == (1 << 31)
-    m = torch.where(carry, m // 2, m)
-    exp = exp.to(torch.int64) + carry.to(torch.int64)
-    shift = 31 - exp
-    # keep the shift in [1, 62]: very small multipliers lose low bits of m, very large ones are clamped
-    low = shift > 62
-    m = torch.where(low, torch.round(r * 2.0**62).to(torch.int64), m)
-    shift = torch.where(low, torch.full_like(shift, 62), shift)
-    if (shift < 1).any():
-        raise ValueError("requantization multiplier >= 2^30 is not representable")
-    return m.to(torch.int32), shift.to(torch.int32)

@@ -38,13 +38,12 @@ from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext, PassResult
 from bitpress.compiler.rewrite import ExplainEvent
+from bitpress.formats.integer import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
 from bitpress.passes.quantize import _numerics as nq
 
 __all__ = ["ACT_SCOPES", "SOFTMAX_SCALE", "SOFTMAX_ZERO_POINT", "quantize_activations"]
 
 ACT_SCOPES = ("layers", "all")
-SOFTMAX_SCALE = 1.0 / 256.0  # probabilities in [0, 255/256] (TFLite's int8 softmax output)
-SOFTMAX_ZERO_POINT = -128
 LAYOUT_OPS = frozenset({"reshape", "flatten", "squeeze", "unsqueeze", "dropout", "identity", "transpose", "permute", "slice", "select"})
 # maps a backend applies to int8 codes exactly (codes in, codes out of the same encoding)
 EXACT_ON_CODES = LAYOUT_OPS | {"relu", "max_pool2d", "split"}

@@ -48,11 +48,11 @@ from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass, sqnr_db
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.compiler.rewrite import ExplainEvent
-from bitpress.passes.prune.quantized import quantize_nm_layers
+from bitpress.formats.quantized import requantize, weight_dtype, zeros_dtype
 from bitpress.passes.quantize import _numerics as nq
 from bitpress.passes.quantize.activations import check_act_scope, quantize_activations
 from bitpress.passes.quantize.awq import awq_sequential, fold_input_scale, rescale_stats
-from bitpress.passes.quantize.ops import requantize, weight_dtype, zeros_dtype
+from bitpress.passes.quantize.nm import quantize_nm_layers
 
 __all__ = ["Quantize", "quantize_rules"]
 

@@ -11,10 +11,10 @@ import bitpress as bp
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import pack_bits
 from bitpress.compiler.pass_manager import sqnr_db
+from bitpress.formats.binary import binary_weight, n_groups
+from bitpress.formats.dense import dense_weight
 from bitpress.passes import Binarize, ShiftAdd
 from bitpress.passes.binarize import _binarizers as bz
-from bitpress.passes.binarize.ops import binary_weight, n_groups
-from bitpress.passes.lowrank.dense import dense_weight
 
 
 def _mlp(d_in: int = 64, d_hidden: int = 128, d_out: int = 48, seed: int = 0, bias: bool = True) -> torch.nn.Module:
@@ -170,7 +170,7 @@ def test_partial_hessian_reconstruction_beats_magnitude_only() -> None:
     out = {}
     for name, hh in (("gptq", h), ("magnitude", None)):
         bits, scales, values, idx, vs = bz.partial_binarize(w, 0.05, 0, hh)
-        from bitpress.passes.binarize.ops import partial_weight
+        from bitpress.formats.binary import partial_weight
 
         w_hat = partial_weight(pack_bits(bits.long(), 1), scales, values, idx, vs, 96, 128, 0)
         out[name] = sqnr_db(x @ w.t(), x @ w_hat.t())

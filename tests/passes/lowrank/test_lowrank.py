@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 import bitpress as bp
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.pass_manager import sqnr_db
+from bitpress.formats.dense import dense_weight, dense_weight_ops
 from bitpress.passes import Binarize, Compensate, LowRank
+from bitpress.passes._common import layer_sqnr_db
 from bitpress.passes.lowrank import _factor as lr
-from bitpress.passes.lowrank.dense import dense_weight, dense_weight_ops
 
 
 def _mlp(d_in: int = 64, d_hidden: int = 128, d_out: int = 48, seed: int = 0) -> torch.nn.Module:
@@ -251,5 +252,5 @@ def test_max_useful_rank_is_the_break_even_point(out_f: int, in_f: int) -> None:
 
 def test_output_sqnr_formula() -> None:
     w = torch.randn(8, 8)
-    assert math.isinf(lr.output_sqnr_db(w, w, None))
-    assert lr.output_sqnr_db(w, 0.9 * w, None) == pytest.approx(20.0, abs=1e-3)
+    assert math.isinf(layer_sqnr_db(w, w, None))
+    assert layer_sqnr_db(w, 0.9 * w, None) == pytest.approx(20.0, abs=1e-3)

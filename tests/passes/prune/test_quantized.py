@@ -14,13 +14,13 @@ import bitpress as bp
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import pack_bits, unpack_bits
 from bitpress.compiler.pass_manager import PassContext, Pipeline, sqnr_db
+from bitpress.formats.quantized import dequantize_weight
+from bitpress.formats.sparse import decode_nm, encode_nm, index_bits, is_nm_sparse, nm_columns, nm_qlinear
 from bitpress.passes.prune import Prune
 from bitpress.passes.prune._algorithms import keep_mask
-from bitpress.passes.prune.ops import decode_nm, encode_nm, index_bits, is_nm_sparse, nm_columns, nm_qlinear
-from bitpress.passes.prune.quantized import gptq_nm
 from bitpress.passes.quantize import Quantize
 from bitpress.passes.quantize import _numerics as nq
-from bitpress.passes.quantize.ops import dequantize_weight
+from bitpress.passes.quantize.nm import gptq_nm
 from tests.passes.prune.conftest import Correlated, correlated_batches, traced
 
 

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import bitpress as bp
 from bitpress.compiler.pass_manager import CompileError, PassContext, sqnr_db
+from bitpress.formats.sparse import decode_ell, decode_nm
+from bitpress.passes._common import layer_sqnr_db
 from bitpress.passes.prune import Prune
-from bitpress.passes.prune._algorithms import keep_mask, layer_sqnr_db, sparsegpt
-from bitpress.passes.prune.ops import decode_ell, decode_nm
+from bitpress.passes.prune._algorithms import keep_mask, sparsegpt
 from tests.passes.prune.conftest import Correlated, correlated_batches, traced
 
 

@@ -20,8 +20,8 @@ from bitpress.backends.tvm import TvmBackend
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType, pack_bits
 from bitpress.compiler.target import BuildOptions
+from bitpress.formats.quantized import weight_dtype, zeros_dtype
 from bitpress.passes.quantize import _numerics as nq
-from bitpress.passes.quantize.ops import weight_dtype, zeros_dtype
 
 # (bits, group size, symmetric, N, K): ragged groups (72 = 2 * 32 + 8), per-channel, per-tensor,
 # MatMulNBits-eligible (4-bit, power-of-two blocks), SmolLM2's 576 with g128

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import bitpress as bp
 from bitpress.compiler.pass_manager import sqnr_db
+from bitpress.formats.quantized import unpack_codes
 from bitpress.passes.quantize import Quantize
 from bitpress.passes.quantize import _numerics as nq
-from bitpress.passes.quantize.ops import unpack_codes
 
 BITS, GS = 3, 32
 

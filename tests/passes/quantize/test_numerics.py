@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 
 from bitpress.compiler.ir import pack_bits
+from bitpress.formats.quantized import dequantize_weight, qlinear, quantize_act, requantize
 from bitpress.passes.quantize import _numerics as nq
-from bitpress.passes.quantize.ops import dequantize_weight, qlinear, quantize_act, requantize
 
 
 @settings(max_examples=25, deadline=None)

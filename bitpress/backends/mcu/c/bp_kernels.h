@@ -3,7 +3,7 @@
  * layers compiled with allow_float.  The int8 conv/linear layers are not here: TVM generates them
  * (kernels_tvm.c, tensorized into bp_ukernels.h).  Every function is inlined into the per-layer
  * function model.c defines, so the shapes are compile-time constants there.
- * Integer semantics follow bitpress.passes.quantize.ops exactly (bit-exact with the interpreter). */
+ * Integer semantics follow bitpress.formats.quantized exactly (bit-exact with the interpreter). */
 #ifndef BP_KERNELS_H
 #define BP_KERNELS_H
 #include <stdint.h>

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType
-from bitpress.passes.prune._algorithms import keep_mask
-from bitpress.passes.prune.ops import (
+from bitpress.formats.sparse import (
     decode_ell,
     decode_nm,
     ell_bytes,
@@ -21,6 +20,7 @@ from bitpress.passes.prune.ops import (
     index_bits,
     is_nm_sparse,
 )
+from bitpress.passes.prune._algorithms import keep_mask
 
 
 def _nm_matrix(out: int, groups: int, n: int, m: int, seed: int) -> torch.Tensor:

@@ -31,8 +31,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bitpress.compiler.ir import IRError, TensorType, pack_bits, unpack_bits
+from bitpress.compiler.ir import IRError, Node, TensorType, pack_bits, unpack_bits
 from bitpress.compiler.ops import register_op
+from bitpress.formats.dense import register_dense_weight
+from bitpress.formats.quantized import dequantize_weight
 
 __all__ = [
     "decode_ell",
@@ -201,8 +203,22 @@ def nm_qlinear(
     signed: bool = True,
 ) -> torch.Tensor:
     """y = x @ W^T + b   with W[o, (k // N) * M + idx[o, k]] = (q[o, k] - z[o, k // gs]) * s[o, k // gs]   (N:M, packed codes)"""
-    # imported here: bitpress.passes.quantize imports this package (its N:M rule), not the other way round
-    from bitpress.passes.quantize.ops import dequantize_weight
-
     vals = dequantize_weight(qvalues, scales, zeros, shape=shape, bits=bits, group_size=group_size, signed=signed)
     return F.linear(x, decode_nm(vals, indices, n, m, in_features).to(x.dtype), b)
+
+
+def _const(node: Node, i: int) -> torch.Tensor:
+    v = node.inputs[i]
+    assert v is not None
+    return v.value
+
+
+@register_dense_weight("nm_linear")
+def _nm_dense(node: Node) -> torch.Tensor:
+    a = node.attrs
+    return decode_nm(_const(node, 1), _const(node, 2), a["n"], a["m"], a["in_features"])
+
+
+@register_dense_weight("sparse_linear")
+def _ell_dense(node: Node) -> torch.Tensor:
+    return decode_ell(_const(node, 1), _const(node, 2), node.attrs["in_features"])

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from bitpress.compiler.ir import TensorType, unpack_bits
 from bitpress.compiler.ops import register_op
-from bitpress.passes.lowrank.dense import register_dense_weight
+from bitpress.formats.dense import register_dense_weight
 
 __all__ = [
     "binary_weight",

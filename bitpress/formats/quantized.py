@@ -28,25 +28,49 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from bitpress.compiler.ir import PACKED_BITS, IRError, TensorType, unpack_bits
+from bitpress.compiler.ir import IRError, Node, TensorType, unpack_bits
 from bitpress.compiler.ops import register_op
+from bitpress.formats.dense import register_dense_weight
+from bitpress.formats.integer import requantize
 
 __all__ = [
     "W8A8_OPS",
     "WEIGHT_ONLY_OPS",
+    "QuantAttrs",
     "dequantize_weight",
     "requantize",
     "unpack_codes",
     "weight_dtype",
+    "zeros_dtype",
 ]
 
 WEIGHT_ONLY_OPS = ("qlinear", "qconv2d")
 W8A8_OPS = ("qlinear_w8a8", "qconv2d_w8a8")
+
+
+@dataclass(frozen=True)
+class QuantAttrs:
+    """The weight encoding of a `qlinear` / `qconv2d` / `nm_qlinear` node, each attribute with its one default.
+
+    `shape` is the logical shape of the codes, `bits` their width, `group_size` the codes per
+    scale along the flattened input axis, `signed` whether the codes are two's complement
+    (symmetric, no zero points) or unsigned (asymmetric, with zero points).
+    """
+
+    shape: tuple[int, ...]
+    bits: int
+    group_size: int
+    signed: bool = True
+
+    @classmethod
+    def of(cls, attrs: dict[str, Any]) -> QuantAttrs:
+        return cls(tuple(int(d) for d in attrs["shape"]), int(attrs["bits"]), int(attrs["group_size"]), bool(attrs.get("signed", True)))
 
 
 def weight_dtype(bits: int, symmetric: bool) -> str:
@@ -194,6 +218,14 @@ def qconv2d(
     return F.conv2d(x, w.to(x.dtype), b, *_conv_args(stride, padding, dilation), groups)
 
 
+@register_dense_weight("qlinear")
+def _qlinear_dense(node: Node) -> torch.Tensor:
+    ins, a = node.inputs, QuantAttrs.of(node.attrs)
+    assert ins[1] is not None and ins[2] is not None
+    zeros = ins[3].value if len(ins) > 3 and ins[3] is not None else None
+    return dequantize_weight(ins[1].value, ins[2].value, zeros, shape=a.shape, bits=a.bits, group_size=a.group_size, signed=a.signed)
+
+
 # ----------------------------------------------------------------------------- W8A8
 
 
@@ -208,18 +240,6 @@ def quantize_act(x: torch.Tensor, *, scale: float, zero_point: int) -> torch.Ten
 def dequantize_act(x: torch.Tensor, *, scale: float, zero_point: int) -> torch.Tensor:
     """x = (q - zp) * s"""
     return (x.to(torch.int32) - zero_point).to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
-
-
-def requantize(
-    acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, out_zero_point: int, channel_dim: int = -1
-) -> torch.Tensor:
-    """y = clamp(((acc * m + 2^(r-1)) >> r) + zp, -128, 127)   integer-only, per output channel."""
-    view = [1] * acc.ndim
-    view[channel_dim] = -1
-    m = multiplier.to(torch.int64).reshape(view)
-    r = shift.to(torch.int64).reshape(view)
-    y = (acc.to(torch.int64) * m + (torch.ones_like(r) << (r - 1))) >> r
-    return (y + out_zero_point).clamp(-128, 127).to(torch.int8)
 
 
 def _int_matmul(x: torch.Tensor, w: torch.Tensor, x_zero_point: int) -> torch.Tensor:
@@ -284,7 +304,3 @@ def qconv2d_w8a8(
     if b is not None:
         acc = acc + b.to(torch.int64).reshape(1, -1, 1, 1)
     return requantize(acc, multiplier, shift, out_zero_point, channel_dim=1)
-
-
-def is_packed_weight(dtype: str) -> bool:
-    return dtype in PACKED_BITS or dtype in ("int8", "uint8")

@@ -2,9 +2,10 @@
 
 `Compensate` and the low-rank passes work on every op whose weight can be rebuilt as a
 dense float matrix `[out_features, in_features]` (dequantized, unpacked, un-sparsified).
-A package that registers a compressed linear-like op registers its reconstruction here:
+Each format that registers a compressed linear-like op registers its reconstruction here
+(bitpress/formats/quantized.py, sparse.py, binary.py):
 
-    from bitpress.passes.lowrank.dense import register_dense_weight
+    from bitpress.formats.dense import register_dense_weight
 
     @register_dense_weight("int4_linear")
     def _int4_dense(node):
@@ -17,7 +18,6 @@ along the last axis of `x` (that is what makes a low-rank correction `x @ (B A)^
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -42,46 +42,7 @@ def register_dense_weight(*ops: str) -> Callable[[DenseWeightFn], DenseWeightFn]
 
 def dense_weight_ops() -> tuple[str, ...]:
     """Ops with a registered reconstruction, in registration order."""
-    _register_sibling_ops()
     return tuple(_DENSE)
-
-
-def _register_sibling_ops() -> None:
-    """Reconstructions for the quantize and prune packages' ops, unless they registered their own.
-
-    Looked up when a pass runs (not at import), so the packages need not import each other.
-    """
-    import importlib
-
-    def attr(mod: str, name: str) -> Any:
-        try:
-            return getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            return None
-
-    deq = attr("bitpress.passes.quantize.ops", "dequantize_weight")
-    if deq is not None and "qlinear" not in _DENSE:
-
-        def _qlinear(node: Node) -> torch.Tensor:
-            ins, a = node.inputs, node.attrs
-            zeros = ins[3].value if len(ins) > 3 and ins[3] is not None else None
-            return deq(  # type: ignore[no-any-return]
-                ins[1].value,
-                ins[2].value,
-                zeros,
-                shape=a["shape"],
-                bits=a["bits"],
-                group_size=a["group_size"],
-                signed=a.get("signed", True),
-            )
-
-        _DENSE["qlinear"] = _qlinear
-    decode_nm = attr("bitpress.passes.prune.ops", "decode_nm")
-    if decode_nm is not None and "nm_linear" not in _DENSE:
-        _DENSE["nm_linear"] = lambda n: decode_nm(n.inputs[1].value, n.inputs[2].value, n.attrs["n"], n.attrs["m"], n.attrs["in_features"])
-    decode_ell = attr("bitpress.passes.prune.ops", "decode_ell")
-    if decode_ell is not None and "sparse_linear" not in _DENSE:
-        _DENSE["sparse_linear"] = lambda n: decode_ell(n.inputs[1].value, n.inputs[2].value, n.attrs["in_features"])
 
 
 def dense_weight(node: Node) -> torch.Tensor | None:

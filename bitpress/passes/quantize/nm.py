@@ -43,10 +43,10 @@ from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits, unpa
 from bitpress.compiler.pass_manager import PassContext, rewrite_pass, sqnr_db
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.compiler.rewrite import ExplainEvent
-from bitpress.passes.prune.ops import decode_nm, index_bits, nm_columns
-from bitpress.passes.prune.unstructured import hessian_chunks
+from bitpress.formats.quantized import weight_dtype, zeros_dtype
+from bitpress.formats.sparse import decode_nm, index_bits, nm_columns
+from bitpress.passes._common import hessian_chunks
 from bitpress.passes.quantize import _numerics as nq
-from bitpress.passes.quantize.ops import weight_dtype, zeros_dtype
 
 __all__ = ["NMQuantPlans", "gptq_nm", "nm_quantize_rules", "quantize_nm_layers"]
 
