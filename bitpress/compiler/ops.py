@@ -482,3 +482,212 @@ def _pad(x: torch.Tensor, pad: Any, mode: str = "constant", value: float = 0.0) 
 
 def dtype_name(t: torch.dtype) -> str:
     return from_torch_dtype(t)
+
+
+# ============================================================================ wider coverage (issue 14)
+# Ops a model zoo needs beyond the transformer/CNN core; their lowerings live in
+# backends/tvm/lower_nn.py and backends/onnx/lower_nn.py.
+
+_UNARY_MORE: dict[str, Callable[[Any], Any]] = {
+    "log1p": torch.log1p,
+    "expm1": torch.expm1,
+    "trunc": torch.trunc,
+    "atan": torch.atan,
+    "asin": torch.asin,
+    "acos": torch.acos,
+    "sinh": torch.sinh,
+    "cosh": torch.cosh,
+    "tan": torch.tan,
+    "isnan": torch.isnan,
+    "isinf": torch.isinf,
+    "bitwise_not": torch.bitwise_not,
+}
+for _n, _f1 in _UNARY_MORE.items():
+    _unary(_n, _f1)
+_binary("fmod", torch.fmod)
+
+
+@register_op("prod", ("x",))
+def _prod(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    return x.prod() if dim is None else torch.prod(x, int(dim), keepdim)
+
+
+@register_op("any", ("x",))
+def _any(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+    return x.any() if dim is None else torch.any(x, _tup(dim), keepdim)
+
+
+@register_op("all", ("x",))
+def _all(x: torch.Tensor, dim: Any = None, keepdim: bool = False) -> torch.Tensor:
+    return x.all() if dim is None else torch.all(x, _tup(dim), keepdim)
+
+
+@register_op("amin", ("x",))
+def _amin(x: torch.Tensor, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+    return torch.amin(x, _tup(dim), keepdim)
+
+
+@register_op("argmin", ("x",))
+def _argmin(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    return torch.argmin(x, dim, keepdim)
+
+
+@register_op("var", ("x",))
+def _var(x: torch.Tensor, dim: Any = None, correction: float = 1.0, keepdim: bool = False) -> torch.Tensor:
+    """y = sum((x - mean(x))^2) / (n - correction)"""
+    return torch.var(x, _tup(dim), correction=correction, keepdim=keepdim)
+
+
+@register_op("cumsum", ("x",))
+def _cumsum(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """y[i] = sum_{j <= i} x[j] along dim   (integers accumulate in int64, as torch)"""
+    return torch.cumsum(x, dim)
+
+
+@register_op("flip", ("x",))
+def _flip(x: torch.Tensor, dims: Any) -> torch.Tensor:
+    return torch.flip(x, _tup(dims))
+
+
+@register_op("topk", ("x",))
+def _topk(x: torch.Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """multi-output: (values, int64 indices) of the k largest (smallest) along dim, sorted"""
+    r = torch.topk(x, k, dim, largest, True)
+    return r.values, r.indices
+
+
+@register_op("sort", ("x",))
+def _sort(x: torch.Tensor, dim: int = -1, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """multi-output: (values, int64 indices) sorted along dim (stable: ties keep their order)"""
+    r = torch.sort(x, dim=dim, descending=descending, stable=True)
+    return r.values, r.indices
+
+
+@register_op("scatter", ("x", "idx", "src"))
+def _scatter(x: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dim: int = 0, reduce: str = "none") -> torch.Tensor:
+    """y = x; y[.., idx[i], ..] (reduce)= src[i]   (reduce: none | sum | prod | amax | amin; indices must be in range)"""
+    if reduce == "none":
+        return torch.scatter(x, dim, idx, src)
+    return torch.scatter_reduce(x, dim, idx, src, reduce, include_self=True)
+
+
+@register_op("index_put", ("x", "values", "*idx"))
+def _index_put(x: torch.Tensor, values: torch.Tensor, *idx: torch.Tensor, dims: Any = None, accumulate: bool = False) -> torch.Tensor:
+    """y = x; y[.., idx_0, .., idx_k] (+)= values"""
+    dims = list(range(len(idx))) if dims is None else list(dims)
+    key: list[Any] = [None] * (max(dims) + 1 if dims else 0)
+    for d, t in zip(dims, idx, strict=True):
+        key[d] = t
+    return torch.index_put(x, tuple(key), values, accumulate)
+
+
+@register_op("conv3d", ("x", "w", "b?"))
+def _conv3d(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1
+) -> torch.Tensor:
+    return F.conv3d(x, w, b, _tup(stride), _tup(padding), _tup(dilation), groups)
+
+
+@register_op("conv_transpose1d", ("x", "w", "b?"))
+def _conv_transpose1d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+) -> torch.Tensor:
+    """y = conv_transpose1d(x, W) + b   (W is [C_in, C_out / groups, K])"""
+    return F.conv_transpose1d(x, w, b, _tup(stride), _tup(padding), _tup(output_padding), groups, _tup(dilation))
+
+
+@register_op("conv_transpose2d", ("x", "w", "b?"))
+def _conv_transpose2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+) -> torch.Tensor:
+    """y = conv_transpose2d(x, W) + b   (W is [C_in, C_out / groups, KH, KW])"""
+    return F.conv_transpose2d(x, w, b, _tup(stride), _tup(padding), _tup(output_padding), groups, _tup(dilation))
+
+
+@register_op("group_norm", ("x", "w?", "b?"))
+def _group_norm(
+    x: torch.Tensor, w: torch.Tensor | None = None, b: torch.Tensor | None = None, num_groups: int = 1, eps: float = 1e-5
+) -> torch.Tensor:
+    """y = (x - mean_g) / sqrt(var_g + eps) * w + b   (statistics per sample and channel group)"""
+    return F.group_norm(x, int(num_groups), w, b, eps)
+
+
+@register_op("max_pool1d", ("x",))
+def _max_pool1d(
+    x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False
+) -> torch.Tensor:
+    return F.max_pool1d(x, _tup(kernel_size), _tup(stride) or None, _tup(padding), _tup(dilation), ceil_mode)
+
+
+@register_op("max_pool3d", ("x",))
+def _max_pool3d(
+    x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False
+) -> torch.Tensor:
+    return F.max_pool3d(x, _tup(kernel_size), _tup(stride) or None, _tup(padding), _tup(dilation), ceil_mode)
+
+
+@register_op("avg_pool1d", ("x",))
+def _avg_pool1d(
+    x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True
+) -> torch.Tensor:
+    st: Any = _tup(stride) or None
+    return F.avg_pool1d(x, _tup(kernel_size), st, _tup(padding), ceil_mode, count_include_pad)
+
+
+@register_op("avg_pool3d", ("x",))
+def _avg_pool3d(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> torch.Tensor:
+    return F.avg_pool3d(x, _tup(kernel_size), _tup(stride) or None, _tup(padding), ceil_mode, count_include_pad, divisor_override)
+
+
+@register_op("adaptive_avg_pool1d", ("x",))
+def _adaptive_avg_pool1d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    return F.adaptive_avg_pool1d(x, _tup(output_size))
+
+
+@register_op("adaptive_avg_pool3d", ("x",))
+def _adaptive_avg_pool3d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    return F.adaptive_avg_pool3d(x, _tup(output_size))
+
+
+@register_op("adaptive_max_pool2d", ("x",))
+def _adaptive_max_pool2d(x: torch.Tensor, output_size: Any) -> torch.Tensor:
+    return F.adaptive_max_pool2d(x, _tup(output_size))
+
+
+@register_op("interpolate", ("x",))
+def _interpolate(x: torch.Tensor, size: Any, mode: str = "nearest", align_corners: bool = False) -> torch.Tensor:
+    """y = resize(x) to `size` (the spatial dims): nearest (floor(i * in / out)), nearest_exact,
+    linear (bi/tri-linear by rank; align_corners or half-pixel centres), cubic (2-D)"""
+    k = len(size)
+    if mode == "linear":
+        tmode = {1: "linear", 2: "bilinear", 3: "trilinear"}[k]
+    elif mode == "cubic":
+        tmode = "bicubic"
+    elif mode == "nearest_exact":
+        tmode = "nearest-exact"
+    else:
+        tmode = "nearest"
+    ac = bool(align_corners) if mode in ("linear", "cubic") else None
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=tmode, align_corners=ac)

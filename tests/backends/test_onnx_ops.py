@@ -23,6 +23,7 @@ from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType, pack_bits
 from bitpress.compiler.ops import get_op, op_names
 from bitpress.compiler.target import BuildOptions, LoweringError
+from tests.backends._op_cases_nn import NN_CASES
 from tests.backends._op_graphs import C, assert_matches, bools, build, ints, nonzero_ints, pos, r
 
 
@@ -213,7 +214,8 @@ def test_every_core_op_has_a_lowering_and_a_case() -> None:
     assert len(core) > 80
     lowered = OnnxBackend().supported_ops("onnx")
     assert core <= lowered, f"core ops without an ONNX lowering: {sorted(core - lowered)}"
-    assert core <= {c[0] for c in CASES}, f"core ops without a test case: {sorted(core - {c[0] for c in CASES})}"
+    cased = {c[0] for c in CASES} | {c[0] for c in NN_CASES.values()}
+    assert core <= cased, f"core ops without a test case: {sorted(core - cased)}"
 
 
 def test_emitted_model_is_valid_and_initializers_are_counted_as_stored() -> None:
@@ -345,3 +347,9 @@ def test_tied_weights_stay_shared_through_onnx_and_back() -> None:
     emb = next(n for n in back.nodes if n.op == "embedding")
     assert lin.inputs[1] is emb.inputs[0] is big[0]
     torch.testing.assert_close(run(back, feeds)[0], run(g, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(NN_CASES))
+def test_nn_ops(case: str) -> None:
+    op, operands, attrs, tol = NN_CASES[case]
+    check(op, operands, attrs, tol=max(tol, 1e-6))

@@ -23,6 +23,7 @@ from bitpress.compiler import ops as core_ops
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ops import get_op, op_names
 from bitpress.compiler.target import BuildOptions, LoweringError, legalize_check
+from tests.backends._op_cases_nn import NN_CASES
 from tests.backends._op_graphs import C, assert_matches, bools, build, ints, nonzero_ints, pos, r
 
 
@@ -274,8 +275,8 @@ def test_missing_lowering_is_a_clear_error() -> None:
 
 
 def test_bad_attr_is_a_one_line_error() -> None:
-    g, _ = build("pad", [r(1, 2, 5)], {"pad": [1, 1], "mode": "circular"})
-    with pytest.raises(LoweringError, match=r"test\.pad \(pad\): pad mode 'circular'"):
+    g, _ = build("interpolate", [r(1, 2, 3, 3, 3)], {"size": [4, 4, 4], "mode": "linear"})
+    with pytest.raises(LoweringError, match=r"test\.interpolate \(interpolate\): interpolate over 3 spatial dims"):
         TvmBackend().build(g, "llvm", BuildOptions())
 
 
@@ -302,3 +303,21 @@ def test_advanced_index() -> None:
 def test_matmul_const_rhs_packed(a: tuple[int, ...], k: int, n: int) -> None:
     """x @ B with a constant B takes the packed-weight GEMM (or the generic one when N has no strip width)."""
     check("matmul", [r(*a), C(r(k, n))], tol=1e-4)
+
+
+@pytest.mark.parametrize("case", sorted(NN_CASES))
+def test_nn_ops(case: str) -> None:
+    op, operands, attrs, tol = NN_CASES[case]
+    check(op, operands, attrs, tol=max(tol, 1e-6))
+
+
+@pytest.mark.slow
+def test_nn_ops_compile_for_cuda_without_running() -> None:
+    """The wider ops are generic Relax/TOPI: cuda codegen takes them like llvm (no GPU needed to build)."""
+    from bitpress.backends.tvm.backend import generated_source
+
+    for case in ("conv-transpose2d", "interp-bilinear", "group-norm", "cumsum", "sort", "adaptive-max-pool2d"):
+        op, operands, attrs, _ = NN_CASES[case]
+        g, _feeds = build(op, operands, attrs)
+        exe = TvmBackend().build(g, "cuda", BuildOptions())
+        assert "__global__" in generated_source(exe, "cuda"), case

@@ -103,16 +103,41 @@ def test_llama_style_decoder() -> None:
 
 
 def test_unsupported_ops_are_listed_together() -> None:
+    """Every offender in one line, with its node and module path, whatever its dtype."""
+
     class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.cumsum(x, 0) + torch.sort(x, dim=-1).values
+            spec = torch.fft.rfft(self.proj(x)).abs().sum(-1)  # complex64 in between
+            return spec + torch.special.i0(x).sum(-1) + torch.bucketize(x, torch.tensor([0.0, 1.0])).sum(-1)
 
     with pytest.raises(UnsupportedOpError) as e:
-        import_module(Bad(), (torch.randn(4, 4),))
+        import_module(Bad(), (torch.randn(4, 8),))
     msg = str(e.value)
-    assert "aten.cumsum" in msg and "aten.sort" in msg
-    assert msg.startswith("2 unsupported op use(s)")
+    assert msg.startswith("3 unsupported op use(s)")
+    assert "aten._fft_r2c at node _fft_r2c (top level) produces torch.complex64" in msg
+    assert "aten.i0" in msg and "aten.bucketize" in msg
     assert "\n" not in msg
+
+
+def test_unsupported_op_names_its_module_path() -> None:
+    class Inner(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.special.i0(x)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4), Inner())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(x)
+
+    with pytest.raises(UnsupportedOpError, match=r"aten\.i0 .* at node i0 \(block\.1\)"):
+        import_module(Outer(), (torch.randn(2, 4),))
 
 
 def test_fashion_cnn_matches_eager() -> None:

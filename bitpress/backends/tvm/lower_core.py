@@ -818,19 +818,22 @@ def _pad(ctx: LowerContext, node: Node, args: Args) -> Any:
         width[2 * ax], width[2 * ax + 1] = pad[2 * i], pad[2 * i + 1]
     if any(p < 0 for p in width):
         raise ValueError("negative padding (cropping) is not supported")
-    if mode not in ("constant", "reflect", "replicate"):
-        raise ValueError(f"pad mode {mode!r} is not supported (constant, reflect, replicate)")
-    if mode == "replicate":
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise ValueError(f"pad mode {mode!r} is not supported (constant, reflect, replicate, circular)")
+    if mode in ("replicate", "circular"):
         shape = node.inputs[0].shape
 
         def edge(x: Any) -> Any:
             def at(*i: Any) -> Any:
-                src = [tirx.max(tirx.min(i[a] - width[2 * a], shape[a] - 1), 0) for a in range(nd)]
+                if mode == "circular":  # wrap around: the left pad reads the end of the axis
+                    src = [tirx.floormod(i[a] - width[2 * a] + shape[a], shape[a]) for a in range(nd)]
+                else:
+                    src = [tirx.max(tirx.min(i[a] - width[2 * a], shape[a] - 1), 0) for a in range(nd)]
                 return x(*src)
 
-            return te.compute(_out_shape(node), at, name="pad_replicate")
+            return te.compute(_out_shape(node), at, name=f"pad_{mode}")
 
-        return ctx.emit_te(edge, args[0], primfunc_name_hint="pad_replicate")
+        return ctx.emit_te(edge, args[0], primfunc_name_hint=f"pad_{mode}")
     return ctx.emit(R.nn.pad(args[0], width, pad_mode=mode, pad_value=float(node.attrs.get("value", 0.0) or 0.0)))
 
 

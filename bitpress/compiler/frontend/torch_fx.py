@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import operator
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from bitpress.compiler.ir import Graph, TensorType, Value, from_torch_dtype
+from bitpress.compiler.ir import Graph, IRError, TensorType, Value, from_torch_dtype
 
 __all__ = ["UnsupportedOpError", "import_exported", "import_module"]
 
@@ -32,83 +34,9 @@ class FrontendError(ValueError):
     """The model could not be traced or imported."""
 
 
-# aten packet name -> (bitpress op, tensor slots (schema names), attrs {schema name: attr name})
-_Spec = tuple[str, tuple[str, ...], dict[str, str]]
-_SIMPLE: dict[str, _Spec] = {
-    "linear": ("linear", ("input", "weight", "bias"), {}),
-    "matmul": ("matmul", ("self", "other"), {}),
-    "mm": ("matmul", ("self", "mat2"), {}),
-    "bmm": ("matmul", ("self", "mat2"), {}),
-    "conv1d": (
-        "conv1d",
-        ("input", "weight", "bias"),
-        {"stride": "stride", "padding": "padding", "dilation": "dilation", "groups": "groups"},
-    ),
-    "conv2d": (
-        "conv2d",
-        ("input", "weight", "bias"),
-        {"stride": "stride", "padding": "padding", "dilation": "dilation", "groups": "groups"},
-    ),
-    "embedding": ("embedding", ("weight", "indices"), {}),
-    "layer_norm": ("layer_norm", ("input", "weight", "bias"), {"normalized_shape": "normalized_shape", "eps": "eps"}),
-    "rms_norm": ("rms_norm", ("input", "weight"), {"normalized_shape": "normalized_shape", "eps": "eps"}),
-    "softmax": ("softmax", ("self",), {"dim": "dim"}),
-    "_softmax": ("softmax", ("self",), {"dim": "dim"}),
-    "log_softmax": ("log_softmax", ("self",), {"dim": "dim"}),
-    "_log_softmax": ("log_softmax", ("self",), {"dim": "dim"}),
-    "gelu": ("gelu", ("self",), {"approximate": "approximate"}),
-    "leaky_relu": ("leaky_relu", ("self",), {"negative_slope": "negative_slope"}),
-    "elu": ("elu", ("self",), {"alpha": "alpha"}),
-    "softplus": ("softplus", ("self",), {"beta": "beta", "threshold": "threshold"}),
-    "max_pool2d": (
-        "max_pool2d",
-        ("self",),
-        {"kernel_size": "kernel_size", "stride": "stride", "padding": "padding", "dilation": "dilation", "ceil_mode": "ceil_mode"},
-    ),
-    "avg_pool2d": (
-        "avg_pool2d",
-        ("self",),
-        {
-            "kernel_size": "kernel_size",
-            "stride": "stride",
-            "padding": "padding",
-            "ceil_mode": "ceil_mode",
-            "count_include_pad": "count_include_pad",
-            "divisor_override": "divisor_override",
-        },
-    ),
-    "adaptive_avg_pool2d": ("adaptive_avg_pool2d", ("self",), {"output_size": "output_size"}),
-    "_adaptive_avg_pool2d": ("adaptive_avg_pool2d", ("self",), {"output_size": "output_size"}),
-    "permute": ("permute", ("self",), {"dims": "dims"}),
-    "transpose": ("transpose", ("self",), {"dim0": "dim0", "dim1": "dim1"}),
-    "unsqueeze": ("unsqueeze", ("self",), {"dim": "dim"}),
-    "select": ("select", ("self",), {"dim": "dim", "index": "index"}),
-    "index_select": ("index_select", ("self", "index"), {"dim": "dim"}),
-    "gather": ("gather", ("self", "index"), {"dim": "dim"}),
-    "tril": ("tril", ("self",), {"diagonal": "diagonal"}),
-    "triu": ("triu", ("self",), {"diagonal": "diagonal"}),
-    "where": ("where", ("condition", "self", "other"), {}),
-    "masked_fill": ("masked_fill", ("self", "mask"), {"value": "value"}),
-    "constant_pad_nd": ("pad", ("self",), {"pad": "pad", "value": "value"}),
-    "repeat": ("repeat", ("self",), {"repeats": "repeats"}),
-    "argmax": ("argmax", ("self",), {"dim": "dim", "keepdim": "keepdim"}),
-    "amax": ("amax", ("self",), {"dim": "dim", "keepdim": "keepdim"}),
-    "flatten": ("flatten", ("self",), {"start_dim": "start_dim", "end_dim": "end_dim"}),
-}
-_BINARY = {
-    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "maximum", "minimum": "minimum",
-    "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "logical_and": "logical_and",
-    "logical_or": "logical_or", "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "__and__": "bitwise_and",
-    "__or__": "bitwise_or", "floor_divide": "floor_divide", "remainder": "remainder",
-}  # fmt: skip
-_UNARY = {
-    "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "erf", "reciprocal",
-    "logical_not", "hardswish", "hardsigmoid", "sign", "floor", "ceil", "round",
-}  # fmt: skip
 _IDENTITY = {"contiguous", "clone", "alias", "detach", "lift_fresh_copy", "_assert_tensor_metadata_noop"}
 _SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full", "new_empty", "sym_size", "size"}
 _ASSERTS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range_for_size", "_assert_async", "sym_constrain_range"}
-_RESHAPES = {"view", "reshape", "_unsafe_view", "expand", "squeeze", "view_as", "reshape_as", "expand_as", "unflatten"}
 _MAX_FOLD = 1 << 22
 
 
@@ -169,8 +97,8 @@ class _Importer:
 
     def value(self, a: Any, hint: str) -> Value | None:
         """Turn an argument into a Value (python scalars into 0-d constants)."""
-        if a is None:
-            return None
+        if a is None or isinstance(a, Value):
+            return a
         if isinstance(a, torch.fx.Node):
             v = self.env[a]
             if isinstance(v, Value):
@@ -225,6 +153,11 @@ class _Importer:
             if node.op == "placeholder":
                 kind, target = kinds.get(node.name, ("USER_INPUT", None))
                 if kind == "USER_INPUT":
+                    bad = _unsupported_dtypes(node)
+                    if bad:
+                        self.unsupported.append(f"input {node.name} is {bad}, which bitpress has no dtype for")
+                        self.env[node] = _Poison()
+                        continue
                     t = _meta_type(node)
                     if t is None:
                         self.env[node] = node.meta.get("val")
@@ -266,192 +199,42 @@ class _Importer:
         for arg in _flat_nodes(node):
             if isinstance(self.env[arg], _Poison):
                 return _Poison()
+        path = _module_path(node)
+        where = f"node {node.name} ({path or 'top level'})"
         if target is operator.getitem:
             src: Any = node.args[0]
             idx: Any = node.args[1]
             v = self.env[src]
             if isinstance(v, (list, tuple)):
                 return v[idx]
-            raise _Unsupported(f"getitem on {type(v).__name__} at {node.name}")
+            raise _Unsupported(f"getitem on {type(v).__name__} at {where}")
         if not isinstance(target, torch._ops.OpOverload):
             # python arithmetic on sizes (sym ints) and similar: evaluate
             fn: Any = target
             try:
                 return fn(*self.concrete(node.args), **self.concrete(node.kwargs))
             except Exception as e:
-                raise _Unsupported(
-                    f"{getattr(target, '__name__', target)} at node {node.name} ({_module_path(node) or 'top level'}): {e}"
-                ) from None
-        pkt = _packet(target).rstrip("_") if _packet(target) not in ("__and__", "__or__") else _packet(target)
+                raise _Unsupported(f"{getattr(target, '__name__', target)} at {where}: {e}") from None
+        pkt = _packet(target)
+        pkt = pkt if pkt in ("__and__", "__or__") else pkt.rstrip("_")
         args = _bind_schema(target, node.args, node.kwargs)
-        path = _module_path(node)
-        hint = (
-            path
-            if pkt in ("linear", "conv2d", "conv1d", "embedding", "layer_norm", "rms_norm") and path
-            else (f"{path}.{pkt}" if path else pkt)
-        )
         if pkt in _ASSERTS:
             return None
         if pkt in _IDENTITY:
             return self.env[args["self"]] if isinstance(args.get("self"), torch.fx.Node) else args.get("self")
         if pkt in _SHAPE_ONLY or self.is_foldable(node):
             return self.fold(node, pkt)
-        t = _meta_type(node)
-        g = self.g
-
-        def call(op: str, ins: Sequence[Any], attrs: dict[str, Any] | None = None) -> Value:
-            vals = [self.value(a, hint + ".c") for a in ins]
-            return g.call(op, vals, attrs or {}, name=hint)
-
-        a: Any
-        b: Any
-        if pkt in _BINARY:
-            a, b = (args.get("self", args.get("input")), args.get("other", args.get("exponent")))
-            if pkt == "pow" and "self" in args and not isinstance(args["self"], torch.fx.Node):
-                a, b = args["self"], args["exponent"]
-            alpha = args.get("alpha", 1)
-            if alpha not in (None, 1):
-                b = call("mul", [b, float(alpha) if isinstance(alpha, float) else alpha])
-            out = call(_BINARY[pkt], [a, _scalar_like(b, a, self)])
-            return self.check(node, out)
-        if pkt == "rsub":
-            b = args["other"]
-            alpha = args.get("alpha", 1)
-            a = args["self"]
-            if alpha not in (None, 1):
-                a = call("mul", [a, alpha])
-            return self.check(node, call("sub", [_scalar_like(b, args["self"], self), a]))
-        if pkt in _UNARY:
-            return self.check(node, call(pkt, [args["self"]]))
-        if pkt in ("hardtanh", "relu6"):
-            lo, hi = (args.get("min_val", -1.0), args.get("max_val", 1.0)) if pkt == "hardtanh" else (0.0, 6.0)
-            return self.check(node, call("clamp", [args["self"]], {"min": lo, "max": hi}))
-        if pkt in ("clamp", "clamp_min", "clamp_max"):
-            lo = args.get("min") if pkt != "clamp_max" else None
-            hi = args.get("max") if pkt != "clamp_min" else None
-            if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):
-                raise _Unsupported(f"aten.{pkt} with tensor bounds at node {node.name} ({path or 'top level'})")
-            return self.check(node, call("clamp", [args["self"]], {"min": lo, "max": hi}))
-        if pkt in ("_to_copy", "to", "type_as"):
-            src = self.env[args["self"]]
-            want = t.dtype if t is not None else None
-            if want is None or (isinstance(src, Value) and src.dtype == want):
-                return src
-            return self.check(node, call("cast", [args["self"]], {"dtype": want}))
-        if pkt in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"):
-            return self.env[args["input"]]
-        if pkt == "native_dropout":
-            return [self.env[args["input"]], None]
-        if pkt in _SIMPLE:
-            op, slots, amap = _SIMPLE[pkt]
-            attrs = {an: _py(args[sn]) for sn, an in amap.items() if sn in args}
-            if op in ("max_pool2d", "avg_pool2d") and not attrs.get("stride"):
-                attrs["stride"] = attrs["kernel_size"]
-            if op == "where":
-                ins = [args["condition"], args["self"], args["other"]]
-                ins = [ins[0], _scalar_like(ins[1], ins[2], self), _scalar_like(ins[2], ins[1], self)]
-                return self.check(node, call(op, ins))
-            return self.check(node, call(op, [args.get(s) for s in slots], attrs))
-        if pkt in ("max_pool2d_with_indices",):
-            attrs = {k: _py(args[k]) for k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
-            if not attrs["stride"]:
-                attrs["stride"] = attrs["kernel_size"]
-            return [call("max_pool2d", [args["self"]], attrs), None]
-        if pkt in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit"):
-            training = args.get("training", False)
-            if training:
-                raise _Unsupported(f"aten.{pkt} in training mode at node {node.name} ({path}); call model.eval() first")
-            out = call(
-                "batch_norm",
-                [args["input"], args["weight"], args["bias"], args["running_mean"], args["running_var"]],
-                {"eps": float(args.get("eps", 1e-5))},
-            )
-            return out if pkt == "batch_norm" else [out, None, None]
-        if pkt == "native_layer_norm":
-            out = call(
-                "layer_norm",
-                [args["input"], args["weight"], args["bias"]],
-                {"normalized_shape": list(args["normalized_shape"]), "eps": float(args["eps"])},
-            )
-            return [out, None, None]
-        if pkt == "scaled_dot_product_attention":
-            attrs = {
-                "is_causal": bool(args.get("is_causal", False)),
-                "scale": args.get("scale"),
-                "enable_gqa": bool(args.get("enable_gqa", False)),
-            }
-            return self.check(node, call("sdpa", [args["query"], args["key"], args["value"], args.get("attn_mask")], attrs))
-        if pkt in ("mean", "sum"):
-            dim = args.get("dim")
-            return self.check(
-                node,
-                call(
-                    pkt, [args["self"]], {"dim": _py(dim) if dim not in (None, []) else None, "keepdim": bool(args.get("keepdim", False))}
-                ),
-            )
-        if pkt in _RESHAPES and t is not None:
-            src = self.env[args["self"]]
-            if isinstance(src, Value) and src.shape == t.shape:
-                return src
-            op = "expand" if pkt in ("expand", "expand_as") else "reshape"
-            return self.check(node, call(op, [args["self"]], {"shape": list(t.shape)}))
-        if pkt == "t":
-            src = self.env[args["self"]]
-            if isinstance(src, Value) and src.ndim < 2:
-                return src
-            return self.check(node, call("transpose", [args["self"]], {"dim0": 0, "dim1": 1}))
-        if pkt == "slice":
-            src = self.env[args["self"]]
-            dim = int(args.get("dim", 0))
-            size = src.shape[dim] if isinstance(src, Value) else None
-            start, end, step = args.get("start"), args.get("end"), int(args.get("step", 1))
-            start = 0 if start is None else int(start)
-            end = size if end is None or (size is not None and end >= size) else int(end)
-            if isinstance(src, Value) and size is not None and start in (0, -size) and end == size and step == 1:
-                return src
-            return self.check(node, call("slice", [args["self"]], {"dim": dim, "start": start, "end": end, "step": step}))
-        if pkt in ("cat", "concat", "stack"):
-            tensors = [a for a in args["tensors"]]
-            ins = [self.value(a, hint + ".c") for a in tensors]
-            ins = [v for v in ins if v is not None and not (pkt != "stack" and v.numel == 0)]
-            out = g.call("cat" if pkt != "stack" else "stack", ins, {"dim": int(args.get("dim", 0))}, name=hint)
-            return self.check(node, out)
-        if pkt in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
-            vals: Any = node.meta.get("val")
-            dim = int(args.get("dim", 0))
-            sizes = [int(v.shape[dim]) for v in vals] if pkt != "unbind" else [1] * len(vals)
-            node_ir = g.create_node("split", [self.value(args["self"], hint)], {"sizes": sizes, "dim": dim}, name=hint)
-            outs = list(node_ir.outputs)
-            if pkt == "unbind":
-                outs = [g.call("squeeze", [o], {"dim": dim}, name=hint) for o in outs]
-            return outs
-        if pkt == "convolution":
-            if args.get("transposed"):
-                raise _Unsupported(f"aten.convolution (transposed) at node {node.name} ({path})")
-            w = self.env[args["weight"]]
-            conv_op = {3: "conv1d", 4: "conv2d"}.get(w.ndim)
-            if conv_op is None:
-                raise _Unsupported(f"aten.convolution with {w.ndim - 2}-d kernels at node {node.name} ({path})")
-            attrs = {k: _py(args[k]) for k in ("stride", "padding", "dilation", "groups")}
-            return self.check(node, call(conv_op, [args["input"], args["weight"], args["bias"]], attrs))
-        if pkt == "addmm":
-            mm = call("matmul", [args["mat1"], args["mat2"]])
-            beta, alpha = args.get("beta", 1), args.get("alpha", 1)
-            if alpha != 1:
-                mm = g.call("mul", [mm, self.value(float(alpha), hint + ".c")], name=hint)
-            bias = self.value(args["self"], hint + ".c")
-            if beta != 1:
-                bias = g.call("mul", [bias, self.value(float(beta), hint + ".c")], name=hint)
-            return self.check(node, g.call("add", [mm, bias], name=hint))
-        if pkt == "index":
-            idx = list(args["indices"])
-            dims = [d for d, i in enumerate(idx) if i is not None]
-            ivals = [self.value(idx[d], hint + ".idx") for d in dims]
-            if any(v is None or v.dtype not in ("int64", "int32") for v in ivals):
-                raise _Unsupported(f"aten.index with boolean masks at node {node.name} ({path or 'top level'})")
-            vals = [self.value(args["self"], hint + ".c"), *ivals]
-            return self.check(node, g.call("index", vals, {"dims": dims}, name=hint))
-        raise _Unsupported(f"aten.{pkt} ({target}) at node {node.name} ({path or 'top level'})")
+        bad = _unsupported_dtypes(node)
+        if bad:
+            raise _Unsupported(f"aten.{pkt} at {where} produces {bad}, which bitpress has no dtype for")
+        conv = _CONVERTERS.get(pkt)
+        if conv is None:
+            raise _Unsupported(f"aten.{pkt} ({target}) at {where}")
+        hint = path if pkt in _NAMED_BY_MODULE and path else (f"{path}.{pkt}" if path else pkt)
+        try:
+            return conv(_Site(self, node, pkt, args, path, hint, where))
+        except IRError as e:
+            raise _Unsupported(f"aten.{pkt} at {where}: {e}") from None
 
     def check(self, node: torch.fx.Node, out: Value) -> Value:
         t = _meta_type(node)
@@ -542,8 +325,556 @@ def _scalar_like(b: Any, a: Any, imp: _Importer) -> Any:
     return b
 
 
-def import_exported(ep: torch.export.ExportedProgram) -> Graph:
-    """Convert an ExportedProgram to a bitpress Graph."""
+# ============================================================================ converter table
+#
+# One entry per aten packet (overload names are ignored): `fn(site) -> Value | list | None`.
+# Ops without an entry are decomposed by torch (`decomposition_table`) into the Core ATen
+# set before import; what is still missing after that is listed together with its node.
+
+
+@dataclass
+class _Site:
+    """One aten call being converted: its bound schema arguments and where it came from."""
+
+    imp: _Importer
+    node: torch.fx.Node
+    pkt: str
+    args: dict[str, Any]
+    path: str
+    hint: str
+    where: str
+
+    def arg(self, *names: str, default: Any = None) -> Any:
+        for n in names:
+            if n in self.args:
+                return self.args[n]
+        return default
+
+    def env(self, a: Any) -> Any:
+        return self.imp.env[a] if isinstance(a, torch.fx.Node) else a
+
+    def call(self, op: str, ins: Sequence[Any], attrs: dict[str, Any] | None = None) -> Value:
+        vals = [self.imp.value(a, self.hint + ".c") for a in ins]
+        return self.imp.g.call(op, vals, attrs or {}, name=self.hint)
+
+    def out(self, v: Value) -> Value:
+        return self.imp.check(self.node, v)
+
+    def unsupported(self, what: str) -> _Unsupported:
+        return _Unsupported(f"aten.{self.pkt} {what} at {self.where}")
+
+    @property
+    def meta(self) -> TensorType | None:
+        return _meta_type(self.node)
+
+
+_Converter = Callable[[_Site], Any]
+_CONVERTERS: dict[str, _Converter] = {}
+# ops whose IR node is named by the module path alone (they are the "layers" of the report)
+_NAMED_BY_MODULE = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "embedding", "layer_norm", "rms_norm", "group_norm"}  # fmt: skip
+
+
+def _converts(*packets: str) -> Callable[[_Converter], _Converter]:
+    def deco(fn: _Converter) -> _Converter:
+        for p in packets:
+            if p in _CONVERTERS:
+                raise ValueError(f"aten.{p} has two converters")
+            _CONVERTERS[p] = fn
+        return fn
+
+    return deco
+
+
+def _simple(op: str, slots: tuple[str, ...], amap: dict[str, str], defaults: dict[str, Any] | None = None) -> _Converter:
+    """aten(slots..., attrs...) -> op(slots..., attrs renamed by amap)"""
+
+    def conv(s: _Site) -> Any:
+        attrs = dict(defaults or {}) | {an: _py(s.args[sn]) for sn, an in amap.items() if sn in s.args}
+        return s.out(s.call(op, [s.args.get(sl) for sl in slots], attrs))
+
+    return conv
+
+
+_CONV_ATTRS = {"stride": "stride", "padding": "padding", "dilation": "dilation", "groups": "groups"}
+_SIMPLE: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
+    "linear": ("linear", ("input", "weight", "bias"), {}),
+    "matmul": ("matmul", ("self", "other"), {}),
+    "mm": ("matmul", ("self", "mat2"), {}),
+    "bmm": ("matmul", ("self", "mat2"), {}),
+    "conv1d": ("conv1d", ("input", "weight", "bias"), _CONV_ATTRS),
+    "conv2d": ("conv2d", ("input", "weight", "bias"), _CONV_ATTRS),
+    "conv3d": ("conv3d", ("input", "weight", "bias"), _CONV_ATTRS),
+    "embedding": ("embedding", ("weight", "indices"), {}),
+    "layer_norm": ("layer_norm", ("input", "weight", "bias"), {"normalized_shape": "normalized_shape", "eps": "eps"}),
+    "rms_norm": ("rms_norm", ("input", "weight"), {"normalized_shape": "normalized_shape", "eps": "eps"}),
+    "group_norm": ("group_norm", ("input", "weight", "bias"), {"num_groups": "num_groups", "eps": "eps"}),
+    "softmax": ("softmax", ("self",), {"dim": "dim"}),
+    "_softmax": ("softmax", ("self",), {"dim": "dim"}),
+    "log_softmax": ("log_softmax", ("self",), {"dim": "dim"}),
+    "_log_softmax": ("log_softmax", ("self",), {"dim": "dim"}),
+    "gelu": ("gelu", ("self",), {"approximate": "approximate"}),
+    "leaky_relu": ("leaky_relu", ("self",), {"negative_slope": "negative_slope"}),
+    "elu": ("elu", ("self",), {"alpha": "alpha"}),
+    "softplus": ("softplus", ("self",), {"beta": "beta", "threshold": "threshold"}),
+    "adaptive_avg_pool1d": ("adaptive_avg_pool1d", ("self",), {"output_size": "output_size"}),
+    "adaptive_avg_pool2d": ("adaptive_avg_pool2d", ("self",), {"output_size": "output_size"}),
+    "_adaptive_avg_pool2d": ("adaptive_avg_pool2d", ("self",), {"output_size": "output_size"}),
+    "adaptive_avg_pool3d": ("adaptive_avg_pool3d", ("self",), {"output_size": "output_size"}),
+    "_adaptive_avg_pool3d": ("adaptive_avg_pool3d", ("self",), {"output_size": "output_size"}),
+    "permute": ("permute", ("self",), {"dims": "dims"}),
+    "transpose": ("transpose", ("self",), {"dim0": "dim0", "dim1": "dim1"}),
+    "unsqueeze": ("unsqueeze", ("self",), {"dim": "dim"}),
+    "select": ("select", ("self",), {"dim": "dim", "index": "index"}),
+    "index_select": ("index_select", ("self", "index"), {"dim": "dim"}),
+    "gather": ("gather", ("self", "index"), {"dim": "dim"}),
+    "tril": ("tril", ("self",), {"diagonal": "diagonal"}),
+    "triu": ("triu", ("self",), {"diagonal": "diagonal"}),
+    "masked_fill": ("masked_fill", ("self", "mask"), {"value": "value"}),
+    "constant_pad_nd": ("pad", ("self",), {"pad": "pad", "value": "value"}),
+    "reflection_pad1d": ("pad", ("self",), {"padding": "pad"}),
+    "reflection_pad2d": ("pad", ("self",), {"padding": "pad"}),
+    "reflection_pad3d": ("pad", ("self",), {"padding": "pad"}),
+    "replication_pad1d": ("pad", ("self",), {"padding": "pad"}),
+    "replication_pad2d": ("pad", ("self",), {"padding": "pad"}),
+    "replication_pad3d": ("pad", ("self",), {"padding": "pad"}),
+    "repeat": ("repeat", ("self",), {"repeats": "repeats"}),
+    "argmax": ("argmax", ("self",), {"dim": "dim", "keepdim": "keepdim"}),
+    "argmin": ("argmin", ("self",), {"dim": "dim", "keepdim": "keepdim"}),
+    "amax": ("amax", ("self",), {"dim": "dim", "keepdim": "keepdim"}),
+    "amin": ("amin", ("self",), {"dim": "dim", "keepdim": "keepdim"}),
+    "flatten": ("flatten", ("self",), {"start_dim": "start_dim", "end_dim": "end_dim"}),
+    "cumsum": ("cumsum", ("self",), {"dim": "dim"}),
+    "flip": ("flip", ("self",), {"dims": "dims"}),
+    "scatter_add": ("scatter", ("self", "index", "src"), {"dim": "dim"}),
+}
+_PAD_MODE = {"reflection": "reflect", "replication": "replicate"}
+for _p, (_op, _slots, _amap) in _SIMPLE.items():
+    _defaults = {"mode": _PAD_MODE[_p.split("_")[0]]} if _p.startswith(("reflection", "replication")) else None
+    if _p == "scatter_add":
+        _defaults = {"reduce": "sum"}
+    _converts(_p)(_simple(_op, _slots, _amap, _defaults))
+
+_BINARY = {
+    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "maximum": "maximum", "minimum": "minimum",
+    "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "logical_and": "logical_and",
+    "logical_or": "logical_or", "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "__and__": "bitwise_and",
+    "__or__": "bitwise_or", "floor_divide": "floor_divide", "remainder": "remainder", "fmod": "fmod",
+    "logical_xor": "ne", "atan2": "atan2",
+}  # fmt: skip
+_UNARY = {
+    "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "erf", "reciprocal",
+    "logical_not", "hardswish", "hardsigmoid", "sign", "floor", "ceil", "round", "log1p", "expm1", "trunc", "atan",
+    "asin", "acos", "sinh", "cosh", "isnan", "isinf", "bitwise_not", "tan",
+}  # fmt: skip
+
+
+@_converts(*_BINARY)
+def _binary(s: _Site) -> Any:
+    a, b = (s.arg("self", "input"), s.arg("other", "exponent"))
+    if s.pkt == "pow" and "self" in s.args and not isinstance(s.args["self"], torch.fx.Node):
+        a, b = s.args["self"], s.args["exponent"]
+    alpha = s.args.get("alpha", 1)
+    if alpha not in (None, 1):
+        b = s.call("mul", [b, float(alpha) if isinstance(alpha, float) else alpha])
+    if s.pkt == "logical_xor":
+        a, b = s.call("cast", [a], {"dtype": "bool"}), s.call("cast", [b], {"dtype": "bool"})
+    return s.out(s.call(_BINARY[s.pkt], [a, _scalar_like(b, a, s.imp)]))
+
+
+@_converts("rsub")
+def _rsub(s: _Site) -> Any:
+    """rsub(x, y, alpha) = y - alpha * x"""
+    a, b, alpha = s.args["self"], s.args["other"], s.args.get("alpha", 1)
+    if alpha not in (None, 1):
+        a = s.call("mul", [a, alpha])
+    return s.out(s.call("sub", [_scalar_like(b, s.args["self"], s.imp), a]))
+
+
+@_converts(*_UNARY)
+def _unary(s: _Site) -> Any:
+    return s.out(s.call(s.pkt, [s.args["self"]]))
+
+
+@_converts("hardtanh", "relu6")
+def _hardtanh(s: _Site) -> Any:
+    lo, hi = (s.args.get("min_val", -1.0), s.args.get("max_val", 1.0)) if s.pkt == "hardtanh" else (0.0, 6.0)
+    return s.out(s.call("clamp", [s.args["self"]], {"min": lo, "max": hi}))
+
+
+@_converts("clamp", "clamp_min", "clamp_max")
+def _clamp(s: _Site) -> Any:
+    lo = s.args.get("min") if s.pkt != "clamp_max" else None
+    hi = s.args.get("max") if s.pkt != "clamp_min" else None
+    x: Any = s.args["self"]
+    if isinstance(lo, torch.fx.Node) or isinstance(hi, torch.fx.Node):  # tensor bounds: max(min(x, hi), lo)
+        if hi is not None:
+            x = s.call("minimum", [x, hi])
+        if lo is not None:
+            x = s.call("maximum", [x, lo])
+        return s.out(x if isinstance(x, Value) else s.call("identity", [x]))
+    return s.out(s.call("clamp", [x], {"min": lo, "max": hi}))
+
+
+@_converts("_to_copy", "to", "type_as")
+def _to(s: _Site) -> Any:
+    src = s.env(s.args["self"])
+    t = s.meta
+    want = t.dtype if t is not None else None
+    if want is None or (isinstance(src, Value) and src.dtype == want):
+        return src
+    return s.out(s.call("cast", [s.args["self"]], {"dtype": want}))
+
+
+@_converts("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+def _dropout(s: _Site) -> Any:
+    return s.env(s.args["input"])
+
+
+@_converts("native_dropout")
+def _native_dropout(s: _Site) -> Any:
+    return [s.env(s.args["input"]), None]
+
+
+@_converts("where")
+def _where(s: _Site) -> Any:
+    c, a, b = s.args["condition"], s.args["self"], s.args["other"]
+    return s.out(s.call("where", [c, _scalar_like(a, b, s.imp), _scalar_like(b, a, s.imp)]))
+
+
+def _pool_attrs(s: _Site, keys: Sequence[str]) -> dict[str, Any]:
+    attrs = {k: _py(s.args[k]) for k in keys if k in s.args}
+    if not attrs.get("stride"):
+        attrs["stride"] = attrs["kernel_size"]
+    return attrs
+
+
+_MAX_POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+_AVG_POOL = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
+@_converts("max_pool1d", "max_pool2d", "max_pool3d")
+def _max_pool(s: _Site) -> Any:
+    return s.out(s.call(s.pkt, [s.args["self"]], _pool_attrs(s, _MAX_POOL)))
+
+
+@_converts("max_pool2d_with_indices", "max_pool3d_with_indices")
+def _max_pool_with_indices(s: _Site) -> Any:
+    if s.node.users and any(u.target is operator.getitem and u.args[1] == 1 for u in s.node.users):
+        raise s.unsupported("(the pooling indices are used)")
+    return [s.call(s.pkt.removesuffix("_with_indices"), [s.args["self"]], _pool_attrs(s, _MAX_POOL)), None]
+
+
+@_converts("avg_pool1d", "avg_pool2d", "avg_pool3d")
+def _avg_pool(s: _Site) -> Any:
+    return s.out(s.call(s.pkt, [s.args["self"]], _pool_attrs(s, _AVG_POOL)))
+
+
+@_converts("adaptive_max_pool2d")
+def _adaptive_max_pool(s: _Site) -> Any:
+    if any(u.target is operator.getitem and u.args[1] == 1 for u in s.node.users):
+        raise s.unsupported("(the pooling indices are used)")
+    return [s.call(s.pkt, [s.args["self"]], {"output_size": _py(s.args["output_size"])}), None]
+
+
+@_converts("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit")
+def _batch_norm(s: _Site) -> Any:
+    if s.args.get("training", False) or s.args.get("running_mean") is None:
+        raise s.unsupported("in training mode (batch statistics); call model.eval() first")
+    eps = float(s.args.get("eps", 1e-5))
+    out = s.call(
+        "batch_norm",
+        [s.args["input"], s.args["weight"], s.args["bias"], s.args["running_mean"], s.args["running_var"]],
+        {"eps": eps},
+    )
+    return out if s.pkt == "batch_norm" else [out, None, None]
+
+
+@_converts("instance_norm")
+def _instance_norm(s: _Site) -> Any:
+    """instance_norm(x, w, b) = group_norm(x, C groups, w, b)   (input statistics)"""
+    x = s.env(s.args["input"])
+    if not s.args.get("use_input_stats", True):
+        return s.out(
+            s.call(
+                "batch_norm",
+                [x, s.args["weight"], s.args["bias"], s.args["running_mean"], s.args["running_var"]],
+                {"eps": float(s.args["eps"])},
+            )
+        )
+    attrs = {"num_groups": int(x.shape[1]), "eps": float(s.args["eps"])}
+    return s.out(s.call("group_norm", [x, s.args.get("weight"), s.args.get("bias")], attrs))
+
+
+@_converts("native_layer_norm")
+def _native_layer_norm(s: _Site) -> Any:
+    attrs = {"normalized_shape": list(s.args["normalized_shape"]), "eps": float(s.args["eps"])}
+    return [s.call("layer_norm", [s.args["input"], s.args["weight"], s.args["bias"]], attrs), None, None]
+
+
+@_converts("native_group_norm")
+def _native_group_norm(s: _Site) -> Any:
+    attrs = {"num_groups": int(s.args["group"]), "eps": float(s.args["eps"])}
+    return [s.call("group_norm", [s.args["input"], s.args["weight"], s.args["bias"]], attrs), None, None]
+
+
+@_converts("scaled_dot_product_attention")
+def _sdpa(s: _Site) -> Any:
+    attrs = {
+        "is_causal": bool(s.args.get("is_causal", False)),
+        "scale": s.args.get("scale"),
+        "enable_gqa": bool(s.args.get("enable_gqa", False)),
+    }
+    return s.out(s.call("sdpa", [s.args["query"], s.args["key"], s.args["value"], s.args.get("attn_mask")], attrs))
+
+
+@_converts("mean", "sum", "prod", "any", "all")
+def _reduce(s: _Site) -> Any:
+    dim = s.args.get("dim")
+    attrs: dict[str, Any] = {"dim": _py(dim) if dim not in (None, []) else None, "keepdim": bool(s.args.get("keepdim", False))}
+    if s.pkt == "prod" and isinstance(attrs["dim"], list):
+        attrs["dim"] = attrs["dim"][0]
+    return s.out(s.call(s.pkt, [s.args["self"]], attrs))
+
+
+@_converts("var", "std")
+def _var(s: _Site) -> Any:
+    dim = s.args.get("dim")
+    corr = s.args.get("correction")
+    if corr is None:
+        corr = 1 if s.args.get("unbiased", True) else 0
+    attrs = {"dim": _py(dim) if dim not in (None, []) else None, "correction": float(corr), "keepdim": bool(s.args.get("keepdim", False))}
+    var = s.call("var", [s.args["self"]], attrs)
+    return s.out(s.call("sqrt", [var]) if s.pkt == "std" else var)
+
+
+@_converts("view", "reshape", "_unsafe_view", "expand", "squeeze", "view_as", "reshape_as", "expand_as", "unflatten", "view_copy", "expand_copy", "squeeze_copy")  # fmt: skip
+def _reshape(s: _Site) -> Any:
+    t = s.meta
+    src = s.env(s.args["self"])
+    if t is None:
+        raise s.unsupported("without a static output shape")
+    if isinstance(src, Value) and src.shape == t.shape:
+        return src
+    op = "expand" if s.pkt.startswith("expand") else "reshape"
+    return s.out(s.call(op, [s.args["self"]], {"shape": list(t.shape)}))
+
+
+@_converts("t")
+def _t(s: _Site) -> Any:
+    src = s.env(s.args["self"])
+    if isinstance(src, Value) and src.ndim < 2:
+        return src
+    return s.out(s.call("transpose", [s.args["self"]], {"dim0": 0, "dim1": 1}))
+
+
+@_converts("slice")
+def _slice(s: _Site) -> Any:
+    src = s.env(s.args["self"])
+    dim = int(s.args.get("dim", 0))
+    size = src.shape[dim] if isinstance(src, Value) else None
+    start, end, step = s.args.get("start"), s.args.get("end"), int(s.args.get("step", 1))
+    start = 0 if start is None else int(start)
+    end = size if end is None or (size is not None and end >= size) else int(end)
+    if isinstance(src, Value) and size is not None and start in (0, -size) and end == size and step == 1:
+        return src
+    return s.out(s.call("slice", [s.args["self"]], {"dim": dim, "start": start, "end": end, "step": step}))
+
+
+@_converts("cat", "concat", "stack")
+def _cat(s: _Site) -> Any:
+    ins = [s.imp.value(a, s.hint + ".c") for a in s.args["tensors"]]
+    ins = [v for v in ins if v is not None and not (s.pkt != "stack" and v.numel == 0)]
+    out = s.imp.g.call("cat" if s.pkt != "stack" else "stack", ins, {"dim": int(s.args.get("dim", 0))}, name=s.hint)
+    return s.out(out)
+
+
+@_converts("split", "split_with_sizes", "chunk", "unbind", "tensor_split")
+def _split(s: _Site) -> Any:
+    vals: Any = s.node.meta.get("val")
+    dim = int(s.args.get("dim", 0))
+    sizes = [int(v.shape[dim]) for v in vals] if s.pkt != "unbind" else [1] * len(vals)
+    g = s.imp.g
+    node_ir = g.create_node("split", [s.imp.value(s.args["self"], s.hint)], {"sizes": sizes, "dim": dim}, name=s.hint)
+    outs = list(node_ir.outputs)
+    if s.pkt == "unbind":
+        outs = [g.call("squeeze", [o], {"dim": dim}, name=s.hint) for o in outs]
+    return outs
+
+
+@_converts("convolution")
+def _convolution(s: _Site) -> Any:
+    w = s.env(s.args["weight"])
+    k = w.ndim - 2
+    attrs = {key: _py(s.args[key]) for key in ("stride", "padding", "dilation", "groups")}
+    if s.args.get("transposed"):
+        if k not in (1, 2):
+            raise s.unsupported(f"(transposed, {k}-d kernel)")
+        attrs["output_padding"] = _py(s.args["output_padding"])
+        return s.out(s.call(f"conv_transpose{k}d", [s.args["input"], s.args["weight"], s.args["bias"]], attrs))
+    if k not in (1, 2, 3):
+        raise s.unsupported(f"with a {k}-d kernel")
+    return s.out(s.call(f"conv{k}d", [s.args["input"], s.args["weight"], s.args["bias"]], attrs))
+
+
+@_converts("conv_transpose1d", "conv_transpose2d")
+def _conv_transpose(s: _Site) -> Any:
+    attrs = {k: _py(s.args[k]) for k in ("stride", "padding", "output_padding", "groups", "dilation")}
+    return s.out(s.call(s.pkt, [s.args["input"], s.args["weight"], s.args["bias"]], attrs))
+
+
+@_converts("addmm")
+def _addmm(s: _Site) -> Any:
+    """addmm(b, x, W, beta, alpha) = beta * b + alpha * (x @ W)"""
+    g = s.imp.g
+    mm = s.call("matmul", [s.args["mat1"], s.args["mat2"]])
+    beta, alpha = s.args.get("beta", 1), s.args.get("alpha", 1)
+    if alpha != 1:
+        mm = g.call("mul", [mm, s.imp.value(float(alpha), s.hint + ".c")], name=s.hint)
+    bias = s.imp.value(s.args["self"], s.hint + ".c")
+    if beta != 1:
+        bias = g.call("mul", [bias, s.imp.value(float(beta), s.hint + ".c")], name=s.hint)
+    return s.out(g.call("add", [mm, bias], name=s.hint))
+
+
+@_converts("index")
+def _index(s: _Site) -> Any:
+    idx = list(s.args["indices"])
+    dims = [d for d, i in enumerate(idx) if i is not None]
+    ivals = [s.imp.value(idx[d], s.hint + ".idx") for d in dims]
+    if any(v is None or v.dtype not in ("int64", "int32") for v in ivals):
+        raise s.unsupported("with boolean masks (data-dependent shape)")
+    vals = [s.imp.value(s.args["self"], s.hint + ".c"), *ivals]
+    return s.out(s.imp.g.call("index", vals, {"dims": dims}, name=s.hint))
+
+
+@_converts("pad")
+def _pad(s: _Site) -> Any:
+    mode = str(s.args.get("mode", "constant"))
+    value = s.args.get("value")
+    attrs = {"pad": _py(s.args["pad"]), "mode": mode, "value": float(value) if value is not None else 0.0}
+    return s.out(s.call("pad", [s.args["self"]], attrs))
+
+
+@_converts("_pad_circular")
+def _pad_circular(s: _Site) -> Any:
+    return s.out(s.call("pad", [s.args["self"]], {"pad": _py(s.args["pad"]), "mode": "circular"}))
+
+
+_UPSAMPLE_MODE = {
+    "upsample_nearest1d": ("nearest", 1),
+    "upsample_nearest2d": ("nearest", 2),
+    "upsample_nearest3d": ("nearest", 3),
+    "upsample_linear1d": ("linear", 1),
+    "upsample_bilinear2d": ("linear", 2),
+    "upsample_trilinear3d": ("linear", 3),
+    "upsample_bicubic2d": ("cubic", 2),
+    "_upsample_nearest_exact1d": ("nearest_exact", 1),
+    "_upsample_nearest_exact2d": ("nearest_exact", 2),
+}
+
+
+@_converts(*_UPSAMPLE_MODE)
+def _upsample(s: _Site) -> Any:
+    """upsample_*(x, output_size | scales) -> interpolate(x, size = the output's spatial shape)
+
+    The index math uses input/output size ratios; torch uses 1/scale when a scale factor was
+    given, the same number whenever the output size is the input size times the scale."""
+    mode, k = _UPSAMPLE_MODE[s.pkt]
+    t = s.meta
+    if t is None:
+        raise s.unsupported("without a static output shape")
+    src = s.env(s.args["input"] if "input" in s.args else s.args["self"])
+    size = list(t.shape[-k:])
+    scales = s.args.get("scale_factors") or [s.args.get(f"scales_{a}") for a in ("d", "h", "w")[-k:] if f"scales_{a}" in s.args]
+    for i, sc in enumerate(scales or []):
+        if sc is not None and float(sc) * src.shape[2 + i] != size[i]:
+            raise s.unsupported(f"with scale {sc} that does not give a whole output size")
+    attrs = {"size": size, "mode": mode, "align_corners": bool(s.args.get("align_corners") or False)}
+    return s.out(s.call("interpolate", [src], attrs))
+
+
+@_converts("topk")
+def _topk(s: _Site) -> Any:
+    attrs = {"k": int(s.args["k"]), "dim": int(s.args.get("dim", -1)), "largest": bool(s.args.get("largest", True))}
+    n = s.imp.g.create_node("topk", [s.imp.value(s.args["self"], s.hint)], attrs, name=s.hint)
+    return list(n.outputs)
+
+
+@_converts("sort")
+def _sort(s: _Site) -> Any:
+    attrs = {"dim": int(s.args.get("dim", -1)), "descending": bool(s.args.get("descending", False))}
+    n = s.imp.g.create_node("sort", [s.imp.value(s.args["self"], s.hint)], attrs, name=s.hint)
+    return list(n.outputs)
+
+
+@_converts("scatter", "scatter_reduce")
+def _scatter(s: _Site) -> Any:
+    src = s.args.get("src")
+    if src is None:  # scatter.value: a python scalar broadcast to the index's shape
+        idx = s.env(s.args["index"])
+        x = s.env(s.args["self"])
+        src = torch.full(idx.shape, s.args["value"], dtype=_dtype(x.dtype))
+    reduce = s.args.get("reduce") or "none"
+    reduce = {"add": "sum", "multiply": "prod"}.get(reduce, reduce)
+    if s.pkt == "scatter_reduce" and not s.args.get("include_self", True):
+        raise s.unsupported("with include_self=False")
+    if reduce not in ("none", "sum", "prod", "amax", "amin"):
+        raise s.unsupported(f"with reduce={reduce!r}")
+    return s.out(s.call("scatter", [s.args["self"], s.args["index"], src], {"dim": int(s.args["dim"]), "reduce": reduce}))
+
+
+@_converts("index_put")
+def _index_put(s: _Site) -> Any:
+    idx = list(s.args["indices"])
+    dims = [d for d, i in enumerate(idx) if i is not None]
+    ivals = [s.imp.value(idx[d], s.hint + ".idx") for d in dims]
+    if any(v is None or v.dtype not in ("int64", "int32") for v in ivals):
+        raise s.unsupported("with boolean masks")
+    vals = [s.imp.value(s.args["self"], s.hint + ".c"), s.imp.value(s.args["values"], s.hint + ".c"), *ivals]
+    attrs = {"dims": dims, "accumulate": bool(s.args.get("accumulate", False))}
+    return s.out(s.imp.g.call("index_put", vals, attrs, name=s.hint))
+
+
+def decomposition_table() -> Any:
+    """torch's Core ATen decompositions, less the ops the converter table takes as they are.
+
+    Ops the IR has natively (linear, conv, sdpa, layer/group/rms norm, pad, interpolate, ...)
+    stay whole, so passes and backends see them; every other composite op (einsum, LSTM,
+    pixel_shuffle, logsumexp, glu, mish, baddbmm, ...) becomes core ops."""
+    table: Any = torch.export.default_decompositions()
+    for op in list(table.keys()):
+        if _packet(op).rstrip("_") in _CONVERTERS:
+            del table[op]
+    return table
+
+
+def _unsupported_dtypes(node: torch.fx.Node) -> str:
+    """The torch dtypes of `node`'s outputs that the IR has no name for ("" if none)."""
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (list, tuple)) else [val]
+    bad = []
+    for v in vals:
+        if isinstance(v, torch.Tensor):
+            try:
+                from_torch_dtype(v.dtype)
+            except IRError:
+                bad.append(str(v.dtype))
+    return ", ".join(sorted(set(bad)))
+
+
+def import_exported(ep: torch.export.ExportedProgram, *, decompose: bool = True) -> Graph:
+    """Convert an ExportedProgram to a bitpress Graph.
+
+    With `decompose`, composite ops the converter table does not take are first decomposed
+    by torch into the Core ATen set (`decomposition_table`)."""
+    if decompose:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ep = ep.run_decompositions(decomposition_table())
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FrontendError(f"torch's decomposition to Core ATen failed: {first}") from None
     g = _Importer(ep).run()
     from bitpress.compiler.rewrite import dead_code_elimination
 
@@ -553,13 +884,44 @@ def import_exported(ep: torch.export.ExportedProgram) -> Graph:
 
 
 def import_module(model: torch.nn.Module, example_inputs: Sequence[Any], *, export: Callable[..., Any] | None = None) -> Graph:
-    """Trace `model` with torch.export at the shapes of `example_inputs` and import it."""
+    """Trace `model` with torch.export at the shapes of `example_inputs` and import it.
+
+    Hugging Face models are taken as they are: `use_cache=False` is passed when the forward
+    takes it (the cache belongs to generation), and `ModelOutput` results become their
+    tensor fields in order (e.g. `logits`, or `last_hidden_state` and `pooler_output`).
+    """
     if not isinstance(example_inputs, (tuple, list)):
         raise TypeError("example_inputs must be a tuple of tensors")
     model = model.eval()
+    kwargs = _hf_call_kwargs(model)
     try:
-        ep = (export or torch.export.export)(model, tuple(example_inputs), strict=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = (export or torch.export.export)(model, tuple(example_inputs), kwargs or None, strict=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from None
     return import_exported(ep)
+
+
+def _hf_call_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    """Keyword arguments that make a Hugging Face model's forward return plain tensors."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def model_outputs(out: Any) -> list[torch.Tensor]:
+    """The tensors an eager call returned, in the order the imported graph outputs them
+    (ModelOutput fields in order, None and cache objects left out)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):  # ModelOutput is an OrderedDict of its non-None fields
+        return [t for v in out.values() for t in model_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in model_outputs(v)]
+    return []
