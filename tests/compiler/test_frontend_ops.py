@@ -81,6 +81,11 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], list[nn.Module], list[torch.
     "lstm": (lambda m, x: m[0](x)[0], [nn.LSTM(6, 5, batch_first=True)], [_x(2, 4, 6)]),
     "lstm-2layer-bidir": (lambda m, x: m[0](x)[0], [nn.LSTM(6, 5, num_layers=2, bidirectional=True)], [_x(4, 2, 6)]),
     "gru": (lambda m, x: m[0](x)[0], [nn.GRU(6, 5, batch_first=True)], [_x(2, 4, 6)]),
+    "vector-norm": (
+        lambda m, x: torch.linalg.vector_norm(x, dim=-1) + x.norm(p=1, dim=0).sum() + torch.linalg.vector_norm(x, ord=float("inf")),
+        [],
+        [_x(3, 4)],
+    ),
     "unary-more": (lambda m, x: torch.log1p(x.abs()) + torch.expm1(x) + torch.trunc(x * 3) + torch.atan(x), [], [_x(3, 4)]),
 }
 

@@ -647,6 +647,24 @@ def _var(s: _Site) -> Any:
     return s.out(s.call("sqrt", [var]) if s.pkt == "std" else var)
 
 
+@_converts("linalg_vector_norm", "norm")
+def _vector_norm(s: _Site) -> Any:
+    """||x||_p over dim: p=2 sqrt(sum x^2), p=1 sum |x|, p=inf max |x|, other p (sum |x|^p)^(1/p)"""
+    p = float(s.args.get("ord", s.args.get("p", 2.0)) or 2.0)
+    dim = s.args.get("dim")
+    attrs = {"dim": _py(dim) if dim not in (None, []) else None, "keepdim": bool(s.args.get("keepdim", False))}
+    x = s.env(s.args["self"])
+    a = s.call("abs", [x])
+    if p == float("inf"):
+        return s.out(s.call("amax", [a], attrs | {"dim": attrs["dim"] if attrs["dim"] is not None else list(range(x.ndim))}))
+    if p == 1.0:
+        return s.out(s.call("sum", [a], attrs))
+    if p == 2.0:
+        return s.out(s.call("sqrt", [s.call("sum", [s.call("mul", [x, x])], attrs)]))
+    powed = s.call("pow", [a, torch.tensor(p, dtype=_dtype(x.dtype))])
+    return s.out(s.call("pow", [s.call("sum", [powed], attrs), torch.tensor(1.0 / p, dtype=_dtype(x.dtype))]))
+
+
 @_converts("view", "reshape", "_unsafe_view", "expand", "squeeze", "view_as", "reshape_as", "expand_as", "unflatten", "view_copy", "expand_copy", "squeeze_copy")  # fmt: skip
 def _reshape(s: _Site) -> Any:
     t = s.meta
