@@ -231,3 +231,194 @@ def int8_gemm_schedule(kernel: Any, registers: int, conv_width: int = 1, conv_ch
 
 def _has_block(sch: Any, name: str) -> bool:
     return any(sch.get(b).name_hint == name for b in _root_blocks(sch))
+
+
+# ---------------------------------------------------------------------------- qlinear_dyn
+# Signed int8 x int8 block dots for bitpress.formats.dynamic_int8: weight operand [lanes, 4]
+# int8 per instruction (int4 codes unpacked in registers), 4 activation bytes broadcast.
+
+DYN_KB = 4
+
+
+def dyn_kernel(isa: Any) -> Any:
+    """The signed int8 dot micro-kernel for `isa` (a CpuIsa; None: plain loops)."""
+    from bitpress.schedules.isa import Int8Kernel
+
+    if isa is not None and (isa.has("avxvnni") or isa.has("avx512vnni", "avx512vl")):
+        return Int8Kernel("dyn-vnni256", 8, DYN_KB, "llvm.x86.avx512.vpdpbusd.256")
+    if isa is not None and isa.has("avx2"):
+        return Int8Kernel("dyn-avx2", 8, DYN_KB, "llvm.x86.avx2.pmadd.ub.sw")
+    return Int8Kernel("dyn-generic", 8, DYN_KB, None)
+
+
+def dyn_pack_weight(codes: torch.Tensor, bits: int, lanes: int) -> torch.Tensor:
+    """Signed codes [N, K] -> the kernel's layout [Np / lanes, K / 4, lanes, 4] (int8), or for
+    4-bit codes [Np / lanes, K / 4, 2 * lanes] bytes holding register positions t (low nibble)
+    and t + 2 * lanes (high nibble) of each operand, codes offset by 8."""
+    n, k = codes.shape
+    np_ = -(-n // lanes) * lanes
+    c = torch.zeros(np_, k, dtype=torch.int32)
+    c[:n] = codes
+    v = c.reshape(np_ // lanes, lanes, k // DYN_KB, DYN_KB).permute(0, 2, 1, 3)
+    if bits == 8:
+        return v.to(torch.int8).contiguous()
+    half = 2 * lanes
+    flat = (v + 8).reshape(np_ // lanes, k // DYN_KB, lanes * DYN_KB)
+    return (flat[..., :half] | (flat[..., half:] << 4)).to(torch.uint8).contiguous()
+
+
+def _dyn_intrin(kernel: Any) -> str | None:
+    if kernel.intrinsic is None:
+        return None
+    from tvm.s_tir import TensorIntrin
+
+    from bitpress.schedules.tuning import fast_tvmscript
+
+    name = f"bitpress_{kernel.name.replace('-', '_')}"
+    try:
+        TensorIntrin.get(name)
+        return name
+    except Exception:
+        pass
+    from tvm.script import tirx as T
+
+    lanes, nb = kernel.lanes, kernel.lanes * DYN_KB
+    vnni = "vpdpbusd" in kernel.intrinsic
+
+    with fast_tvmscript():
+
+        @T.prim_func(s_tir=True)
+        def desc(
+            a: T.Buffer((DYN_KB,), "int8", offset_factor=1),
+            b: T.Buffer((lanes, DYN_KB), "int8", offset_factor=1),
+            c: T.Buffer((lanes,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:DYN_KB], b[0:lanes, 0:DYN_KB])
+                T.writes(c[0:lanes])
+                for i, kk in T.grid(lanes, DYN_KB):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, kk])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+        # |w| (unsigned) x sign(w) * a (signed): the products are those of w x a, and with
+        # |w|, |a| <= 127 a pair of them never saturates vpmaddubsw's int16
+        if vnni:
+
+            @T.prim_func(s_tir=True)
+            def impl(
+                a: T.Buffer((DYN_KB,), "int8", offset_factor=1),
+                b: T.Buffer((lanes, DYN_KB), "int8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1),
+            ) -> None:
+                with T.sblock("root"):
+                    T.reads(c[0:lanes], a[0:DYN_KB], b[0:lanes, 0:DYN_KB])
+                    T.writes(c[0:lanes])
+                    w = b.vload([0, 0], dtype=f"int8x{nb}")
+                    ab = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int8x4"), dtype="int32"), lanes), dtype=f"int8x{nb}")
+                    c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                        c.vload([0], dtype=f"int32x{lanes}"),
+                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.abs"), w, T.bool(False), dtype=f"int8x{nb}"),
+                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.psign.b"), ab, w, dtype=f"int8x{nb}"),
+                        dtype=f"int32x{lanes}",
+                    )
+
+        else:
+
+            @T.prim_func(s_tir=True)
+            def impl(
+                a: T.Buffer((DYN_KB,), "int8", offset_factor=1),
+                b: T.Buffer((lanes, DYN_KB), "int8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1),
+            ) -> None:
+                with T.sblock("root"):
+                    T.reads(c[0:lanes], a[0:DYN_KB], b[0:lanes, 0:DYN_KB])
+                    T.writes(c[0:lanes])
+                    w = b.vload([0, 0], dtype=f"int8x{nb}")
+                    ab = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int8x4"), dtype="int32"), lanes), dtype=f"int8x{nb}")
+                    p16 = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.abs"), w, T.bool(False), dtype=f"int8x{nb}"),
+                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.psign.b"), ab, w, dtype=f"int8x{nb}"),
+                        dtype=f"int16x{lanes * 2}",
+                    )
+                    c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        p16,
+                        T.broadcast(T.int16(1), lanes * 2),
+                        dtype=f"int32x{lanes}",
+                    )
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def dyn_schedule(kernel: Any, registers: int, bits: int) -> Any:
+    """parallel(n strips) . row tiles . blocks g . [int32 tile := 0 . k/4 . unroll(mi, nv) . dot] . y += tile * s_w
+
+    The int32 block accumulators and the float row sums stay in registers; a 4-bit weight
+    operand is unpacked (two 16-byte nibble loads, shift, mask, -8) just before its dot.
+    """
+    lanes = kernel.lanes
+
+    def schedule(sch: Any, target: Any) -> None:
+        # activation quantization: one pass per row
+        sch.compute_inline(sch.get_sblock("sa"))
+        sch.parallel(sch.get_loops(sch.get_sblock("amax"))[0])
+        xq = sch.get_sblock("xq")
+        xi, xk = sch.get_loops(xq)
+        sch.parallel(xi)
+        _, xv = sch.split(xk, factors=[None, DYN_KB])
+        sch.vectorize(xv)
+        y = sch.get_sblock("y")
+        i, j, rg = sch.get_loops(y)
+        m, np_ = _extent(sch, i), _extent(sch, j)
+        assert np_ is not None
+        mi, nv = register_tile(m, np_ // lanes, registers - 2)
+        jo, jv, ji = sch.split(j, factors=[None, nv, lanes])
+        io, ii = sch.split(i, factors=[None, mi])
+        sch.reorder(jo, io, rg, ii, jv, ji)
+        outer = sch.fuse(jo, io)
+        sch.parallel(outer)
+        ytile = sch.cache_write(y, 0, "local")
+        sch.reverse_compute_at(ytile, outer, preserve_unit_loops=True)
+        acc = sch.get_sblock("acc")
+        sch.compute_at(acc, rg, preserve_unit_loops=True)
+
+        ai, ag, aj, ar = sch.get_loops(acc)[-4:]
+        ajv, aji = sch.split(aj, factors=[nv, lanes])
+        aro, ari = sch.split(ar, factors=[None, DYN_KB])
+        sch.reorder(ag, aro, ai, ajv, aji, ari)
+        if bits == 4:
+            wd = sch.get_sblock("wdec")
+            sch.compute_at(wd, aro, preserve_unit_loops=True)
+
+            fused = sch.fuse(*sch.get_loops(wd)[-2:])
+            _, wv = sch.split(fused, factors=[None, 2 * lanes])
+            sch.vectorize(wv)
+        ainit = sch.decompose_reduction(acc, aro)
+        sch.vectorize(sch.get_loops(ainit)[-1])
+        sch.unroll(ai)
+        sch.unroll(ajv)
+        intrin = _dyn_intrin(kernel)
+        if intrin is not None:
+            sch.tensorize(aji, intrin)
+        else:
+            sch.unroll(aji)
+            sch.unroll(ari)
+        sch.unroll(ii)
+        sch.unroll(jv)
+        sch.vectorize(ji)
+        yinit = sch.decompose_reduction(y, rg)
+        sch.vectorize(sch.get_loops(yinit)[-1])
+        sch.vectorize(sch.get_loops(ytile)[-1])
+        out = sch.get_sblock("out")
+        oi, oj = sch.get_loops(out)
+        sch.parallel(oi)
+        ext = _extent(sch, oj)
+        if ext is not None and ext % lanes == 0:
+            _, ov = sch.split(oj, factors=[None, lanes])
+            sch.vectorize(ov)
+
+    return schedule
