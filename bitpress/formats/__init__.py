@@ -6,8 +6,19 @@ This package imports only `bitpress.compiler` (checked by import-linter in `make
 """
 
 # importing the package registers every compressed op and its dense reconstruction
-from bitpress.formats import binary, dense, integer, quantized, sparse
+from bitpress.formats import binary, dense, dynamic_int8, integer, quantized, sparse
 from bitpress.formats.dense import dense_weight, dense_weight_ops, register_dense_weight
 from bitpress.formats.quantized import QuantAttrs
 
-__all__ = ["QuantAttrs", "binary", "dense", "dense_weight", "dense_weight_ops", "integer", "quantized", "register_dense_weight", "sparse"]
+__all__ = [
+    "QuantAttrs",
+    "binary",
+    "dense",
+    "dense_weight",
+    "dense_weight_ops",
+    "dynamic_int8",
+    "integer",
+    "quantized",
+    "register_dense_weight",
+    "sparse",
+]

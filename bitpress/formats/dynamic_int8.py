@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from bitpress.compiler.ir import IRError, TensorType, unpack_bits
+from bitpress.compiler.ir import IRError, Node, TensorType, unpack_bits
 from bitpress.compiler.ops import register_op
+from bitpress.formats.dense import register_dense_weight
 
 __all__ = ["DYN_OPS", "dynamic_codes", "quantize_rows"]
 
@@ -112,3 +113,14 @@ def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     hi = torch.nextafter(lo, inf)
     tie = (lo.double() + hi.double()) / 2 == s
     return torch.where(tie & (err > 0), hi, torch.where(tie & (err < 0), lo, r))
+
+
+@register_dense_weight("qlinear_dyn")
+def _dense(node: Node) -> torch.Tensor:
+    """W[n, k] = q[n, k] * s_w[n, k // group_size]"""
+    qv, sv = node.inputs[1], node.inputs[2]
+    assert qv is not None and sv is not None
+    n, k = (int(v) for v in node.attrs["shape"])
+    gs = int(node.attrs["group_size"])
+    q = dynamic_codes(qv.value, int(node.attrs["bits"]), (n, k)).to(torch.float32)
+    return q * sv.value.to(torch.float32).repeat_interleave(gs, dim=1)

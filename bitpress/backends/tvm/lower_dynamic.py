@@ -48,15 +48,17 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
     np_ = -(-n // lanes) * lanes
     codes = dynamic_codes(qv, bits, (n, k))
     wl = dyn_pack_weight(codes, bits, lanes)  # 4-bit: nibbles in the kernel's register order
-    sw = torch.zeros(np_, g, dtype=torch.float32)
-    sw[:n] = sv.to(torch.float32)
+    sw = torch.zeros(np_, g, dtype=sv.dtype)  # as stored (float16: converted in the kernel)
+    sw[:n] = sv
 
     def fn(xx: Any, ww: Any, ss: Any, *rest: Any) -> Any:
         rk = te.reduce_axis((0, k), name="rk")
         amax = te.compute((m,), lambda i: te.max(tirx.abs(xx[i, rk]), axis=rk), name="amax")
         sa = te.compute(
             (m,),
-            lambda i: tirx.if_then_else(amax[i] > tirx.const(0.0, "float32"), amax[i] / tirx.const(127.0, "float32"), tirx.const(1.0, "float32")),
+            lambda i: tirx.if_then_else(
+                amax[i] > tirx.const(0.0, "float32"), amax[i] / tirx.const(127.0, "float32"), tirx.const(1.0, "float32")
+            ),
             name="sa",
         )
         lim = tirx.const(127.0, "float32")
@@ -93,7 +95,7 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
             name="acc",
         )
         rg = te.reduce_axis((0, g), name="rg")
-        y = te.compute((m, np_), lambda i, j: te.sum(acc[i, rg, j].astype("float32") * ss[j, rg], axis=rg), name="y")
+        y = te.compute((m, np_), lambda i, j: te.sum(acc[i, rg, j].astype("float32") * ss[j, rg].astype("float32"), axis=rg), name="y")
         if rest:
             bb = rest[0]
             return te.compute((m, n), lambda i, j: y[i, j] * sa[i] + bb[j], name="out")

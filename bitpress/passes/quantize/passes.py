@@ -52,6 +52,7 @@ from bitpress.formats.quantized import requantize, weight_dtype, zeros_dtype
 from bitpress.passes.quantize import _numerics as nq
 from bitpress.passes.quantize.activations import check_act_scope, quantize_activations
 from bitpress.passes.quantize.awq import awq_sequential, fold_input_scale, rescale_stats
+from bitpress.passes.quantize.dynamic import dynamic_rules
 from bitpress.passes.quantize.nm import quantize_nm_layers
 
 __all__ = ["Quantize", "quantize_rules"]
@@ -207,6 +208,9 @@ class Quantize:
             group shorter than the others is fine (576 = 4 * 128 + 64).
         symmetric: signed codes without zero points; None means True at 8 bits, else False.
         act_bits: None (weight-only) or 8 (static int8 activations, integer requantization).
+        act_dynamic: with act_bits=8: quantize each activation row to int8 at run time (no
+            calibration) and run int8 x int8 block dots with 4- or 8-bit symmetric weights in
+            groups (llama.cpp's Q4_0 x Q8 scheme; qlinear_dyn, see dynamic.py).
         act_scope: with act_bits=8, "layers" (the layers' inputs and outputs) or "all" (also the
             activations between them, QDQ pairs with calibrated ranges: see activations.py).
         observer: activation range observer for act_bits=8: "minmax", "percentile", "mse".
@@ -250,6 +254,12 @@ class Quantize:
     alpha: float = 0.5
     calib_samples: int = 4
     sequential: str | None = None
+    act_dynamic: bool = False
+
+    @property
+    def _static_act(self) -> int | None:
+        """act_bits of static (calibrated) activation quantization: None when weight-only or dynamic."""
+        return None if self.act_dynamic else self.act_bits
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -272,7 +282,16 @@ class Quantize:
             raise ValueError(f"Quantize: act_bits must be None or 8, got {self.act_bits!r}")
         if self.method == "smoothquant" and self.act_bits != 8:
             raise ValueError("Quantize: method='smoothquant' quantizes activations: set act_bits=8 (and bits=8)")
-        if self.act_bits == 8:
+        if self.act_dynamic:
+            if self.act_bits != 8 or self.bits not in (4, 8):
+                raise ValueError(
+                    f"Quantize: act_dynamic=True needs act_bits=8 and bits=4 or 8, got act_bits={self.act_bits!r}, bits={self.bits!r}"
+                )
+            if self.symmetric is False or self.group_size == 0 or self.act_scope != "layers" or self.method == "smoothquant":
+                raise ValueError(
+                    "Quantize: act_dynamic=True takes symmetric weights per group or per channel (group_size != 0), act_scope='layers', method rtn/awq/gptq"
+                )
+        elif self.act_bits == 8:
             if self.bits != 8:
                 raise ValueError(f"Quantize: act_bits=8 needs bits=8 weights, got bits={self.bits!r}")
             if self.group_size not in (None, -1, 0):
@@ -293,7 +312,7 @@ class Quantize:
             raise ValueError(f"Quantize: alpha must be in [0, 1], got {self.alpha}")
         if self.sequential not in (None, "layer", "block", "none"):
             raise ValueError(f"Quantize: sequential must be None, 'layer', 'block' or 'none', got {self.sequential!r}")
-        if self.method == "awq" and self.act_bits is not None:
+        if self.method == "awq" and self._static_act is not None:
             raise ValueError("Quantize: method='awq' is weight-only (act_bits=None); for static W8A8 use method='smoothquant'")
         if self.block_size < 1 or self.calib_samples < 1:
             raise ValueError("Quantize: block_size and calib_samples must be >= 1")
@@ -340,6 +359,9 @@ class Quantize:
         res = self._apply_dense(g, ctx)
         if self.act_scope == "all":
             res = quantize_activations(res, self, ctx)
+        if self.act_dynamic:
+            dyn = rewrite_pass(res.graph, dynamic_rules, ctx=ctx, name=self.name)
+            res = PassResult(dyn.graph, res.modified or dyn.modified, res.stats)
         return PassResult(res.graph, res.modified or nm > 0, {**res.stats, "nm_layers": nm}) if nm else res
 
     def _apply_dense(self, g: Graph, ctx: PassContext) -> PassResult:
@@ -351,11 +373,11 @@ class Quantize:
                 if self.first_last == "skip":
                     cfg.skipped[n.name] = "first/last layer kept in float (first_last='skip')"
                     nodes.remove(n)
-                elif self.act_bits is None:
+                elif self._static_act is None:
                     bits_of[n.name] = int(self.first_last)
         if not nodes:
             return rewrite_pass(g, quantize_rules, ctx=ctx, cfg=cfg, name=self.name)
-        data_aware = self.method != "rtn" or self.act_bits is not None or self.bits == "auto"
+        data_aware = self.method != "rtn" or self._static_act is not None or self.bits == "auto"
         batches = ctx.require_calibration(f"{self.name} (method={self.method})") if data_aware else ctx.calibration
         seq = self._sequential
         if self.method == "gptq" and seq != "none" and batches:
@@ -370,7 +392,7 @@ class Quantize:
         stats = self._collect(g, nodes, batches)
         if self.method == "smoothquant":
             self._equalize(g, nodes, stats, ctx)
-            if self.act_bits is not None:  # activation ranges must be those of the smoothed inputs
+            if self._static_act is not None:  # activation ranges must be those of the smoothed inputs
                 stats = self._collect(g, nodes, batches)
         rows = {n.name: _rows(n, stats.get(n.name)) for n in nodes}
         if self.bits == "auto":
@@ -521,8 +543,8 @@ class Quantize:
     def _plan(self, n: Node, st: NodeStats | None, xr: torch.Tensor | None, forced_bits: int | None) -> _LayerPlan:
         w = _wmat(n)
         bits = forced_bits if forced_bits is not None else (int(self.bits) if self.bits != "auto" else 8)
-        sym = True if self.act_bits == 8 else self._sym(bits)
-        gs = w.shape[1] if self.act_bits == 8 and self.group_size != 0 else self._gs(w.shape[1])
+        sym = True if self.act_bits == 8 else self._sym(bits)  # int8 dots (static or dynamic) need symmetric codes
+        gs = w.shape[1] if self._static_act == 8 and self.group_size != 0 else self._gs(w.shape[1])
         if self.method == "gptq" and st is not None and st.hessian is not None:
             qw = nq.gptq(
                 w,
@@ -545,7 +567,7 @@ class Quantize:
         deq = qw.dequantize()
         act = None
         b = n.inputs[2].value.float() if len(n.inputs) > 2 and n.inputs[2] is not None else None
-        if self.act_bits == 8:
+        if self._static_act == 8:
             act = self._act_plan(n, st, xr, w, qw, b)
         if xr is not None:
             ref = xr @ w.t() + (b if b is not None else 0)
