@@ -3,7 +3,15 @@
 - layer selection: `excluded(name, patterns)`, `shared_weight(w, node)`;
 - error measurement: `layer_sqnr_db(w, w_hat, h)` (one function for every lossy pass);
 - calibration budgeting: `hessian_chunks(nodes, budget)`;
-- `lapack_single_thread()` for small dense factorizations.
+- `lapack_single_thread()` for small dense factorizations;
+- the option types several passes share, with one meaning each: `group_size` (`group_columns`,
+  `per_channel_group_size`), `exclude` (`as_patterns`), `sequential` (`SEQUENTIAL_MODES`).
+
+Group granularity, the same in Quantize, Binarize and ShiftAdd: `None` (or -1 where a pass
+accepted it before) is one group per output channel, `0` one group for the whole tensor (only
+Quantize supports it), `k > 0` groups of k input columns (the last one may be ragged).
+Binarize/ShiftAdd used to spell per-channel `0`; that spelling is still accepted there, with a
+DeprecationWarning.
 
 Import-linter keeps this module (with `canonicalize`) under the pass packages: it imports
 only the compiler and the formats.
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -20,7 +29,47 @@ import torch
 
 from bitpress.compiler.ir import Node, Value
 
-__all__ = ["excluded", "hessian_chunks", "lapack_single_thread", "layer_sqnr_db", "shared_weight"]
+__all__ = [
+    "SEQUENTIAL_MODES",
+    "as_patterns",
+    "excluded",
+    "group_columns",
+    "hessian_chunks",
+    "lapack_single_thread",
+    "layer_sqnr_db",
+    "per_channel_group_size",
+    "shared_weight",
+]
+
+SEQUENTIAL_MODES = ("layer", "block", "none")  # calibration order of data-aware passes (calibrate.sequential)
+
+
+def as_patterns(exclude: str | Iterable[str]) -> tuple[str, ...]:
+    """A pass's `exclude` option as a tuple of fnmatch patterns (one string is one pattern)."""
+    return (exclude,) if isinstance(exclude, str) else tuple(exclude)
+
+
+def group_columns(group_size: int | None, k: int) -> int:
+    """Input columns per group for `k` columns: None / -1 per output channel (k), 0 per tensor (0), else group_size."""
+    if group_size is None or group_size == -1:
+        return k
+    return group_size
+
+
+def per_channel_group_size(pass_name: str, group_size: int | None) -> int | None:
+    """Binarize/ShiftAdd: validate `group_size` (None or k > 0; the old 0 for per channel warns) -> None or k."""
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+        raise ValueError(f"{pass_name}: group_size must be an int >= 0 or None (None: one group per output channel), got {group_size!r}")
+    if group_size == 0:
+        warnings.warn(
+            f"{pass_name}: group_size=0 for one group per output channel is deprecated (0 means per tensor in Quantize); write group_size=None",
+            DeprecationWarning,
+            stacklevel=5,
+        )
+        return None
+    return group_size
 
 
 def excluded(name: str, patterns: Iterable[str]) -> bool:

@@ -32,7 +32,7 @@ from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.formats.binary import binary_weight, partial_weight, shift_weight, shiftadd_weight
-from bitpress.passes._common import excluded, layer_sqnr_db, shared_weight
+from bitpress.passes._common import as_patterns, excluded, layer_sqnr_db, per_channel_group_size, shared_weight
 from bitpress.passes.binarize import _binarizers as bz
 
 __all__ = ["Binarize", "BinarizePlan", "ShiftAdd", "binarize_rules", "shift_add_rules"]
@@ -219,12 +219,14 @@ def _calibrate(g: Graph, ctx: PassContext, exclude: tuple[str, ...], hessian: bo
 _BIN_METHODS = ("sign", "multi-basis", "partial", "ternary")
 
 
-def _check_common(pass_name: str, group_size: int, exclude: Any) -> tuple[str, ...]:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
-        raise ValueError(f"{pass_name}: group_size must be an int >= 0 (0: one group per row), got {group_size!r}")
-    if isinstance(exclude, str):
-        return (exclude,)
-    return tuple(exclude)
+def _check_common(p: Any, pass_name: str) -> None:
+    object.__setattr__(p, "group_size", per_channel_group_size(pass_name, p.group_size))
+    object.__setattr__(p, "exclude", as_patterns(p.exclude))
+
+
+def _format_group_size(group_size: int | None) -> int:
+    """The binary formats' `group_size` attribute: 0 there is one group per output row."""
+    return 0 if group_size is None else group_size
 
 
 @register_pass
@@ -235,7 +237,8 @@ class Binarize:
     Args:
         method: "sign" | "multi-basis" | "partial" | "ternary".
         bases: sign planes for "multi-basis".
-        group_size: scales per `group_size` input columns (0: per output channel).
+        group_size: scales per `group_size` input columns (None: per output channel; the old
+            spelling 0 is accepted with a DeprecationWarning).
         salient_ratio: "partial": fraction of each row kept in int8.
         activations: "none" | "sign" (binary activations, XNOR-popcount; sign/multi-basis/ternary).
         data_aware: fit scales to output error with calibration statistics (False: plain BWN/TWN fits,
@@ -249,7 +252,7 @@ class Binarize:
     name: ClassVar[str] = "binarize"
     method: str = "sign"
     bases: int = 2
-    group_size: int = 0
+    group_size: int | None = None
     salient_ratio: float = 0.05
     activations: str = "none"
     data_aware: bool = True
@@ -267,14 +270,22 @@ class Binarize:
             raise ValueError(f"binarize: activations must be 'none' or 'sign', got {self.activations!r}")
         if self.activations == "sign" and self.method == "partial":
             raise ValueError("binarize: activations='sign' is not supported with method 'partial'")
-        object.__setattr__(self, "exclude", _check_common("binarize", self.group_size, self.exclude))
-        if self.activations == "sign" and self.group_size % 32:
+        _check_common(self, "binarize")
+        if self.activations == "sign" and self.group_size is not None and self.group_size % 32:
             raise ValueError(f"binarize: binary activations need group_size 0 or a multiple of 32 (XNOR words), got {self.group_size}")
 
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
         stats = _calibrate(g, ctx, self.exclude, hessian=self.method == "partial") if self.data_aware else {}
         plan = BinarizePlan(
-            self.method, self.bases, self.group_size, self.salient_ratio, self.activations, 1, self.exclude, self.damp, stats
+            self.method,
+            self.bases,
+            _format_group_size(self.group_size),
+            self.salient_ratio,
+            self.activations,
+            1,
+            self.exclude,
+            self.damp,
+            stats,
         )
         return rewrite_pass(g, binarize_rules, ctx=ctx, cfg=plan, name=self.name)
 
@@ -290,7 +301,8 @@ class ShiftAdd:
     Args:
         method: "binary-coded" (ShiftAddLLM: `bases` binaries with power-of-two group scales)
             or "power-of-two" (each weight a signed power of two; `bits` = 2 or 4 per code).
-        group_size: columns per scale/exponent group (0: per output channel).
+        group_size: columns per scale/exponent group (None: per output channel; the old spelling 0
+            is accepted with a DeprecationWarning).
 
     Example:
         >>> cm = bp.compile(model, (x,), passes=[bp.passes.ShiftAdd(bases=3, group_size=64)])
@@ -299,7 +311,7 @@ class ShiftAdd:
     name: ClassVar[str] = "shift-add"
     method: str = "binary-coded"
     bases: int = 3
-    group_size: int = 128
+    group_size: int | None = 128
     bits: int = 4
     exclude: tuple[str, ...] = ()
 
@@ -310,9 +322,11 @@ class ShiftAdd:
             raise ValueError(f"shift-add: bases must be an int in [1, 8], got {self.bases!r}")
         if self.bits not in (2, 4):
             raise ValueError(f"shift-add: bits must be 2 or 4, got {self.bits!r}")
-        object.__setattr__(self, "exclude", _check_common("shift-add", self.group_size, self.exclude))
+        _check_common(self, "shift-add")
 
     def apply(self, g: Graph, ctx: PassContext) -> PassResult:
         stats = _calibrate(g, ctx, self.exclude, hessian=False)
-        plan = BinarizePlan(self.method, self.bases, self.group_size, 0.05, "none", self.bits, self.exclude, 0.01, stats)
+        plan = BinarizePlan(
+            self.method, self.bases, _format_group_size(self.group_size), 0.05, "none", self.bits, self.exclude, 0.01, stats
+        )
         return rewrite_pass(g, shift_add_rules, ctx=ctx, cfg=plan, name=self.name)

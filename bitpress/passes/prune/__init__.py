@@ -24,12 +24,13 @@ from typing import Any, ClassVar
 
 from bitpress.compiler.ir import Graph
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
+from bitpress.passes._common import SEQUENTIAL_MODES, as_patterns
+from bitpress.passes.prune._method import METHODS
 from bitpress.passes.prune.structured import find_groups, prune_structured
 from bitpress.passes.prune.unstructured import PackConfig, pack_rules, prune_unstructured
 
 __all__ = ["Prune", "find_groups", "pack_rules"]
 
-_METHODS = ("magnitude", "wanda", "sparsegpt")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -67,25 +68,26 @@ class Prune:
     min_params: int = 0
     reconstruct: bool = False
     round_to: int = 1
-    blocksize: int = 128
+    block_size: int = 128
     damp: float = 0.01
     hessian_budget_mb: int = 512
     sequential: str | bool = "auto"
     allocation_range: float = 0.3
     max_layer_sparsity: float = 0.95
+    blocksize: int | None = None  # the old name of block_size (Quantize's spelling), still accepted
 
     def __post_init__(self) -> None:
-        if self.method not in _METHODS:
-            raise ValueError(f"Prune: method must be one of {list(_METHODS)}, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"Prune: method must be one of {list(METHODS)}, got {self.method!r}")
         if self.structure not in (None, "channel", "head"):
             raise ValueError(f"Prune: structure must be None, 'channel' or 'head', got {self.structure!r}")
         if self.allocation not in ("uniform", "global", "sensitivity"):
             raise ValueError(f"Prune: allocation must be 'uniform', 'global' or 'sensitivity', got {self.allocation!r}")
         if self.format not in ("auto", "dense"):
             raise ValueError(f"Prune: format must be 'auto' or 'dense', got {self.format!r}")
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "exclude", as_patterns(self.exclude))
+        if self.blocksize is not None:
+            object.__setattr__(self, "block_size", self.blocksize)
         if isinstance(self.sparsity, str):
             m = _NM.match(self.sparsity)
             if m is None:
@@ -99,16 +101,17 @@ class Prune:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0.0 <= float(self.sparsity) < 1.0:
                 raise ValueError(f"Prune: sparsity must be a fraction in [0, 1) or 'N:M', got {self.sparsity!r}")
             object.__setattr__(self, "sparsity", float(self.sparsity))
-        if self.structure is not None and self.method == "sparsegpt":
-            raise ValueError("Prune: method 'sparsegpt' is unstructured; use 'magnitude' or 'wanda' with structure=")
+        if self.structure is not None and not METHODS[self.method].structured:
+            structured = [k for k, m in METHODS.items() if m.structured]
+            raise ValueError(f"Prune: method {self.method!r} is unstructured; use {' or '.join(map(repr, structured))} with structure=")
         if self.structure is None and self.reconstruct:
             raise ValueError("Prune: reconstruct=True applies to structured pruning only (SparseGPT reconstructs by itself)")
         if isinstance(self.sequential, bool):
             object.__setattr__(self, "sequential", "block" if self.sequential else "none")
-        if self.sequential not in ("auto", "block", "layer", "none"):
+        if self.sequential != "auto" and self.sequential not in SEQUENTIAL_MODES:
             raise ValueError(f"Prune: sequential must be 'auto', 'block', 'layer' or 'none', got {self.sequential!r}")
-        if self.round_to < 1 or self.blocksize < 1 or self.damp < 0 or self.hessian_budget_mb < 1:
-            raise ValueError("Prune: round_to, blocksize and hessian_budget_mb must be >= 1 and damp >= 0")
+        if self.round_to < 1 or self.block_size < 1 or self.damp < 0 or self.hessian_budget_mb < 1:
+            raise ValueError("Prune: round_to, block_size and hessian_budget_mb must be >= 1 and damp >= 0")
 
     @property
     def nm(self) -> tuple[int, int] | None:

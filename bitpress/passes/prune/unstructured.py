@@ -53,7 +53,16 @@ from bitpress.compiler.pass_manager import PassContext
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
 from bitpress.formats.sparse import ell_bytes, ell_pays_off, encode_ell, encode_nm, is_nm_sparse
 from bitpress.passes._common import hessian_chunks, layer_sqnr_db
-from bitpress.passes.prune._algorithms import keep_mask, magnitude_scores, sparsegpt, wanda_scores
+
+# the methods register themselves on import, one file each (see _method.py), in this order
+# isort: off
+from bitpress.passes.prune import magnitude as _magnitude  # noqa: F401
+from bitpress.passes.prune import wanda as _wanda  # noqa: F401
+from bitpress.passes.prune import sparsegpt as _sparsegpt  # noqa: F401
+
+# isort: on
+from bitpress.passes.prune._algorithms import keep_mask, magnitude_scores, wanda_scores
+from bitpress.passes.prune._method import METHODS
 
 __all__ = ["PackConfig", "pack_rules", "prune_unstructured", "select_layers"]
 
@@ -113,15 +122,6 @@ def _scores(method: str, w: torch.Tensor, stats: Any) -> torch.Tensor:
     if method == "magnitude":
         return magnitude_scores(w)
     return wanda_scores(w, stats.sqsum)
-
-
-def _prune_matrix(cfg: Any, method: str, w: torch.Tensor, stats: Any, sparsity: float | None) -> torch.Tensor:
-    nm = cfg.nm
-    if method == "sparsegpt":
-        bs = max(cfg.blocksize // nm[1], 1) * nm[1] if nm is not None else cfg.blocksize
-        return sparsegpt(w, stats.hessian, sparsity, nm, blocksize=bs, damp=cfg.damp).to(w.dtype)
-    mask = keep_mask(_scores(method, w, stats), sparsity, nm, per_row=(method == "wanda"))
-    return w * mask
 
 
 def _allocate(cfg: Any, g: Graph, ctx: PassContext, nodes: list[Node]) -> dict[str, float]:
@@ -207,18 +207,19 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
                 keep.append(n)
         nodes = keep
     data = ctx.data()
-    if cfg.method in ("wanda", "sparsegpt"):
+    method = METHODS[cfg.method]
+    if method.needs_data:
         data = ctx.require_calibration(f"prune ({cfg.method})")
     alloc = _allocate(cfg, g, ctx, nodes) if cfg.nm is None else {n.name: None for n in nodes}
     layers: dict[str, Any] = {}
 
     def prune_layer(n: Node, st: Any) -> None:
-        if st is None and cfg.method != "magnitude":
+        if st is None and method.needs_data:
             ctx.explain.add(_event(n, "no calibration data reached this layer"))
             return
         w = _matrix(n)
         s = alloc[n.name]
-        w_new = _prune_matrix(cfg, cfg.method, w.float(), st, s).to(w.dtype)
+        w_new = method.plan(cfg, w.float(), st, s).to(w.dtype)
         sq = layer_sqnr_db(w, w_new, st.hessian if st is not None else None)
         _set_weight(g, n, w_new)
         n.meta["sparsity"] = round(float((w_new == 0).float().mean()), 4)
@@ -227,7 +228,7 @@ def prune_unstructured(cfg: Any, g: Graph, ctx: PassContext) -> dict[str, Any]:
         n.meta["format"] = "dense"
         layers[n.name] = {"sparsity": n.meta["sparsity"], "sqnr_db": sq, "target": s}
 
-    mode = cfg.sequential if cfg.sequential != "auto" else ("block" if cfg.method == "sparsegpt" else "layer")
+    mode = cfg.sequential if cfg.sequential != "auto" else method.sequential
     if data and mode != "none":
         # each group is calibrated on the outputs of the groups already pruned
         names = {n.name for n in nodes}

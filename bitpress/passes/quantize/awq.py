@@ -39,16 +39,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from bitpress.compiler.calibrate import NodeStats, block_key, sequential
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.ops import get_op
+from bitpress.compiler.rewrite import ExplainEvent
 from bitpress.passes.quantize import _numerics as nq
+from bitpress.passes.quantize._plan import QuantizeJob, QuantizeMethod, register_method
 
-__all__ = ["Region", "awq_sequential", "fold_input_scale", "parent_region", "rescale_stats", "search_scale"]
+__all__ = ["Awq", "Region", "awq_sequential", "fold_input_scale", "parent_region", "rescale_stats", "search_scale"]
 
 _LAYER_OPS = ("linear", "conv2d", "conv1d")
 
@@ -366,3 +368,53 @@ def awq_sequential(
             g.erase_node(p)
     g.prune_consts()
     return plans
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+@register_method
+class Awq(QuantizeMethod):
+    """AWQ as a Quantize method: the scale search block by block (`awq_sequential`), then RTN codes
+    whose clipping is chosen for the layer's output error."""
+
+    name: ClassVar[str] = "awq"
+    sequential: ClassVar[str] = "none"  # as llm-compressor: every block calibrated on the float model
+    nm_note: ClassVar[str | None] = "N:M layer: no input-channel scaling; its codes come from RTN"
+
+    def check(self, q: Any) -> None:
+        if q._static_act is not None:
+            raise ValueError("Quantize: method='awq' is weight-only (act_bits=None); for static W8A8 use method='smoothquant'")
+
+    def plan(self, job: QuantizeJob) -> None:
+        if not job.batches:
+            job.plan_all(job.collect())
+            return
+        job.allocate_on_float_model()
+        q = job.q
+
+        def spec(n: Node) -> tuple[int, int, bool]:
+            b = job.bits(n)
+            return b, q._gs(n.inputs[1].shape[1]), q._sym(b)  # type: ignore[union-attr]
+
+        def explain(n: Node, why: str) -> None:
+            job.ctx.explain.add(ExplainEvent(q.name, "awq-scale-input-channels", n.name, n.op, "fired", why))
+
+        plans = awq_sequential(
+            job.g,
+            job.nodes,
+            job.batches,
+            spec=spec,
+            plan=job.layer_plan,
+            explain=explain,
+            quantized_inputs=q._sequential != "none",
+        )
+        job.plans.plans.update(plans)
+
+    def codes(
+        self, job: QuantizeJob, n: Node, w: torch.Tensor, st: NodeStats | None, bits: int, group_size: int, symmetric: bool
+    ) -> tuple[nq.QWeight, str]:
+        # clipping ranges chosen for the layer's output error, sum_j E[x_j^2] (w_j - q_j)^2 (AWQ's clip
+        # search, with the diagonal of the input second moment); x is already x / s
+        imp = st.sqsum.float() / max(st.rows, 1) if st is not None and st.sqsum is not None else None
+        return nq.rtn(w, bits, group_size, symmetric, job.q.weight_clip, importance=imp), "awq+rtn"

@@ -1,4 +1,4 @@
-"""Prune, then quantize: N:M sparse layers become ``nm_qlinear`` (packed codes + packed indices).
+"""The N:M-aware quantization strategy (prune, then quantize): N:M sparse layers become ``nm_qlinear`` (packed codes + packed indices).
 
 The Quantize pass calls `quantize_nm_layers` first, on the ``nm_linear`` nodes that
 ``Prune(sparsity="N:M")`` left: the kept values ``[out, in / M * N]`` are quantized with
@@ -9,9 +9,12 @@ stored), so the layer stays N:M sparse and no dense weight appears.
 
 Methods:
 
+The method's strategy (_plan.py) says which codes its N:M layers get (``nm_codes``) and
+what the explain log notes about them (``nm_note``):
+
 * ``rtn`` (and ``awq``, whose input-channel scaling is not applied to N:M layers: the
   explain log says so): round to nearest with the per-group range of the kept values.
-* ``gptq``: GPTQ over the dense columns with the sparsity mask held fixed (the joint
+* ``gptq`` (``nm_codes="gptq"``): GPTQ over the dense columns with the sparsity mask held fixed (the joint
   SparseGPT + quantization step of Frantar & Alistarh 2023): column by column, kept
   weights are rounded to their group's grid and pruned positions are set to zero, and
   either error is spread over the later columns with the inverse Hessian's Cholesky row.
@@ -47,6 +50,7 @@ from bitpress.formats.quantized import weight_dtype, zeros_dtype
 from bitpress.formats.sparse import decode_nm, index_bits, nm_columns
 from bitpress.passes._common import hessian_chunks
 from bitpress.passes.quantize import _numerics as nq
+from bitpress.passes.quantize._plan import METHODS
 
 __all__ = ["NMQuantPlans", "gptq_nm", "nm_quantize_rules", "quantize_nm_layers"]
 
@@ -210,7 +214,7 @@ def _plan(q: Any, n: Node, bits: int, st: NodeStats | None) -> _NMPlan:
     sym = q._sym(bits)
     gs = q._gs(kk)
     dense = decode_nm(vals, iv.value, nn, mm, k_in)
-    if q.method == "gptq" and st is not None and st.hessian is not None:
+    if METHODS[q.method].nm_codes == "gptq" and st is not None and st.hessian is not None:
         cols = _kept_columns(iv.value, nn, mm, (out, kk))
         qw = gptq_nm(
             dense,
@@ -245,13 +249,13 @@ def quantize_nm_layers(q: Any, g: Graph, ctx: PassContext) -> int:
     chosen = _select(q, g, cfg.skipped)
     nodes = [n for n in g.nodes if n.name in chosen]
     if nodes:
-        if q.method == "awq":
+        method = METHODS[q.method]
+        if method.nm_note is not None:
             for n in nodes:
-                why = "N:M layer: no input-channel scaling; its codes come from RTN"
-                ctx.explain.add(ExplainEvent(q.name, "awq-scale-input-channels", n.name, n.op, "declined", why))
-        gptq = q.method == "gptq"
+                ctx.explain.add(ExplainEvent(q.name, f"{q.method}-scale-input-channels", n.name, n.op, "declined", method.nm_note))
+        gptq = method.nm_codes == "gptq"
         # RTN needs calibration rows only for the reported output SQNR: calib_samples batches suffice
-        batches = ctx.require_calibration(f"{q.name} (method=gptq)") if gptq else ctx.calibration[: q.calib_samples]
+        batches = ctx.require_calibration(f"{q.name} (method={q.method})") if gptq else ctx.calibration[: q.calib_samples]
         for chunk in hessian_chunks(nodes, _HESSIAN_BUDGET if gptq else 1 << 62, lambda n: int(n.attrs["in_features"]) ** 2 * 8):
             stats = collect(g, batches, {n.name for n in chunk}, hessian=gptq, keep_inputs=q.calib_samples) if batches else {}
             for n in chunk:
