@@ -47,6 +47,7 @@ __all__ = [
     "LINEAR_SCHEDULES",
     "SCHEDULES",
     "KernelSchedule",
+    "add_schedule_pair",
     "conv_schedule",
     "conv_taps",
     "dsp_row_conv_fits",
@@ -147,6 +148,13 @@ def gemv_schedule(*, dsp: bool, mve: bool, override: str | None = None) -> Kerne
 def conv_schedule(linear: KernelSchedule) -> KernelSchedule:
     """The convolution schedule that goes with a linear schedule (same core features)."""
     return CONV_SCHEDULES[_CONV_FOR[linear.name]]
+
+
+def add_schedule_pair(linear: KernelSchedule, conv: KernelSchedule) -> None:
+    """Register another CPU family's linear schedule and its convolution schedule (bitpress/schedules/neon.py);
+    `gemv_schedule` keeps offering the Cortex-M ones only."""
+    CONV_SCHEDULES[conv.name] = conv
+    _CONV_FOR[linear.name] = conv.name
 
 
 def row_conv_fits(geo: dict[str, int], o: int, req: dict[str, Any]) -> bool:

@@ -1,0 +1,87 @@
+/* NEON micro-kernels that the aarch64 backend's TVM-scheduled int8 kernels are tensorized into
+ * (bitpress/schedules/neon.py), in the style of the Cortex-M ones (bp_ukernels.h): the reduction of one
+ * register tile, acc[r][p] += sum_k x[p][k] * w(r, k), for R output rows x P pixels; TVM generates the
+ * loops, im2col and requantization around them and calls them by name (they are inlined).
+ *
+ * x: P rows of k int8 values, pixel p at x + p * k (read in place; the K tail through a zero-filled copy).
+ * w: the tile's weights, per 4-byte group g of K (K zero-padded to 4): R rows x 4 bytes,
+ *    w(r, 4 g + i) at w[(g * R + r) * 4 + i], so one 16-byte load holds 4 rows of one group.
+ * With the dot-product extension (Armv8.2-A +dotprod, e.g. -march=armv8.2-a+dotprod, -mcpu=cortex-a76 or
+ * neoverse-n1) each group is one SDOT by element per 4 rows and pixel (vdotq_laneq_s32: 4 rows x 4 MACs,
+ * x's group broadcast from its lane); the int32x4 accumulators hold 4 rows each, so there is no horizontal
+ * reduction.  Without it the same layout runs as plain C. */
+#ifndef BP_UKERNELS_NEON_H
+#define BP_UKERNELS_NEON_H
+#include <stdint.h>
+#include <string.h>
+#if defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#endif
+
+#define BP_UKN static inline __attribute__((always_inline))
+
+#if defined(__ARM_FEATURE_DOTPROD)
+/* the 4 groups of one 16-byte x vector: group L of every pixel against R / 4 weight vectors */
+#define BP_NEON_GROUP(L)                                                                                                                 \
+    for (int rb = 0; rb < R / 4; rb++) {                                                                                                 \
+        int8x16_t wv = vld1q_s8(wg + (L) * R * 4 + rb * 16);                                                                             \
+        for (int p = 0; p < P; p++) v[rb][p] = vdotq_laneq_s32(v[rb][p], wv, xv[p], L);                                                  \
+    }
+
+BP_UKN void bp_neon_sdot_tile(int32_t *acc, const int8_t *x, const int8_t *w, int32_t k, const int R, const int P) {
+    int32x4_t v[4][4]; /* [R / 4][P]: R <= 16, P <= 4 */
+    int8x16_t xv[4];
+    for (int rb = 0; rb < R / 4; rb++)
+        for (int p = 0; p < P; p++) v[rb][p] = vdupq_n_s32(0);
+    int32_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        for (int p = 0; p < P; p++) xv[p] = vld1q_s8(x + p * k + j);
+        const int8_t *wg = w + j * R; /* group j / 4 starts (j / 4) * R * 4 bytes in */
+        BP_NEON_GROUP(0) BP_NEON_GROUP(1) BP_NEON_GROUP(2) BP_NEON_GROUP(3)
+    }
+    if (j < k) { /* the K tail: x through zero-filled copies (the padded weights are zero past K) */
+        int8_t t[4][16];
+        memset(t, 0, sizeof t);
+        for (int p = 0; p < P; p++) {
+            memcpy(t[p], x + p * k + j, (size_t)(k - j));
+            xv[p] = vld1q_s8(t[p]);
+        }
+        const int8_t *wg = w + j * R;
+        int32_t groups = (k - j + 3) / 4; /* the weight groups that exist (K is padded to 4 only) */
+        BP_NEON_GROUP(0)
+        if (groups > 1) BP_NEON_GROUP(1)
+        if (groups > 2) BP_NEON_GROUP(2)
+        if (groups > 3) BP_NEON_GROUP(3)
+    }
+    for (int rb = 0; rb < R / 4; rb++)
+        for (int p = 0; p < P; p++) {
+            int32_t s[4];
+            vst1q_s32(s, v[rb][p]);
+            for (int i = 0; i < 4; i++) acc[(rb * 4 + i) * P + p] += s[i];
+        }
+}
+#define BP_NEON_TILE bp_neon_sdot_tile
+#else
+BP_UKN void bp_neon_c_tile(int32_t *acc, const int8_t *x, const int8_t *w, int32_t k, const int R, const int P) {
+    for (int32_t g = 0; g < (k + 3) / 4; g++)
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < 4 && 4 * g + i < k; i++) {
+                int32_t wv = w[(g * R + r) * 4 + i];
+                for (int p = 0; p < P; p++) acc[r * P + p] += wv * x[p * k + 4 * g + i];
+            }
+}
+#define BP_NEON_TILE bp_neon_c_tile
+#endif
+
+/* neon-16x1 (linear layers): 16 rows x 1 row of x; 4 accumulators, 16 SDOT per 16 values of K */
+BP_UKN int32_t bp_uk_neon_16x1(void *acc, void *x, void *w, int32_t k) {
+    BP_NEON_TILE((int32_t *)acc, (const int8_t *)x, (const int8_t *)w, k, 16, 1);
+    return 0;
+}
+
+/* neon-8x4 (convolutions over im2col patches): 8 channels x 4 pixels; 8 accumulators, 32 SDOT per 16 values of K */
+BP_UKN int32_t bp_uk_neon_8x4(void *acc, void *x, void *w, int32_t k) {
+    BP_NEON_TILE((int32_t *)acc, (const int8_t *)x, (const int8_t *)w, k, 8, 4);
+    return 0;
+}
+#endif

@@ -1,0 +1,112 @@
+"""aarch64-linux-gnu-gcc, -objdump, -size and qemu-aarch64 (user mode): build, inspect and run the model executable.
+
+On an aarch64 Linux host the executable runs natively; elsewhere under `qemu-aarch64 -cpu max` (every
+Armv8.x extension GCC can target, dot product and int8 matrix multiply included).
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["ToolchainError", "check_tools", "cpu_features", "dot_instructions", "elf_sizes", "make", "run_executable"]
+
+GCC = "aarch64-linux-gnu-gcc"
+APT = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user make"
+
+
+class ToolchainError(RuntimeError):
+    """The aarch64 cross toolchain or QEMU is missing or failed."""
+
+
+def native() -> bool:
+    """Whether this host runs aarch64 Linux executables itself."""
+    return platform.system() == "Linux" and platform.machine() in ("aarch64", "arm64")
+
+
+def _tools() -> tuple[str, ...]:
+    tools = (GCC, "aarch64-linux-gnu-objdump", "aarch64-linux-gnu-size", "make")
+    return tools if native() else (*tools, "qemu-aarch64")
+
+
+def check_tools() -> None:
+    missing = [t for t in _tools() if shutil.which(t) is None]
+    if missing:
+        raise ToolchainError(f"aarch64 toolchain missing: {', '.join(missing)}; install with `make apt` (apt-get install {APT})")
+
+
+_FEATURES = {
+    "neon": "__ARM_NEON",
+    "dotprod": "__ARM_FEATURE_DOTPROD",
+    "i8mm": "__ARM_FEATURE_MATMUL_INT8",
+    "fp16": "__ARM_FEATURE_FP16_SCALAR_ARITHMETIC",
+}
+
+
+def cpu_features(cflags: list[str]) -> dict[str, bool]:
+    """The ACLE features GCC enables for `cflags` (-mcpu / -march); a one-line error when GCC rejects them."""
+    r = subprocess.run([GCC, *cflags, "-dM", "-E", "-x", "c", "-"], input="", capture_output=True, text=True)
+    if r.returncode != 0:
+        err = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip())
+        raise ValueError(f"{GCC} rejects {' '.join(cflags)}: {err.split('error:')[-1].strip()}")
+    macros = set(re.findall(r"^#define (\w+)", r.stdout, re.M))
+    return {name: m in macros for name, m in _FEATURES.items()}
+
+
+def make(project: Path) -> Path:
+    r = subprocess.run(["make", "-s", "-C", str(project)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ToolchainError(f"aarch64 build failed in {project}:\n{(r.stdout + r.stderr)[-4000:]}")
+    return project / "model"
+
+
+def elf_sizes(exe: Path) -> dict[str, int]:
+    """Section sizes (bytes) from `aarch64-linux-gnu-size -A`."""
+    r = subprocess.run(["aarch64-linux-gnu-size", "-A", str(exe)], capture_output=True, text=True, check=True)
+    out: dict[str, int] = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            out[parts[0]] = out.get(parts[0], 0) + int(parts[1])
+    return out
+
+
+_FUNC = re.compile(r"^[0-9a-f]+ <([^>]+)>:$")
+_DOT = re.compile(r"\t(sdot|udot|usdot|sudot|smmla|ummla|usmmla)\t")
+
+
+def dot_instructions(exe: Path, prefixes: tuple[str, ...] = ("__tvm_ffi_", "bp_")) -> dict[str, list[str]]:
+    """The integer dot-product instructions (sdot, udot, smmla, ...) in the model's functions, per function,
+    from `aarch64-linux-gnu-objdump -d` (the C library is left out)."""
+    r = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(exe)], capture_output=True, text=True, check=True)
+    out: dict[str, list[str]] = {}
+    fn = None
+    for line in r.stdout.splitlines():
+        m = _FUNC.match(line)
+        if m:
+            fn = m.group(1) if m.group(1).startswith(prefixes) else None
+            continue
+        if fn is not None and _DOT.search(line):
+            out.setdefault(fn, []).append(line.strip())
+    return out
+
+
+def run_executable(exe: Path, inputs: bytes, timeout: float = 600.0) -> bytes:
+    """Run the model on `inputs` (concatenated samples); returns the concatenated outputs."""
+    with tempfile.TemporaryDirectory(prefix="bp-aarch64-") as d:
+        fi, fo = Path(d) / "input.bin", Path(d) / "output.bin"
+        fi.write_bytes(inputs)
+        cmd = [str(exe.resolve()), str(fi), str(fo)]
+        if not native():
+            cmd = ["qemu-aarch64", "-cpu", "max", *cmd]
+        try:
+            r = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"{exe} did not finish within {timeout:.0f} s") from None
+        if r.returncode != 0:
+            raise ToolchainError(f"{exe} exited with status {r.returncode}: {(r.stdout + r.stderr).decode(errors='replace')[-2000:]}")
+        return fo.read_bytes()

@@ -1,0 +1,31 @@
+"""Aarch64 (Armv8.2-A NEON + dot product) schedules for the TVM-generated int8 kernels of the C backends.
+
+The aarch64 backend (bitpress/backends/aarch64) generates the same TE computes as the Cortex-M backend
+(bitpress/backends/mcu/tvm_kernels.py: int8 x int8 -> int32, folded bias, integer requantization) and
+schedules them with bitpress.schedules.mcu's machinery; only the register tile, the weight layout and
+the micro-kernel differ (bitpress/backends/aarch64/c/bp_ukernels_neon.h):
+
+- `neon-16x1` (linear): 16 output rows x 1 row of x per pass over K.  Weights in blocks of 16 rows
+  with 4-byte pieces interleaved (per 4 values of K, 16 rows x 4 bytes = 4 vectors of 4 rows), K
+  zero-padded to 4.  Per 16 values of K: one 16-byte x load, 16 weight loads, 16 SDOT by element
+  (`vdotq_laneq_s32`: 4 rows x 4 MACs each, x's 4-byte group broadcast from a lane), 4 int32x4
+  accumulators; no horizontal reduction (the accumulators hold 4 rows each).
+- `neon-8x4` (convolution over im2col patches): 8 output channels x 4 pixels share every weight
+  vector: per 16 values of K 4 x loads + 8 weight loads + 32 SDOT into 8 accumulators.
+
+K tails (K not a multiple of 16) read x through a zero-filled 16-byte copy and only the weight groups
+that exist (the padded weights are zero past K within the last group).  Without the dot-product
+extension (e.g. -mcpu=cortex-a72) the same layout runs a plain C loop (the header chooses on
+__ARM_FEATURE_DOTPROD).
+"""
+
+from __future__ import annotations
+
+from bitpress.schedules.mcu import KernelSchedule, add_schedule_pair
+
+__all__ = ["NEON_CONV", "NEON_LINEAR"]
+
+NEON_LINEAR = KernelSchedule("neon-16x1", 16, 1, "int8", 4, "bp_uk_neon_16x1", 4)
+NEON_CONV = KernelSchedule("neon-8x4", 8, 4, "int8", 4, "bp_uk_neon_8x4", 4)
+
+add_schedule_pair(NEON_LINEAR, NEON_CONV)

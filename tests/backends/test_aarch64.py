@@ -1,0 +1,197 @@
+"""aarch64 Linux backend: a static executable built with aarch64-linux-gnu-gcc, run under qemu-aarch64.
+
+Integer (W8A8) paths must be bit-exact with the interpreter; the int8 layers must run the dot-product
+instructions (SDOT) the NEON micro-kernels are written with.  Skipped only when the cross toolchain or
+QEMU is absent (`make apt` installs gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import bitpress as bp
+from bitpress.backends.aarch64.toolchain import native
+from bitpress.compiler.interpreter import run
+from bitpress.compiler.target import LoweringError
+
+needs_toolchain = pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-gcc") is None or (shutil.which("qemu-aarch64") is None and not native()),
+    reason="aarch64-linux-gnu-gcc / qemu-aarch64 not installed (make apt: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)",
+)
+W8A8 = {"bits": 8, "act_bits": 8, "group_size": None}
+TARGET = "aarch64-linux"
+# SDOT by element: 4 rows x 4 int8 MACs into an int32x4 accumulator, x's 4-byte group broadcast from a lane
+SDOT_LANE = re.compile(r"\bsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]")
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(37, 52), torch.nn.ReLU(), torch.nn.Linear(52, 19), torch.nn.GELU(), torch.nn.Linear(19, 7))
+
+
+def _int8(model: torch.nn.Module, shape: tuple[int, ...], **options: object) -> bp.CompiledModel:
+    cal = [(torch.randn(shape),) for _ in range(12)]
+    return bp.compile(model, cal[0], passes=[bp.passes.Quantize(**W8A8)], target=TARGET, calibration=cal, options=dict(options))
+
+
+def _bit_exact(cm: bp.CompiledModel, samples: list[torch.Tensor]) -> None:
+    outs = cm.executable.run_many([[s] for s in samples])
+    for s, (o,) in zip(samples, outs, strict=True):
+        ref = run(cm.graph, [s])[0]
+        assert o.dtype == ref.dtype and o.shape == ref.shape
+        assert torch.equal(o, ref), f"max diff {(o - ref).abs().max()}"
+
+
+def _disassembly(exe: Path, function: str) -> str:
+    r = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(exe)], capture_output=True, text=True, check=True)
+    m = re.search(rf"^[0-9a-f]+ <{re.escape(function)}>:\n(.*?)(?:\n\n|\Z)", r.stdout, re.M | re.S)
+    assert m is not None, function
+    return m.group(1)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> bp.CompiledModel:
+    return _int8(_mlp(), (2, 37))
+
+
+# ----------------------------------------------------------------------------- int8 end to end
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_int8_mlp_bit_exact_with_sdot(mlp: bp.CompiledModel) -> None:
+    info = mlp.report.backend
+    assert info["integer_only"] and info["float_nodes"] == []
+    assert info["cflags"] == ["-march=armv8.2-a+dotprod"] and info["features"]["dotprod"] and info["schedule"] == "neon-16x1"
+    torch.manual_seed(1)
+    _bit_exact(mlp, [torch.randn(2, 37) * 2 for _ in range(6)])
+    x = torch.randn(2, 37)
+    assert torch.equal(mlp(x), run(mlp.graph, [x])[0])  # cm(x): one process per call
+    # every int8 layer is a TVM kernel whose reduction runs on SDOT (aarch64-linux-gnu-objdump -d of the executable)
+    proj = mlp.executable.project
+    src = (proj / "kernels_tvm.c").read_text()
+    names = re.findall(
+        r"TVM_DLL int32_t __tvm_ffi_(bp_k\d+\w*)\(void\* self_handle, void\* args, int32_t num_args, void\* result\) \{", src
+    )
+    assert len(names) == 3 and src.count("bp_uk_neon_16x1((") == 3
+    for name in names:
+        assert SDOT_LANE.search(_disassembly(mlp.executable.exe, f"__tvm_ffi_{name}")), name
+    assert info["dot_functions"] == sorted(f"__tvm_ffi_{n}" for n in names) and info["dot_instructions"] >= 3 * 4
+    # a static Linux executable with the weights as stored (int8 codes, reordered and padded to whole tiles)
+    assert info["executable_bytes"] == mlp.executable.exe.stat().st_size
+    assert info["rodata_bytes"] >= info["weight_array_bytes"] >= mlp.graph.weight_bytes() * 0.9
+    assert info["bss_bytes"] >= info["arena_bytes"] > 0
+    head = subprocess.run(["aarch64-linux-gnu-objdump", "-f", str(mlp.executable.exe)], capture_output=True, text=True, check=True).stdout
+    assert "elf64-littleaarch64" in head
+    assert b"libc.so" not in mlp.executable.exe.read_bytes()[:4096]  # no dynamic loader / shared libc
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_int8_cnn_bit_exact_with_sdot() -> None:
+    """Convolutions on neon-8x4 tiles: K = 36 and 45 (K tails), 5 and 6 channels (ragged channel tiles), 49 and 16
+    pixels (ragged pixel tiles), stride 2, padding; max pooling and a linear head."""
+    torch.manual_seed(3)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 5, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(5, 6, 3, stride=2, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(24, 10),
+    )
+    cm = _int8(m, (1, 4, 7, 7))
+    info = cm.report.backend
+    assert info["integer_only"] and info["conv_schedule"] == "neon-8x4"
+    _bit_exact(cm, [torch.randn(1, 4, 7, 7) * 2 for _ in range(6)])
+    src = (cm.executable.project / "kernels_tvm.c").read_text()
+    assert src.count("bp_uk_neon_8x4((") == 2 and src.count("bp_uk_neon_16x1((") == 1
+    assert len(info["dot_functions"]) == 3
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_fashion_cnn_int8_bit_exact() -> None:
+    """bitpress.models' Fashion-MNIST CNN integer-only (TVM conv/linear kernels on SDOT, fixed-point residual add and
+    average pool): bit-exact with the interpreter on the graph the executable computes, same accuracy."""
+    from bitpress.models.fashion_mnist import load_fashion_cnn, load_fashion_mnist
+
+    x, y = load_fashion_mnist("test", limit=160)
+    cal = [(x[i : i + 1],) for i in range(128, 160)]
+    cm = bp.compile(load_fashion_cnn(), cal[0], passes=[bp.passes.Quantize(**W8A8)], target=TARGET, calibration=cal)
+    info = cm.report.backend
+    assert info["integer_only"] and info["float_nodes"] == []
+    n = 32
+    outs = [o[0] for o in cm.executable.run_many([[x[i : i + 1]] for i in range(n)])]
+    lg = cm.executable.graph
+    assert lg is not None
+    assert all(torch.equal(o, run(lg, [x[i : i + 1]])[0]) for i, o in enumerate(outs))
+    ref = [run(cm.graph, [x[i : i + 1]])[0] for i in range(n)]
+    acc = sum(int(o.argmax() == y[i]) for i, o in enumerate(outs)) / n
+    assert acc == sum(int(r.argmax() == y[i]) for i, r in enumerate(ref)) / n > 0.8
+    assert len(info["dot_functions"]) == 5  # 3 convolutions + 2 linear layers
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_mcpu_without_dotprod_runs_the_c_tile() -> None:
+    """-mcpu=cortex-a72 (Armv8.0, no dot product): the same layout through the header's C loop, still bit-exact."""
+    torch.manual_seed(4)
+    cm = _int8(torch.nn.Sequential(torch.nn.Linear(21, 9), torch.nn.ReLU()), (3, 21), mcpu="cortex-a72")
+    info = cm.report.backend
+    assert info["cflags"] == ["-mcpu=cortex-a72"] and info["features"]["neon"] and not info["features"]["dotprod"]
+    assert info["dot_instructions"] == 0
+    _bit_exact(cm, [torch.randn(3, 21) for _ in range(4)])
+
+
+# ----------------------------------------------------------------------------- artifact, errors
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_save_load_round_trip(mlp: bp.CompiledModel, tmp_path: Path) -> None:
+    out = mlp.save(tmp_path / "art")
+    files = ("model", "model.c", "model.h", "kernels_tvm.c", "main.c", "bp_ukernels_neon.h", "bp_tvm_shim.c", "Makefile", "README.md")
+    for f in files:
+        assert (out / "aarch64" / f).is_file(), f
+    assert "-march=armv8.2-a+dotprod" in (out / "aarch64" / "Makefile").read_text()
+    loaded = bp.load(out)
+    x = torch.randn(2, 37)
+    assert torch.equal(loaded(x), mlp(x))
+    assert loaded.report.backend["schedule"] == "neon-16x1"
+    (out / "aarch64" / "model").write_bytes(b"\x7fELF garbage")
+    with pytest.raises(bp.ArtifactError, match="corrupt"):
+        bp.load(out)
+
+
+@needs_toolchain
+def test_errors_name_the_problem() -> None:
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    x = torch.randn(1, 8)
+    with pytest.raises(LoweringError, match=r"aarch64-linux: no integer lowering for 0 \(linear\).*allow_float"):
+        bp.compile(m, (x,), target=TARGET)
+    with pytest.raises(ValueError, match=r"unknown aarch64-linux option.*alow_float"):
+        bp.compile(m, (x,), target=TARGET, options={"alow_float": True})
+    with pytest.raises(ValueError, match=r"rejects -mcpu=cortex-z99"):
+        bp.compile(m, (x,), target=TARGET, options={"mcpu": "cortex-z99"})
+    emb = torch.nn.Embedding(10, 4)
+    with pytest.raises(LoweringError, match=r"target aarch64-linux cannot lower: op 'embedding'"):
+        bp.compile(emb, (torch.tensor([[1, 2]]),), target=TARGET, options={"allow_float": True})
+
+
+@needs_toolchain
+def test_float_layers_with_allow_float() -> None:
+    """allow_float runs float32 layers with the C kernels (no TVM kernels): allclose with the interpreter."""
+    torch.manual_seed(5)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.GELU(), torch.nn.Linear(6, 3))
+    x = torch.randn(2, 8)
+    cm = bp.compile(m, (x,), target=TARGET, options={"allow_float": True, "mcpu": "neoverse-n1"})
+    assert not cm.report.backend["integer_only"] and cm.report.backend["features"]["dotprod"]
+    torch.testing.assert_close(cm(x), run(cm.graph, [x])[0], rtol=1e-5, atol=1e-5)
