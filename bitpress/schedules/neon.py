@@ -12,6 +12,12 @@ the micro-kernel differ (bitpress/backends/aarch64/c/bp_ukernels_neon.h):
   accumulators; no horizontal reduction (the accumulators hold 4 rows each).
 - `neon-8x4` (convolution over im2col patches): 8 output channels x 4 pixels share every weight
   vector: per 16 values of K 4 x loads + 8 weight loads + 32 SDOT into 8 accumulators.
+- `neon-mm-8x4` (convolution on CPUs with the int8 matrix multiply extension, Armv8.6-A +i8mm, e.g.
+  neoverse-v1/n2, cortex-a710): the same tile as 4 x 2 blocks of 2 channels x 2 pixels, weights in
+  8-byte groups (rows 2i and 2i + 1 of a group are one vector, SMMLA's B operand), K padded to 8: per
+  8 values of K 4 x loads + 4 weight loads + 8 SMMLA (32 MACs each, twice SDOT's).  Its CPUs' linear
+  layers keep the SDOT kernel (`neon-16x1-mm`: the same kernel, paired with this convolution; SMMLA
+  needs two rows of x, a GEMV has one).
 
 K tails (K not a multiple of 16) read x through a zero-filled 16-byte copy and only the weight groups
 that exist (the padded weights are zero past K within the last group).  Without the dot-product
@@ -23,9 +29,25 @@ from __future__ import annotations
 
 from bitpress.schedules.mcu import KernelSchedule, add_schedule_pair
 
-__all__ = ["NEON_CONV", "NEON_LINEAR"]
+__all__ = ["NEON_CONV", "NEON_CONV_MM", "NEON_LINEAR", "NEON_LINEAR_MM", "neon_schedules"]
 
 NEON_LINEAR = KernelSchedule("neon-16x1", 16, 1, "int8", 4, "bp_uk_neon_16x1", 4)
 NEON_CONV = KernelSchedule("neon-8x4", 8, 4, "int8", 4, "bp_uk_neon_8x4", 4)
 
+NEON_LINEAR_MM = KernelSchedule("neon-16x1-mm", 16, 1, "int8", 4, "bp_uk_neon_16x1", 4)
+NEON_CONV_MM = KernelSchedule("neon-mm-8x4", 8, 4, "int8", 8, "bp_uk_neon_mm_8x4", 8)
+
 add_schedule_pair(NEON_LINEAR, NEON_CONV)
+add_schedule_pair(NEON_LINEAR_MM, NEON_CONV_MM)
+
+
+def neon_schedules(features: dict[str, bool], override: str | None = None) -> tuple[KernelSchedule, KernelSchedule]:
+    """(linear, convolution) schedules for a CPU with `features` ("dotprod", "i8mm": its ACLE feature macros), or
+    the convolution schedule `override` names ("neon-8x4" | "neon-mm-8x4") where the CPU can run it."""
+    if override is not None:
+        if override not in (NEON_CONV.name, NEON_CONV_MM.name):
+            raise ValueError(f"unknown aarch64 schedule {override!r}; known: {NEON_CONV.name}, {NEON_CONV_MM.name}")
+        if override == NEON_CONV_MM.name and not features.get("i8mm"):
+            raise ValueError(f"aarch64 schedule {override!r} needs a CPU with the int8 matrix multiply extension (+i8mm)")
+        return (NEON_LINEAR_MM, NEON_CONV_MM) if override == NEON_CONV_MM.name else (NEON_LINEAR, NEON_CONV)
+    return (NEON_LINEAR_MM, NEON_CONV_MM) if features.get("i8mm") else (NEON_LINEAR, NEON_CONV)

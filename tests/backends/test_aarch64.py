@@ -94,9 +94,10 @@ def test_int8_mlp_bit_exact_with_sdot(mlp: bp.CompiledModel) -> None:
 
 @needs_toolchain
 @pytest.mark.slow
-def test_int8_cnn_bit_exact_with_sdot() -> None:
-    """Convolutions on neon-8x4 tiles: K = 36 and 45 (K tails), 5 and 6 channels (ragged channel tiles), 49 and 16
-    pixels (ragged pixel tiles), stride 2, padding; max pooling and a linear head."""
+@pytest.mark.parametrize(("march", "conv", "insn"), [(None, "neon-8x4", "sdot"), ("armv8.6-a+i8mm", "neon-mm-8x4", "smmla")])
+def test_int8_cnn_bit_exact(march: str | None, conv: str, insn: str) -> None:
+    """Convolutions on 8 x 4 tiles (SDOT, or SMMLA on +i8mm CPUs): K = 36 and 45 (K tails), 5 and 6 channels
+    (ragged channel tiles), 49 and 16 pixels (ragged pixel tiles), stride 2, padding; max pooling, a linear head."""
     torch.manual_seed(3)
     m = torch.nn.Sequential(
         torch.nn.Conv2d(4, 5, 3, padding=1),
@@ -107,13 +108,26 @@ def test_int8_cnn_bit_exact_with_sdot() -> None:
         torch.nn.Flatten(),
         torch.nn.Linear(24, 10),
     )
-    cm = _int8(m, (1, 4, 7, 7))
+    cm = _int8(m, (1, 4, 7, 7), **({"march": march} if march else {}))
     info = cm.report.backend
-    assert info["integer_only"] and info["conv_schedule"] == "neon-8x4"
+    assert info["integer_only"] and info["conv_schedule"] == conv
     _bit_exact(cm, [torch.randn(1, 4, 7, 7) * 2 for _ in range(6)])
     src = (cm.executable.project / "kernels_tvm.c").read_text()
-    assert src.count("bp_uk_neon_8x4((") == 2 and src.count("bp_uk_neon_16x1((") == 1
+    uk = "bp_uk_neon_mm_8x4" if march else "bp_uk_neon_8x4"
+    assert src.count(f"{uk}((") == 2 and src.count("bp_uk_neon_16x1((") == 1
+    convs = re.findall(
+        r"TVM_DLL int32_t __tvm_ffi_(bp_k\d+_\d+)\(void\* self_handle, void\* args, int32_t num_args, void\* result\) \{", src
+    )
+    conv_kernels = [n for n in convs if uk in _function(src, n)]
+    assert len(conv_kernels) == 2
+    for name in conv_kernels:
+        assert re.search(rf"\b{insn}\tv\d+\.4s, v\d+\.16b, v\d+\.", _disassembly(cm.executable.exe, f"__tvm_ffi_{name}")), name
     assert len(info["dot_functions"]) == 3
+
+
+def _function(src: str, name: str) -> str:
+    i = src.index(f"__tvm_ffi_{name}(void* self_handle, void* args, int32_t num_args, void* result) {{")
+    return src[i : src.index("\n}\n", i)]
 
 
 @needs_toolchain
@@ -181,6 +195,8 @@ def test_errors_name_the_problem() -> None:
         bp.compile(m, (x,), target=TARGET, options={"alow_float": True})
     with pytest.raises(ValueError, match=r"rejects -mcpu=cortex-z99"):
         bp.compile(m, (x,), target=TARGET, options={"mcpu": "cortex-z99"})
+    with pytest.raises(ValueError, match=r"neon-mm-8x4.*\+i8mm"):
+        bp.compile(m, (x,), target=TARGET, options={"schedule": "neon-mm-8x4", "mcpu": "cortex-a76"})
     emb = torch.nn.Embedding(10, 4)
     with pytest.raises(LoweringError, match=r"target aarch64-linux cannot lower: op 'embedding'"):
         bp.compile(emb, (torch.tensor([[1, 2]]),), target=TARGET, options={"allow_float": True})
@@ -195,3 +211,31 @@ def test_float_layers_with_allow_float() -> None:
     cm = bp.compile(m, (x,), target=TARGET, options={"allow_float": True, "mcpu": "neoverse-n1"})
     assert not cm.report.backend["integer_only"] and cm.report.backend["features"]["dotprod"]
     torch.testing.assert_close(cm(x), run(cm.graph, [x])[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_toolchain
+@pytest.mark.slow
+def test_transformer_block_integer_only_bit_exact() -> None:
+    """Quantize(act_scope="all") on a transformer block: integer layer norm, softmax, attention matmuls and
+    residual adds (the MCU backend's integer ops, 64-bit pointers here) bit-exact end to end and per tensor."""
+    from tests.backends.test_mcu import _Block
+    from tests.backends.test_mcu_transformer import _all_values, _calibration
+
+    torch.manual_seed(0)
+    m = _Block().eval()
+    cal = _calibration()
+    q = bp.passes.Quantize(**W8A8, act_scope="all")
+    cm = bp.compile(m, cal[0], passes=[q], target=TARGET, calibration=cal)
+    info = cm.report.backend
+    assert info["integer_only"] and info["float_nodes"] == []
+    lg = cm.executable.graph
+    assert lg is not None and {n.op for n in lg.nodes} >= {"layer_norm_int8", "softmax_int8", "matmul_int8", "add_requant_int8"}
+    torch.manual_seed(1)
+    xs = [torch.randn(1, 6, 16) for _ in range(6)]
+    outs = [o[0] for o in cm.executable.run_many([[x] for x in xs])]
+    assert all(torch.equal(o, run(lg, [x])[0]) for x, o in zip(xs, outs, strict=True))
+    every = _all_values(lg)
+    cl = bp.compile(every, (xs[0],), target=TARGET, canonicalize=False)
+    for x, got in zip(xs[:3], cl.executable.run_many([[x] for x in xs[:3]]), strict=True):
+        bad = [v.name for v, a, b in zip(every.outputs, got, run(every, [x]), strict=True) if not torch.equal(a, b)]
+        assert bad == [], bad

@@ -10,8 +10,10 @@ aarch64-linux-gnu-gcc (-static, -O3, -march=armv8.2-a+dotprod or -mcpu=...), and
 executable into the artifact's aarch64/ folder.
 
 Options (compile(..., options={...})): mcpu ("cortex-a76", "neoverse-n1", ...: -mcpu=, instead of the
-default -march=armv8.2-a+dotprod), march (e.g. "armv8.6-a+i8mm"), allow_float (bool, default False),
-opt ("-O3"), integer_glue (bool, default True: see bitpress/backends/mcu/legalize.py).
+default -march=armv8.2-a+dotprod), march (e.g. "armv8.6-a+i8mm": convolutions on SMMLA), schedule
+("neon-8x4" | "neon-mm-8x4": the convolution schedule; default from the CPU's features, see
+bitpress/schedules/neon.py), allow_float (bool, default False), opt ("-O3"), integer_glue (bool, default
+True: see bitpress/backends/mcu/legalize.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from bitpress.backends.mcu.codegen import GeneratedModel, generate, lowered_ops
 from bitpress.backends.mcu.legalize import LEGALIZED_OPS, legalize
 from bitpress.compiler.ir import Graph, Value, to_torch_dtype
 from bitpress.compiler.target import BuildOptions
-from bitpress.schedules.neon import NEON_CONV, NEON_LINEAR
+from bitpress.schedules.neon import neon_schedules
 
 __all__ = ["Aarch64Backend", "Aarch64Executable"]
 
@@ -43,7 +45,7 @@ TARGET = "aarch64-linux"
 DEFAULT_MARCH = "armv8.2-a+dotprod"
 _MCU_C = Path(mcu_pkg.__file__).resolve().parent / "c"
 _C = Path(__file__).resolve().parent / "c"
-_OPTIONS = {"allow_float", "mcpu", "march", "opt", "integer_glue"}
+_OPTIONS = {"allow_float", "mcpu", "march", "opt", "integer_glue", "schedule"}
 
 MAKEFILE = """# Builds `model`, a static aarch64 Linux executable ({flags}).  `make run` runs it on input.bin -> output.bin.
 CC = aarch64-linux-gnu-gcc
@@ -143,18 +145,19 @@ class Aarch64Backend:
             raise ValueError(f"{TARGET}: {' '.join(flags)} has no NEON (Advanced SIMD)")
         cpu = Board(TARGET, "qemu-aarch64", tuple(flags), 0, 0, 0, 1 << 40, True, False, False)
         lg, glue = legalize(g, integer_glue=bool(opts.get("integer_glue", True)))
-        gen = generate(lg, cpu, NEON_LINEAR, allow_float=bool(opts.get("allow_float", False)))
+        linear, conv = neon_schedules(features, opts.get("schedule"))
+        gen = generate(lg, cpu, linear, allow_float=bool(opts.get("allow_float", False)))
         opt = str(opts.get("opt", "-O3"))
         project = Path(tempfile.mkdtemp(prefix="bitpress-aarch64-"))
         try:
-            write_project(project, gen, flags, opt, g)
+            write_project(project, gen, flags, opt, g, f"{linear.name}, {conv.name}")
             exe_path = make(project)
         except BaseException:
             shutil.rmtree(project, ignore_errors=True)
             raise
         exe = Aarch64Executable(project, [(o.shape, o.dtype) for o in g.outputs], graph=lg)
         weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
-        exe.info = build_info(gen, flags, features, exe_path)
+        exe.info = build_info(gen, flags, features, exe_path) | {"schedule": linear.name, "conv_schedule": conv.name}
         exe.info["integer_glue"] = glue
         return exe
 
@@ -166,7 +169,7 @@ class Aarch64Backend:
         return Aarch64Executable(project, [(o.shape, o.dtype) for o in g.outputs], info)
 
 
-def write_project(project: Path, gen: GeneratedModel, flags: list[str], opt: str, g: Graph) -> None:
+def write_project(project: Path, gen: GeneratedModel, flags: list[str], opt: str, g: Graph, schedules: str) -> None:
     for f in ("bp_kernels.h", "bp_ukernels.h", "bp_tvm_shim.h", "bp_tvm_shim.c"):
         shutil.copy(_MCU_C / f, project / f)
     shutil.copytree(_MCU_C / "tvm", project / "tvm", dirs_exist_ok=True)
@@ -190,7 +193,7 @@ def write_project(project: Path, gen: GeneratedModel, flags: list[str], opt: str
             flags=" ".join(flags),
             opt=opt,
             arena=gen.plan.peak,
-            schedule=f"{NEON_LINEAR.name}, {NEON_CONV.name}",
+            schedule=schedules,
             inputs=sig(g.inputs),
             outputs=sig(g.outputs),
         )
@@ -205,8 +208,6 @@ def build_info(gen: GeneratedModel, flags: list[str], features: dict[str, bool],
         "target": TARGET,
         "cflags": flags,
         "features": features,
-        "schedule": NEON_LINEAR.name,
-        "conv_schedule": NEON_CONV.name,
         "float_nodes": gen.float_nodes,
         "boundary_nodes": gen.boundary_nodes,
         "integer_only": not gen.float_nodes,
