@@ -65,7 +65,9 @@ def kernel_ms(cm: Any, x: torch.Tensor, seconds: float) -> float:
     return per_call_ms(lambda i: main_fn(*args), seconds)
 
 
-def quant(bits: int, gs: int) -> list[Any]:
+def quant(bits: int, gs: int, dynamic: bool = False) -> list[Any]:
+    if dynamic:  # W4A8: int8 rows at run time, int8 block dots (qlinear_dyn)
+        return [bp.passes.Quantize(bits=bits, group_size=gs, weight_clip="minmax", act_bits=8, act_dynamic=True)]
     return [bp.passes.Quantize(bits=bits, group_size=gs, weight_clip="minmax")]
 
 
@@ -89,9 +91,10 @@ def main() -> None:
     print(f"threads {args.threads}, clock {args.clock}; load average at start {os.getloadavg()}")
     print(
         "| layer | N x K | batch | torch fp32 | TVM fp32 call | TVM W4 call | TVM fp32 kernel | TVM W4 kernel | "
-        "W4/TVM fp32 (kernel) | W4/torch (call) | cold: torch | cold: TVM fp32 | cold: W4 | cold W4/TVM fp32 |"
+        "W4/TVM fp32 (kernel) | W4/torch (call) | cold: torch | cold: TVM fp32 | cold: W4 | cold W4/TVM fp32 | "
+        "TVM W4A8 kernel | W4A8/TVM fp32 (kernel) | cold: W4A8 | cold W4A8/TVM fp32 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes.split(","):
         n, k = SHAPES[name]
         for batch in [int(b) for b in args.batches.split(",")]:
@@ -100,9 +103,10 @@ def main() -> None:
             mods = [Layer(k, n).eval() for _ in range(copies)]
             fp = [bp.compile(m, (x,), target="llvm", quiet=True) for m in mods]
             q4 = [bp.compile(m, (x,), passes=quant(args.bits, args.group_size), target="llvm", quiet=True) for m in mods]
+            a8 = [bp.compile(m, (x,), passes=quant(args.bits, args.group_size, True), target="llvm", quiet=True) for m in mods]
             ws = [m.lin.weight.detach() for m in mods]
             err = (q4[0](x) - bp.compile(q4[0].graph, (x,), target="torch", canonicalize=False, quiet=True)(x)).abs().max().item()
-            for f in (*fp, *q4):
+            for f in (*fp, *q4, *a8):
                 f(x)  # every copy's VM exists before any timing
             best: dict[str, float] = {}
 
@@ -119,11 +123,14 @@ def main() -> None:
                     keep("ctorch", per_call_ms(lambda i, x=x, ws=ws: F.linear(x, ws[i % len(ws)]), args.seconds))
                     keep("cfp", per_call_ms(lambda i, x=x, fs=fp: fs[i % len(fs)](x), args.seconds))
                     keep("cq4", per_call_ms(lambda i, x=x, fs=q4: fs[i % len(fs)](x), args.seconds))
+                    keep("ka8", kernel_ms(a8[0], x, args.seconds))
+                    keep("ca8", per_call_ms(lambda i, x=x, fs=a8: fs[i % len(fs)](x), args.seconds))
             b = best
             print(
                 f"| {name} | {n} x {k} | {batch} | {b['torch']:.3f} | {b['fp']:.3f} | {b['q4']:.3f} | {b['kfp']:.3f} | "
                 f"{b['kq4']:.3f} | {b['kfp'] / b['kq4']:.2f}x | {b['torch'] / b['q4']:.2f}x | {b['ctorch']:.3f} | "
-                f"{b['cfp']:.3f} | {b['cq4']:.3f} | {b['cfp'] / b['cq4']:.2f}x |",
+                f"{b['cfp']:.3f} | {b['cq4']:.3f} | {b['cfp'] / b['cq4']:.2f}x | {b['ka8']:.3f} | {b['kfp'] / b['ka8']:.2f}x | "
+                f"{b['ca8']:.3f} | {b['cfp'] / b['ca8']:.2f}x |",
                 flush=True,
             )
             print(f"  (max |W4 llvm - interpreter| {err:.1e}; load average {os.getloadavg()[0]:.1f})", flush=True)

@@ -1,7 +1,7 @@
 """qlinear_dyn: int4/int8 block weights x int8 activations quantized per row at run time.
 
 The integer-dot form llama.cpp takes its CPU speed from: the weight is stored as symmetric
-codes in blocks of `group_size` along K with one float scale per block, each activation row
+codes in blocks of `group_size` along K (the last may be shorter) with one float scale per block, each activation row
 (token) is quantized to int8 on the fly with its own scale, the block dot products are int8 x
 int8 -> int32, and floats enter only once per block:
 
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from bitpress.compiler.ir import IRError, Node, TensorType, unpack_bits
 from bitpress.compiler.ops import register_op
@@ -53,12 +54,12 @@ def _infer(types: Sequence[TensorType | None], attrs: dict[str, Any]) -> list[Te
     bits, gs = int(attrs["bits"]), int(attrs["group_size"])
     if bits not in (4, 8):
         raise IRError(f"qlinear_dyn: bits must be 4 or 8, got {bits}")
-    if gs <= 0 or k % gs or gs % 4:
-        raise IRError(f"qlinear_dyn: group_size {gs} must be a multiple of 4 dividing K={k}")
+    if gs <= 0 or k % 4 or gs % 4:
+        raise IRError(f"qlinear_dyn: group_size {gs} and K={k} must be multiples of 4")
     if qw.shape != (n, k) or qw.dtype != ("int8" if bits == 8 else "int4"):
         raise IRError(f"qlinear_dyn: weight typed {qw}, expected int{bits} [{n}, {k}]")
-    if s.shape != (n, k // gs):
-        raise IRError(f"qlinear_dyn: scales typed {s}, expected [{n}, {k // gs}]")
+    if s.shape != (n, -(-k // gs)):
+        raise IRError(f"qlinear_dyn: scales typed {s}, expected [{n}, {-(-k // gs)}]")
     if x.shape[-1] != k:
         raise IRError(f"qlinear_dyn: input has {x.shape[-1]} features, weight expects {k}")
     if x.dtype != "float32":
@@ -84,7 +85,9 @@ def qlinear_dyn(
         return torch.empty((*lead, n), device="meta")
     xq, sa = quantize_rows(x.reshape(-1, k))
     q = dynamic_codes(qweight, bits, (n, k))
-    g = k // group_size
+    g = -(-k // group_size)  # a last block shorter than the others is fine (zero-padded)
+    pad = g * group_size - k
+    xq, q = F.pad(xq, (0, pad)), F.pad(q, (0, pad))
     # the block sums are integers below 2**31: exact in float64
     acc = torch.einsum("mgr,ngr->mng", xq.reshape(-1, g, group_size).double(), q.reshape(n, g, group_size).double())
     sw = scales.to(torch.float32)
@@ -123,4 +126,4 @@ def _dense(node: Node) -> torch.Tensor:
     n, k = (int(v) for v in node.attrs["shape"])
     gs = int(node.attrs["group_size"])
     q = dynamic_codes(qv.value, int(node.attrs["bits"]), (n, k)).to(torch.float32)
-    return q * sv.value.to(torch.float32).repeat_interleave(gs, dim=1)
+    return q * sv.value.to(torch.float32).repeat_interleave(gs, dim=1)[:, :k]

@@ -267,14 +267,23 @@ def dyn_pack_weight(codes: torch.Tensor, bits: int, lanes: int) -> torch.Tensor:
     return (flat[..., :half] | (flat[..., half:] << 4)).to(torch.uint8).contiguous()
 
 
-def _dyn_intrin(kernel: Any) -> str | None:
+def dyn_nibble(strip: Any, lane: Any, kk: Any, lanes: Any) -> Any:
+    """The unsigned code (q + 8) of register position lane * 4 + kk from the operand's 2 * lanes bytes."""
+    from tvm import tirx
+
+    e = lane * DYN_KB + kk
+    half = lanes * 2
+    return tirx.bitwise_and(tirx.shift_right(strip[e % half], (e // half * 4).astype("uint8")), tirx.const(15, "uint8"))
+
+
+def _dyn_intrin(kernel: Any, bits: int = 8) -> str | None:
     if kernel.intrinsic is None:
         return None
     from tvm.s_tir import TensorIntrin
 
     from bitpress.schedules.tuning import fast_tvmscript
 
-    name = f"bitpress_{kernel.name.replace('-', '_')}"
+    name = f"bitpress_{kernel.name.replace('-', '_')}_{bits}"
     try:
         TensorIntrin.get(name)
         return name
@@ -284,6 +293,8 @@ def _dyn_intrin(kernel: Any) -> str | None:
 
     lanes, nb = kernel.lanes, kernel.lanes * DYN_KB
     vnni = "vpdpbusd" in kernel.intrinsic
+    if bits == 4:
+        return _dyn_intrin4(name, lanes, vnni)
 
     with fast_tvmscript():
 
@@ -354,6 +365,94 @@ def _dyn_intrin(kernel: Any) -> str | None:
     return name
 
 
+def _dyn_intrin4(name: str, lanes: int, vnni: bool) -> str:
+    """c[l] += sum_kk a[kk] * u[l, kk], u the nibbles of 2 * lanes packed bytes (unsigned, <= 15):
+    vpmaddubsw(u, a) + vpmaddwd(., 1) (a pair <= 2 * 15 * 127: exact), or vpdpbusd(c, u, a)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    from bitpress.schedules.tuning import fast_tvmscript
+
+    half, nb = 2 * lanes, lanes * DYN_KB
+    with fast_tvmscript():
+
+        @T.prim_func(s_tir=True)
+        def desc(
+            a: T.Buffer((DYN_KB,), "int8", offset_factor=1),
+            b: T.Buffer((half,), "uint8", offset_factor=1),
+            c: T.Buffer((lanes,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:DYN_KB], b[0:half])
+                T.writes(c[0:lanes])
+                for i, kk in T.grid(lanes, DYN_KB):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, kk])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(
+                            T.bitwise_and(
+                                T.shift_right(b[(vi * DYN_KB + vk) % half], T.cast((vi * DYN_KB + vk) // half * 4, "uint8")),
+                                T.uint8(15),
+                            ),
+                            "int32",
+                        )
+
+        if vnni:
+
+            @T.prim_func(s_tir=True)
+            def impl(
+                a: T.Buffer((DYN_KB,), "int8", offset_factor=1),
+                b: T.Buffer((half,), "uint8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1),
+            ) -> None:
+                with T.sblock("root"):
+                    T.reads(c[0:lanes], a[0:DYN_KB], b[0:half])
+                    T.writes(c[0:lanes])
+                    p = b.vload([0], dtype=f"uint8x{half}")
+                    lo = T.bitwise_and(p, T.broadcast(T.uint8(15), half))
+                    hi = T.bitwise_and(T.shift_right(p, T.broadcast(T.uint8(4), half)), T.broadcast(T.uint8(15), half))
+                    u = T.Shuffle([lo, hi], list(range(nb)))
+                    ab = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int8x4"), dtype="int32"), lanes), dtype=f"int8x{nb}")
+                    c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                        c.vload([0], dtype=f"int32x{lanes}"),
+                        T.reinterpret(u, dtype=f"int8x{nb}"),
+                        ab,
+                        dtype=f"int32x{lanes}",
+                    )
+
+        else:
+
+            @T.prim_func(s_tir=True)
+            def impl(
+                a: T.Buffer((DYN_KB,), "int8", offset_factor=1),
+                b: T.Buffer((half,), "uint8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1),
+            ) -> None:
+                with T.sblock("root"):
+                    T.reads(c[0:lanes], a[0:DYN_KB], b[0:half])
+                    T.writes(c[0:lanes])
+                    p = b.vload([0], dtype=f"uint8x{half}")
+                    lo = T.bitwise_and(p, T.broadcast(T.uint8(15), half))
+                    hi = T.bitwise_and(T.shift_right(p, T.broadcast(T.uint8(4), half)), T.broadcast(T.uint8(15), half))
+                    u = T.Shuffle([lo, hi], list(range(nb)))
+                    ab = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int8x4"), dtype="int32"), lanes), dtype=f"int8x{nb}")
+                    p16 = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                        T.reinterpret(u, dtype=f"int8x{nb}"),
+                        ab,
+                        dtype=f"int16x{lanes * 2}",
+                    )
+                    c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        p16,
+                        T.broadcast(T.int16(1), lanes * 2),
+                        dtype=f"int32x{lanes}",
+                    )
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
 def dyn_schedule(kernel: Any, registers: int, bits: int) -> Any:
     """parallel(n strips) . row tiles . blocks g . [int32 tile := 0 . k/4 . unroll(mi, nv) . dot] . y += tile * s_w
 
@@ -390,18 +489,13 @@ def dyn_schedule(kernel: Any, registers: int, bits: int) -> Any:
         ajv, aji = sch.split(aj, factors=[nv, lanes])
         aro, ari = sch.split(ar, factors=[None, DYN_KB])
         sch.reorder(ag, aro, ai, ajv, aji, ari)
-        if bits == 4:
-            wd = sch.get_sblock("wdec")
-            sch.compute_at(wd, aro, preserve_unit_loops=True)
-
-            fused = sch.fuse(*sch.get_loops(wd)[-2:])
-            _, wv = sch.split(fused, factors=[None, 2 * lanes])
-            sch.vectorize(wv)
+        if bits == 4:  # the per-block activation sums of the nibbles' offset
+            sch.parallel(sch.get_loops(sch.get_sblock("xsum"))[0])
         ainit = sch.decompose_reduction(acc, aro)
         sch.vectorize(sch.get_loops(ainit)[-1])
         sch.unroll(ai)
         sch.unroll(ajv)
-        intrin = _dyn_intrin(kernel)
+        intrin = _dyn_intrin(kernel, bits)
         if intrin is not None:
             sch.tensorize(aji, intrin)
         else:

@@ -29,10 +29,11 @@ def lower_qlinear_dyn(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[
     """y = (sum_g int(xq . q)_g * s_w[g]) * s_a + b   per-row int8 activations, block int8 dots"""
     n, k = (int(v) for v in node.attrs["shape"])
     bits, gs = int(node.attrs["bits"]), int(node.attrs["group_size"])
-    g = k // gs
+    g = -(-k // gs)
+    kp = g * gs  # a short last block: zero activations and codes past K
     qv, sv = node.inputs[1], node.inputs[2]
     assert qv is not None and sv is not None
-    codes = dynamic_codes(qv.value, bits, (n, k))
+    codes = torch.nn.functional.pad(dynamic_codes(qv.value, bits, (n, k)), (0, kp - k))
     wu = (codes + 128).to(torch.uint8).reshape(n, g, gs).permute(1, 2, 0).contiguous()  # [G, gs, N]
     sw = sv.value.to(torch.float32).t().reshape(g, 1, n).contiguous()  # [G, 1, N]
     x = str(inputs[0])
@@ -46,6 +47,9 @@ def lower_qlinear_dyn(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[
     xq = ctx.add_node("Round", [ctx.add_node("Div", [x2, sa])[0]])[0]
     xq = ctx.add_node("Clip", [xq, ctx.scalar(-127.0, "float32"), ctx.scalar(127.0, "float32")])[0]
     xu = ctx.add_node("Cast", [ctx.add_node("Add", [xq, ctx.scalar(128.0, "float32")])[0]], to=onnx.TensorProto.UINT8)[0]
+    if kp != k:  # pad with the zero point: xq = 0
+        pads = ctx.add_initializer(np.array([0, 0, 0, kp - k], dtype=np.int64), "pads_k")
+        xu = ctx.add_node("Pad", [xu, pads, ctx.add_initializer(np.array(128, dtype=np.uint8), "pad_u8")])[0]
     x3 = ctx.add_node("Reshape", [xu, ctx.add_initializer(np.array([-1, g, gs], dtype=np.int64), "rows_g_gs")])[0]
     x3 = ctx.add_node("Transpose", [x3], perm=[1, 0, 2])[0]  # [G, M, gs]
     zp = ctx.add_initializer(np.array(128, dtype=np.uint8), "zero_point_u8")

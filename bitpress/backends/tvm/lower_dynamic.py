@@ -23,7 +23,7 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node
 from bitpress.formats.dynamic_int8 import dynamic_codes
-from bitpress.schedules.cpu_int8 import DYN_KB, dyn_kernel, dyn_pack_weight, dyn_schedule
+from bitpress.schedules.cpu_int8 import DYN_KB, dyn_kernel, dyn_nibble, dyn_pack_weight, dyn_schedule
 
 Args = list[Any]
 
@@ -35,7 +35,8 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
     b = args[3] if len(args) > 3 else None
     n, k = (int(v) for v in node.attrs["shape"])
     bits, gs = int(node.attrs["bits"]), int(node.attrs["group_size"])
-    g = k // gs
+    g = -(-k // gs)
+    kp = g * gs  # a short last block: zero activations and codes past K
     qv, sv = ctx.value(node.inputs[1]), ctx.value(node.inputs[2])
     if qv is None or sv is None:
         raise ValueError("qlinear_dyn needs constant weights and scales")
@@ -46,7 +47,7 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
     kernel = dyn_kernel(ctx.isa if ctx.target == "llvm" else None)
     lanes = kernel.lanes
     np_ = -(-n // lanes) * lanes
-    codes = dynamic_codes(qv, bits, (n, k))
+    codes = torch.nn.functional.pad(dynamic_codes(qv, bits, (n, k)), (0, kp - k))
     wl = dyn_pack_weight(codes, bits, lanes)  # 4-bit: nibbles in the kernel's register order
     sw = torch.zeros(np_, g, dtype=sv.dtype)  # as stored (float16: converted in the kernel)
     sw[:n] = sv
@@ -62,40 +63,41 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
             name="sa",
         )
         lim = tirx.const(127.0, "float32")
-        xq = te.compute(
-            (m, k),
-            lambda i, kk: tirx.max(tirx.min(tirx.nearbyint(xx[i, kk] / sa[i]), lim), -lim).astype("int8"),
-            name="xq",
-        )
+
+        def quant(i: Any, kk: Any) -> Any:
+            v = tirx.max(tirx.min(tirx.nearbyint(xx[i, tirx.min(kk, k - 1)] / sa[i]), lim), -lim).astype("int8")
+            return v if kp == k else tirx.if_then_else(kk < k, v, tirx.const(0, "int8"))
+
+        xq = te.compute((m, kp), quant, name="xq")
+        r = te.reduce_axis((0, gs), name="r")
         if bits == 4:
-            # one (lanes x 4)-byte operand: byte t of the strip holds the codes of register
-            # positions t (low nibble) and t + 2 * lanes (high nibble), offset by 8
-            half = 2 * lanes
-
-            def dec(jb: Any, kb: Any, lane: Any, kk: Any) -> Any:
-                e = lane * DYN_KB + kk
-                byte = ww[jb, kb, e % half]
-                nib = tirx.bitwise_and(tirx.shift_right(byte, (e // half * 4).astype("uint8")), tirx.const(15, "uint8"))
-                return nib.astype("int8") - tirx.const(8, "int8")
-
-            wdec = te.compute((np_ // lanes, k // DYN_KB, lanes, DYN_KB), dec, name="wdec")
-
+            # nibbles u = q + 8 in [0, 15], multiplied as unsigned bytes; the 8 comes back once per
+            # row and block: sum (u - 8) x = sum u x - 8 sum x.  The operand of one instruction is
+            # lanes x 4 codes from 2 * lanes bytes: byte t holds register positions t (low nibble)
+            # and t + 2 * lanes (high nibble), so one 16-byte load, two masks and a concat make it.
             def wat(j: Any, kk: Any) -> Any:
-                return wdec[j // lanes, kk // DYN_KB, j % lanes, kk % DYN_KB]
+                return dyn_nibble(ww[j // lanes, kk // DYN_KB], j % lanes, kk % DYN_KB, lanes)
 
+            rs = te.reduce_axis((0, gs), name="rs")
+            xsum = te.compute((m, g), lambda i, gg: te.sum(xq[i, gg * gs + rs].astype("int32"), axis=rs), name="xsum")
         else:
 
             def wat(j: Any, kk: Any) -> Any:
                 return ww[j // lanes, kk // DYN_KB, j % lanes, kk % DYN_KB]
 
-        r = te.reduce_axis((0, gs), name="r")
         acc = te.compute(
             (m, g, np_),
             lambda i, gg, j: te.sum(xq[i, gg * gs + r].astype("int32") * wat(j, gg * gs + r).astype("int32"), axis=r),
             name="acc",
         )
+
+        def block(i: Any, gg: Any, j: Any) -> Any:
+            if bits == 4:
+                return (acc[i, gg, j] - xsum[i, gg] * 8).astype("float32")
+            return acc[i, gg, j].astype("float32")
+
         rg = te.reduce_axis((0, g), name="rg")
-        y = te.compute((m, np_), lambda i, j: te.sum(acc[i, rg, j].astype("float32") * ss[j, rg].astype("float32"), axis=rg), name="y")
+        y = te.compute((m, np_), lambda i, j: te.sum(block(i, rg, j) * ss[j, rg].astype("float32"), axis=rg), name="y")
         if rest:
             bb = rest[0]
             return te.compute((m, n), lambda i, j: y[i, j] * sa[i] + bb[j], name="out")

@@ -8,8 +8,8 @@ llama.cpp's Q4_0 x Q8 scheme.  No calibration is needed for the activations.
 
 Requires: qlinear from weight-only quantization.  Ensures: the codes and scales are the same
 tensors (stored bytes unchanged); only the activations change.  Declines, with a reason, a
-qlinear with zero points (asymmetric), 2/3-bit codes, or a group size that is not a multiple
-of 4 dividing K.
+qlinear with zero points (asymmetric), 2/3-bit codes, or a group size or K that is not a
+multiple of 4.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def dynamic_int8_activations(
         return Reject("asymmetric weights (zero points): int8 dots need symmetric codes")
     if bits not in (4, 8):
         return Reject(f"{bits}-bit codes: the int8 dot kernels take 4 or 8 bits")
-    if gs % 4 or k % gs:
-        return Reject(f"group size {gs} is not a multiple of 4 dividing K={k}")
+    if gs % 4 or k % 4:
+        return Reject(f"group size {gs} or K={k} is not a multiple of 4 (the int8 dots take 4 columns at a time)")
     y = emit("qlinear_dyn", x, qweight, scales, b, name=node.name, shape=[n, k], bits=bits, group_size=gs)
     assert y.producer is not None
     y.producer.meta.update({**node.meta, "act_bits": 8})
