@@ -31,6 +31,7 @@ BENCHMARKS: list[tuple[str, list[str], bool]] = [
     ("lowrank_binary_fashion", [], True),
     ("merge_fashion", ["--quick"], True),
     ("mcu_bench", ["--images", "100"], True),
+    ("aarch64_bench", ["--images", "100"], True),
     ("quant_smollm2_speed", [], False),
     ("quant_smollm2", [], False),
     ("prune_smollm2", [], False),

@@ -87,6 +87,11 @@ def test_int8_mlp_bit_exact_with_sdot(mlp: bp.CompiledModel) -> None:
     assert info["executable_bytes"] == mlp.executable.exe.stat().st_size
     assert info["rodata_bytes"] >= info["weight_array_bytes"] >= mlp.graph.weight_bytes() * 0.9
     assert info["bss_bytes"] >= info["arena_bytes"] > 0
+    # executed instructions (QEMU's translation-block log) per layer: the SDOT GEMVs run under one per MAC
+    lin = [r for r in info["layers"] if r["op"] == "qlinear_w8a8"]
+    assert len(lin) == 3 and lin[0]["macs"] == 2 * 52 * 37 and all(r["instructions"] > 0 for r in lin)
+    assert sum(r["instructions"] for r in info["layers"]) <= info["instructions_per_inference"]
+    assert lin[0]["instructions_per_mac"] < 1.0  # measured 0.56 (K = 37: a tail; the plain C tile: ~2.4 per MAC)
     head = subprocess.run(["aarch64-linux-gnu-objdump", "-f", str(mlp.executable.exe)], capture_output=True, text=True, check=True).stdout
     assert "elf64-littleaarch64" in head
     assert b"libc.so" not in mlp.executable.exe.read_bytes()[:4096]  # no dynamic loader / shared libc

@@ -13,7 +13,8 @@ Options (compile(..., options={...})): mcpu ("cortex-a76", "neoverse-n1", ...: -
 default -march=armv8.2-a+dotprod), march (e.g. "armv8.6-a+i8mm": convolutions on SMMLA), schedule
 ("neon-8x4" | "neon-mm-8x4": the convolution schedule; default from the CPU's features, see
 bitpress/schedules/neon.py), allow_float (bool, default False), opt ("-O3"), integer_glue (bool, default
-True: see bitpress/backends/mcu/legalize.py).
+True: see bitpress/backends/mcu/legalize.py), profile (bool, default True: executed instructions per inference
+and per layer on the example input, counted in QEMU's translation-block log).
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from typing import Any
 import torch
 
 import bitpress.backends.mcu as mcu_pkg
-from bitpress.backends.aarch64.toolchain import check_tools, cpu_features, dot_instructions, elf_sizes, make, run_executable
+from bitpress.backends.aarch64.toolchain import (
+    check_tools,
+    cpu_features,
+    dot_instructions,
+    elf_sizes,
+    make,
+    native,
+    profile,
+    run_executable,
+)
 from bitpress.backends.mcu.boards import Board
 from bitpress.backends.mcu.codegen import GeneratedModel, generate, lowered_ops
 from bitpress.backends.mcu.legalize import LEGALIZED_OPS, legalize
@@ -45,7 +55,7 @@ TARGET = "aarch64-linux"
 DEFAULT_MARCH = "armv8.2-a+dotprod"
 _MCU_C = Path(mcu_pkg.__file__).resolve().parent / "c"
 _C = Path(__file__).resolve().parent / "c"
-_OPTIONS = {"allow_float", "mcpu", "march", "opt", "integer_glue", "schedule"}
+_OPTIONS = {"allow_float", "mcpu", "march", "opt", "integer_glue", "schedule", "profile"}
 
 MAKEFILE = """# Builds `model`, a static aarch64 Linux executable ({flags}).  `make run` runs it on input.bin -> output.bin.
 CC = aarch64-linux-gnu-gcc
@@ -159,6 +169,9 @@ class Aarch64Backend:
         weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
         exe.info = build_info(gen, flags, features, exe_path) | {"schedule": linear.name, "conv_schedule": conv.name}
         exe.info["integer_glue"] = glue
+        if opts.get("profile", True) and not native():
+            ex = options.example_inputs or tuple(torch.zeros(v.shape, dtype=to_torch_dtype(v.dtype)) for v in g.inputs)
+            exe.info.update(profile_info(exe, gen, list(ex)))
         return exe
 
     def load(self, directory: Path, g: Graph, target: str) -> Aarch64Executable:
@@ -179,8 +192,6 @@ def write_project(project: Path, gen: GeneratedModel, flags: list[str], opt: str
     (project / "bp_ukernels_inst.h").write_text('#include "bp_ukernels_neon.h"\n' + gen.ukernel_inst)
     (project / "model.c").write_text(gen.model_c)
     (project / "model.h").write_text(gen.model_h)
-    from bitpress.backends.aarch64.toolchain import native
-
     runner = "" if native() else "qemu-aarch64 -cpu max "
     (project / "Makefile").write_text(MAKEFILE.format(flags=" ".join(flags), opt=opt, runner=runner))
 
@@ -221,4 +232,26 @@ def build_info(gen: GeneratedModel, flags: list[str], features: dict[str, bool],
         "dot_instructions": sum(len(v) for v in dots.values()),  # sdot/udot/smmla... in the model's functions
         "dot_functions": sorted(dots),
         "memory_plan": gen.plan.to_dict(),
+    }
+
+
+def profile_info(exe: Aarch64Executable, gen: GeneratedModel, example: list[torch.Tensor]) -> dict[str, Any]:
+    """Executed aarch64 instructions per inference and per layer (the layer's function, the TVM kernel and the
+    micro-kernels it calls), on the example input."""
+    owners = {"main": "driver", "bp_model_run": "model"} | {lay.fn: lay.node for lay in gen.layers}
+    counts = profile(exe.exe, _bytes_of(example), owners)
+    layers = []
+    for lay in gen.layers:
+        ins = counts.get(lay.node, 0)
+        row: dict[str, Any] = {"name": lay.node, "op": lay.op, "instructions": ins, "float": lay.float_math}
+        if lay.macs:
+            row |= {"macs": lay.macs, "instructions_per_mac": round(ins / lay.macs, 3), "schedule": lay.schedule or "float32"}
+        layers.append(row)
+    total = sum(counts.get(lay.node, 0) for lay in gen.layers) + counts.get("model", 0)
+    macs = sum(lay.macs for lay in gen.layers)
+    return {
+        "instructions_per_inference": total,
+        "macs_per_inference": macs,
+        "instructions_per_mac": round(total / macs, 3) if macs else None,
+        "layers": layers,
     }

@@ -6,14 +6,16 @@ Armv8.x extension GCC can target, dot product and int8 matrix multiply included)
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["ToolchainError", "check_tools", "cpu_features", "dot_instructions", "elf_sizes", "make", "run_executable"]
+__all__ = ["ToolchainError", "check_tools", "cpu_features", "dot_instructions", "elf_sizes", "make", "profile", "run_executable"]
 
 GCC = "aarch64-linux-gnu-gcc"
 APT = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user make"
@@ -110,3 +112,52 @@ def run_executable(exe: Path, inputs: bytes, timeout: float = 600.0) -> bytes:
         if r.returncode != 0:
             raise ToolchainError(f"{exe} exited with status {r.returncode}: {(r.stdout + r.stderr).decode(errors='replace')[-2000:]}")
         return fo.read_bytes()
+
+
+_TRACE = re.compile(r"^Trace \d+: 0x([0-9a-f]+) \[[0-9a-f]+/([0-9a-f]+)/[^\]]*\] ?(\S*)")
+_INSN = re.compile(r"^0x[0-9a-f]+:\s+[0-9a-f]{8}\s")
+
+
+def profile(exe: Path, inputs: bytes, owners: dict[str, str], timeout: float = 600.0) -> dict[str, int]:
+    """Executed instructions per owner for one run of the executable on `inputs`, from QEMU's translation-block
+    log (`-d in_asm,exec,nochain`: each executed block with its guest PC and function, each block's instructions
+    listed once when translated; exact and repeatable).  `owners` maps function symbols to labels; a block counts
+    for the label of the owner function entered last ("other" before the first, e.g. the C library's start-up)."""
+    if native():
+        raise ToolchainError("instruction counts need qemu-aarch64 (this host runs the executable natively)")
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bp-aarch64-prof-") as d:
+        dd = Path(d)
+        (dd / "input.bin").write_bytes(inputs)
+        fifo = dd / "trace.fifo"
+        os.mkfifo(fifo)
+        cmd = ["qemu-aarch64", "-cpu", "max", "-d", "in_asm,exec,nochain", "-D", str(fifo), str(exe.resolve()), "input.bin", "output.bin"]
+        proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            tb_len: dict[int, int] = {}  # host translation block -> guest instructions
+            pending = 0
+            current = "other"
+            with open(fifo, encoding="latin-1") as f:
+                for line in f:
+                    if line.startswith("0x"):
+                        pending += _INSN.match(line) is not None
+                    elif line.startswith("Trace"):
+                        m = _TRACE.match(line)
+                        if m is None:
+                            continue
+                        host = int(m.group(1), 16)
+                        if pending:
+                            tb_len[host] = pending
+                            pending = 0
+                        current = owners.get(m.group(3), current)
+                        counts[current] = counts.get(current, 0) + tb_len.get(host, 0)
+                    elif line.startswith("IN:"):
+                        pending = 0
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+        if rc != 0:
+            raise ToolchainError(f"profiling run of {exe} exited with status {rc}")
+    return counts
