@@ -9,12 +9,14 @@ bound by reading the weights.  Variants, built from the same fp32 graph:
 - torch eager fp32 and TVM fp32;
 - TVM W4A16 g128 with lm_head float (tied to the embedding, which stays float);
 - TVM W4A16 g128 with lm_head quantized too (an int4 copy of the tied matrix: +14 MB stored,
-  but the 113 MB fp32 lm_head is a fifth of the weights read per token).
+  but the 113 MB fp32 lm_head is a fifth of the weights read per token);
+- TVM W4A8 g128 (`act_dynamic=True`: int8 rows at run time, int8 block dots), lm_head too.
 
 Times are per forward, best of `--rounds` round-robin rounds, in process CPU time by default
 (`--clock cpu`: a loaded shared machine does not inflate it by preemption; use `--clock wall`
 with `--threads` > 1).  The "linear share" column sums the VM's per-kernel times (its
-instrument hook) of the linear kernels (fp32 `dense_packed`, W4 `qmatmul`) over all kernels.
+instrument hook) of the linear kernels (fp32 `dense_packed`, W4 `qmatmul`, W4A8 `qlinear_dyn`)
+over all kernels.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def kernel_split(cm: Any, ids: torch.Tensor, runs: int = 3) -> tuple[float, floa
     for _ in range(runs):
         vm["main"](*args)
     kernels = {k: v for k, v in totals.items() if not k.startswith("vm.builtin")}
-    lin = sum(v for k, v in kernels.items() if "dense_packed" in k or "qmatmul" in k)
+    lin = sum(v for k, v in kernels.items() if "dense_packed" in k or "qmatmul" in k or "qlinear_dyn" in k)
     return lin / runs * 1e3, sum(kernels.values()) / runs * 1e3
 
 
@@ -93,11 +95,17 @@ def main() -> None:
         ids = torch.randint(0, 49152, (1, seq), generator=torch.Generator().manual_seed(0))
         g = bp.compile(wrapped, (ids,), target="torch", quiet=True).graph
 
-        def quantized(exclude: tuple[str, ...], g: bp.Graph = g, ids: torch.Tensor = ids) -> bp.Graph:
-            q = bp.passes.Quantize(bits=4, group_size=128, weight_clip="minmax", exclude=exclude)
+        def quantized(exclude: tuple[str, ...], dynamic: bool = False, g: bp.Graph = g, ids: torch.Tensor = ids) -> bp.Graph:
+            act = {"act_bits": 8, "act_dynamic": True} if dynamic else {}
+            q = bp.passes.Quantize(bits=4, group_size=128, weight_clip="minmax", exclude=exclude, **act)  # type: ignore[arg-type]
             return bp.compile(g.clone(), (ids,), passes=[q], target="torch", canonicalize=False, quiet=True).graph
 
-        graphs = {"fp32": g, "W4A16 g128, lm_head fp32": quantized(("*lm_head*",)), "W4A16 g128, lm_head W4": quantized(())}
+        graphs = {
+            "fp32": g,
+            "W4A16 g128, lm_head fp32": quantized(("*lm_head*",)),
+            "W4A16 g128, lm_head W4": quantized(()),
+            "W4A8 dynamic g128, lm_head W4A8": quantized((), dynamic=True),
+        }
         built = {}
         for name, gr in graphs.items():
             t0 = time.perf_counter()
