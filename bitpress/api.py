@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 import bitpress.backends  # noqa: F401  (registers every target)
-from bitpress.compiler.interpreter import check_inputs
-from bitpress.compiler.ir import Graph, IRError
+from bitpress.compiler.interpreter import bind_inputs, check_inputs
+from bitpress.compiler.ir import Graph, IRError, input_dims, is_dynamic, specialize
 from bitpress.compiler.pass_manager import CompileError, Pass, PassContext, Pipeline
 from bitpress.compiler.recipe import load_recipe
 from bitpress.compiler.report import Report
 from bitpress.compiler.serialize import graph_from_json, save_graph
-from bitpress.compiler.target import BuildOptions, Executable, get_backend, legalize_check, resolve_target
+from bitpress.compiler.target import BuildOptions, Executable, LoweringError, get_backend, legalize_check, resolve_target
 from bitpress.passes import canonicalize_pipeline  # importing bitpress.passes registers every pass and its ops
 
 __all__ = ["ArtifactError", "CompiledModel", "compile", "load"]
@@ -76,7 +76,7 @@ class CompiledModel:
             manifest = {
                 "format": ARTIFACT_FORMAT,
                 "target": self.target,
-                "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in self.graph.inputs],
+                "inputs": [{"name": v.name, "shape": [str(d) for d in v.shape], "dtype": v.dtype} for v in self.graph.inputs],
                 "files": {f: _sha256(tmp / f) for f in sorted(set(files))},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -134,13 +134,13 @@ def load(directory: str | os.PathLike[str]) -> CompiledModel:
     return CompiledModel(g, exe, report, target)
 
 
-def _import_model(model: Any, example_inputs: Sequence[Any]) -> Graph:
+def _import_model(model: Any, example_inputs: Sequence[Any], dynamic_shapes: Any = None, dynamic: str | None = "batch") -> Graph:
     if isinstance(model, Graph):
         return model.clone()
     if isinstance(model, torch.nn.Module):
-        from bitpress.compiler.frontend import import_module
+        from bitpress.compiler.frontend.torch_fx import import_module
 
-        return import_module(model, example_inputs)
+        return import_module(model, example_inputs, dynamic_shapes=dynamic_shapes, dynamic=dynamic)
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
         from bitpress.compiler.frontend.onnx_import import import_onnx
 
@@ -171,6 +171,8 @@ def compile(
     quiet: bool | None = None,
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    dynamic_shapes: Any = None,
+    dynamic: str | None = "batch",
 ) -> CompiledModel:
     """Compress `model` with `passes` and lower it to `target`.
 
@@ -182,6 +184,12 @@ def compile(
         calibration: iterable of input tuples for data-aware passes.
         tolerance: e.g. {"sqnr_db": 20}: the pass that pushes output SQNR below it fails the compile.
         tune: MetaSchedule trials for TVM targets (0: default schedules only).
+        dynamic_shapes: torch.export's spec (`torch.export.Dim` objects in dicts / tuples per input).
+        dynamic: without `dynamic_shapes`, "batch" (default) makes every input's leading dim symbolic
+            (torch.export's automatic dims: a model that needs a static batch is specialized, and the
+            report says so); None keeps every dim static.  ONNX inputs keep their dim_param dims.
+            Static-memory targets specialize at build time to `options={"static_shapes": {"batch": 1}}`
+            or to the example's sizes.
 
     Returns:
         A callable CompiledModel with `.report`, `.graph`, `.save()`.
@@ -200,10 +208,12 @@ def compile(
             raise ValueError("example_inputs are required to trace a torch module")
         example_inputs = cal[0] if cal else ()
     ex = tuple(example_inputs)
-    g = _import_model(model, ex)
+    g = _import_model(model, ex, dynamic_shapes, dynamic)
     if not ex:
-        ex = tuple(torch.zeros(v.shape, dtype=_torch_dtype(v.dtype)) for v in g.inputs)
-    check_inputs(g, ex)
+        if is_dynamic(g):
+            raise ValueError(f"example_inputs are required: the model's inputs have symbolic dims {list(input_dims(g))}")
+        ex = tuple(torch.zeros(v.type.static_shape(), dtype=_torch_dtype(v.dtype)) for v in g.inputs)
+    _, example_sizes = bind_inputs(g, ex)
     _check_weights(g)
     source = g.clone()
     ctx = PassContext(example_inputs=ex, calibration=cal, quiet=quiet, seed=seed, source_graph=source)
@@ -212,18 +222,68 @@ def compile(
     legalize_check(g, target)
     tb = time.perf_counter()
     backend = get_backend(target)
-    exe = backend.build(
-        g,
-        target,
-        BuildOptions(
-            tune=tune, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet, example_inputs=ex, extra=dict(options or {})
-        ),
+    bopts = BuildOptions(
+        tune=tune, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet, example_inputs=ex, extra=dict(options or {})
     )
+    notes = list(g.meta.get("shape_notes", []))
+    if is_dynamic(g) and not getattr(backend, "symbolic_shapes", False):
+        sizes = _static_sizes(g, example_sizes, bopts.extra.get("static_shapes"))
+        g = specialize(g, sizes)
+        notes.append(f"target {target} builds static shapes: specialized to {_fmt_sizes(sizes)}")
+    try:
+        exe = backend.build(g, target, bopts)
+    except LoweringError as e:
+        if not is_dynamic(g):
+            raise
+        # a lowering without symbolic-shape support: build at the example's sizes, and say so
+        sizes = _static_sizes(g, example_sizes, bopts.extra.get("static_shapes"))
+        g = specialize(g, sizes)
+        notes.append(f"target {target}: {e}; specialized to {_fmt_sizes(sizes)}")
+        log.warning("%s", notes[-1])
+        exe = backend.build(g, target, bopts)
     report = Report.build(g, source.weight_bytes(), records, target)
+    report.shapes = _shapes_info(g, notes)
     report.build_seconds = time.perf_counter() - tb
     report.backend = dict(getattr(exe, "info", {}) or {})
     log.info("compiled for %s in %.2fs", target, time.perf_counter() - t0)
     return CompiledModel(g, exe, report, target, ctx.explain)
+
+
+def _static_sizes(g: Graph, example: dict[str, int], static_shapes: Any) -> dict[str, int]:
+    """The sizes a static build uses: `static_shapes` ({name: size} or one shape per input), else the example's."""
+    dims = input_dims(g)
+    if static_shapes is None:
+        return {n: example[n] for n in dims}
+    if isinstance(static_shapes, dict):
+        sizes = {str(k): int(v) for k, v in static_shapes.items()}
+    else:
+        shapes = list(static_shapes)
+        if len(shapes) != len(g.inputs):
+            raise ValueError(f"static_shapes: {len(shapes)} shapes for {len(g.inputs)} inputs")
+        zeros = [torch.empty(tuple(s), dtype=_torch_dtype(v.dtype), device="meta") for s, v in zip(shapes, g.inputs, strict=True)]
+        sizes = bind_inputs(g, zeros)[1]
+    unknown = sorted(set(sizes) - set(dims))
+    if unknown:
+        raise ValueError(f"static_shapes: unknown dim(s) {unknown}; the model's symbolic dims are {list(dims)}")
+    for n, d in dims.items():
+        if n not in sizes:
+            sizes[n] = example[n]
+        if sizes[n] < d.min or (d.max is not None and sizes[n] > d.max):
+            raise ValueError(f"static_shapes: {n}={sizes[n]} is outside its range {d.range_str()}")
+    return sizes
+
+
+def _fmt_sizes(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sizes.items())
+
+
+def _shapes_info(g: Graph, notes: list[str]) -> dict[str, Any]:
+    dims = input_dims(g)
+    return {
+        "inputs": {v.name: str(v.type) for v in g.inputs},
+        "dims": {n: [d.min, d.max] for n, d in dims.items()},
+        "notes": notes,
+    }
 
 
 def _torch_dtype(d: str) -> torch.dtype:

@@ -41,9 +41,13 @@ def test_compile_call_and_report() -> None:
 
 
 def test_input_mismatch_is_one_line_error() -> None:
-    cm = bp.compile(mlp(), (torch.randn(3, 8),))
+    cm = bp.compile(mlp(), (torch.randn(3, 8),), dynamic=None)
     with pytest.raises(ValueError, match=r"input .*: expected shape \[3, 8\], got \[3, 9\]") as e:
         cm(torch.randn(3, 9))
+    assert "\n" not in str(e.value)
+    dyn = bp.compile(mlp(), (torch.randn(3, 8),))  # dynamic="batch": any batch, the features still checked
+    with pytest.raises(ValueError, match=r"input .*: dim 1 is 9, expected 8 \(input type float32\[batch,8\]\)") as e:
+        dyn(torch.randn(5, 9))
     assert "\n" not in str(e.value)
 
 

@@ -29,6 +29,7 @@ class ReferenceExecutable:
 
 class ReferenceBackend:
     name = "torch"
+    symbolic_shapes = True  # the interpreter binds symbolic sizes from the inputs
 
     def supported_ops(self, target: str) -> set[str]:
         return set(op_names())

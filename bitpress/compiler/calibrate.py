@@ -72,7 +72,7 @@ def layer_rows(node: Node, x: torch.Tensor) -> torch.Tensor:
     if node.op == "conv2d":
         w = node.inputs[1]
         assert w is not None
-        kh, kw = w.shape[2], w.shape[3]
+        kh, kw = w.type.static_shape()[2:4]
         a = node.attrs
         if a.get("groups", 1) != 1:
             return x.transpose(0, 1).reshape(x.shape[1], -1).t()

@@ -21,17 +21,24 @@ from typing import Any
 
 import torch
 
+from bitpress.compiler.symbolic import Dim, SymDim, evaluate, has_symbolic, resolve
+
 __all__ = [
     "DTYPES",
     "PACKED_BITS",
+    "Dim",
     "Graph",
     "IRError",
     "Node",
+    "SymDim",
     "TensorType",
     "Value",
     "dtype_bits",
+    "input_dims",
+    "is_dynamic",
     "is_packed",
     "pack_bits",
+    "specialize",
     "to_torch_dtype",
     "unpack_bits",
 ]
@@ -98,27 +105,62 @@ def dtype_bits(dtype: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TensorType:
-    """Static shape and element type of a value (shapes are fully static)."""
+    """Shape and element type of a value.
 
-    shape: tuple[int, ...]
+    Dims are ints (static) or `SymDim`s (a named size such as `batch` with a range, or an
+    expression over names such as `2*batch`); constants are always static.
+    """
+
+    shape: tuple[Dim, ...]
     dtype: str
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise IRError(f"unknown dtype {self.dtype!r}; known: {sorted(DTYPES)}")
+        for d in self.shape:
+            if not isinstance(d, (int, SymDim)) or isinstance(d, bool):
+                raise IRError(f"shape {self.shape}: dim {d!r} is neither an int nor a SymDim")
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def numel(self) -> Dim:
+        """Element count: an int, or a symbolic expression when a dim is symbolic."""
+        if self.is_static:
+            return math.prod(self.static_shape())
+        n: Dim = 1
+        for d in self.shape:
+            n = n * d
+        return n
 
     @property
     def nbytes(self) -> int:
         """Bytes as stored: packed types use ceil(numel * bits / 8)."""
-        return math.ceil(self.numel * dtype_bits(self.dtype) / 8)
+        n = self.numel
+        if not isinstance(n, int):
+            raise IRError(f"{self} has a symbolic shape: its size in bytes is not known before run time")
+        return math.ceil(n * dtype_bits(self.dtype) / 8)
+
+    def static_shape(self) -> tuple[int, ...]:
+        """The shape as ints; raises IRError naming the symbolic dims."""
+        if not self.is_static:
+            raise IRError(f"{self} has symbolic dims where a static shape is needed")
+        return tuple(d for d in self.shape if isinstance(d, int))
+
+    @property
+    def static_numel(self) -> int:
+        """Element count of a static type (constants); raises IRError for a symbolic one."""
+        return math.prod(self.static_shape())
+
+    def resolve(self, env: dict[str, int]) -> TensorType:
+        """This type with its symbolic dims bound to sizes."""
+        return TensorType(tuple(evaluate(d, env) for d in self.shape), self.dtype)
 
     def __str__(self) -> str:
         return f"{self.dtype}[{','.join(map(str, self.shape))}]"
@@ -197,7 +239,7 @@ class Value:
 
     # convenient views used by rules
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[Dim, ...]:
         return self.type.shape
 
     @property
@@ -209,7 +251,7 @@ class Value:
         return self.type.ndim
 
     @property
-    def numel(self) -> int:
+    def numel(self) -> Dim:
         return self.type.numel
 
     @property
@@ -567,6 +609,45 @@ class Graph:
             g._link(nn, None)
         g.outputs = [vmap[id(o)] for o in self.outputs]
         return g
+
+
+def input_dims(g: Graph) -> dict[str, SymDim]:
+    """The named symbolic sizes of the graph's inputs (name -> SymDim with its range), in order."""
+    out: dict[str, SymDim] = {}
+    for v in g.inputs:
+        for d in v.shape:
+            if isinstance(d, SymDim) and d.is_symbol and d.expr not in out:
+                out[d.expr] = d
+    return out
+
+
+def is_dynamic(g: Graph) -> bool:
+    return any(not v.type.is_static for v in g.inputs)
+
+
+def specialize(g: Graph, env: dict[str, int]) -> Graph:
+    """A copy of `g` with the named sizes in `env` made static, in every type and attribute.
+
+    Static-memory targets (microcontrollers, FPGAs) build from this; names not in `env`
+    stay symbolic.
+    """
+    missing = [n for n in input_dims(g) if n not in env]
+    if missing:
+        raise IRError(f"specialize: no size given for symbolic dim(s) {missing}")
+
+    def rt(t: TensorType) -> TensorType:
+        return t.resolve(env) if not t.is_static else t
+
+    out = g.clone()
+    for v in out.values():
+        v.type = rt(v.type)
+    for n in out.nodes:
+        if has_symbolic(n.attrs):
+            n.attrs = resolve(n.attrs, env)
+    out.meta = dict(out.meta, specialized=dict(env))
+    out.version += 1
+    out.verify()
+    return out
 
 
 @dataclass

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bitpress.compiler.ir import IRError, TensorType, from_torch_dtype, to_torch_dtype
+from bitpress.compiler.ir import IRError, SymDim, TensorType, from_torch_dtype, is_packed, to_torch_dtype
+from bitpress.compiler.symbolic import has_symbolic, make_dim, sym_expr
 
 __all__ = ["OpDef", "get_op", "has_op", "op_names", "register_op"]
 
@@ -48,9 +49,12 @@ class OpDef:
         hit = cache.get(key)
         if hit is not None:
             return hit
-        args = [None if t is None else torch.empty(_storage_shape(t), dtype=to_torch_dtype(t.dtype), device="meta") for t in types]
-        out = self.ref(*args, **attrs)
-        res = [TensorType.of(o) for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        if any(t is not None and not t.is_static for t in types) or has_symbolic(attrs):
+            res = _infer_symbolic(self, types, attrs)
+        else:
+            args = [None if t is None else torch.empty(_storage_shape(t), dtype=to_torch_dtype(t.dtype), device="meta") for t in types]
+            out = self.ref(*args, **attrs)
+            res = [TensorType.of(o) for o in (out if isinstance(out, (tuple, list)) else (out,))]
         if len(cache) < 100_000:
             cache[key] = res
         return res
@@ -66,7 +70,81 @@ _INFER_CACHE: dict[str, dict[Any, list[TensorType]]] = {}
 def _storage_shape(t: TensorType) -> tuple[int, ...]:
     from bitpress.compiler.ir import is_packed
 
-    return (t.nbytes,) if is_packed(t.dtype) else t.shape
+    return (t.nbytes,) if is_packed(t.dtype) else t.static_shape()
+
+
+def _infer_symbolic(op: OpDef, types: Sequence[TensorType | None], attrs: dict[str, Any]) -> list[TensorType]:
+    """Type inference over symbolic dims: the reference runs on fake tensors whose sizes are
+    torch SymInts (torch's ShapeEnv), and the output sizes come back as expressions.
+
+    Each name gets a hint (a size torch may use to decide branches) inside its range and
+    unlike any static size, so a branch on a size is not silently taken for all sizes.
+    """
+    import sympy
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    env = ShapeEnv(duck_shape=False)
+    syms: dict[str, Any] = {}  # our name -> SymInt
+    back: dict[Any, Any] = {}  # torch symbol -> our sympy symbol
+    ranges: dict[str, tuple[int, int | None]] = {}
+    hint_base = [1009]
+
+    def symint(name: str, lo: int, hi: int | None) -> Any:
+        if name not in syms:
+            hint = hint_base[0]
+            hint_base[0] += 10
+            if hi is not None and hint > hi:
+                hint = max(lo, 2, hi - len(syms))
+            s = env.create_symbol(hint, source=ConstantSource(name), dynamic_dim=DimDynamic.DYNAMIC)
+            syms[name] = env.create_symintnode(s, hint=hint)
+            back[s] = sympy.Symbol(name, integer=True, positive=True)
+            ranges[name] = (lo, hi)
+        return syms[name]
+
+    def to_sym(d: Any) -> Any:
+        if not isinstance(d, SymDim):
+            return d
+        if d.is_symbol:
+            return symint(d.expr, d.min, d.max)
+        e = sym_expr(d)
+        val: Any = sympy.Integer(0)
+        for s in e.free_symbols:
+            symint(str(s), 1, None)
+        val = e.subs({sympy.Symbol(n, integer=True, positive=True): syms[n].node.expr for n in syms})
+        return env.create_symintnode(val, hint=None)
+
+    def conv_attr(x: Any) -> Any:
+        if isinstance(x, SymDim):
+            return to_sym(x)
+        if isinstance(x, list):
+            return [conv_attr(v) for v in x]
+        if isinstance(x, tuple):
+            return tuple(conv_attr(v) for v in x)
+        return x
+
+    def from_sym(d: Any) -> Any:
+        if isinstance(d, torch.SymInt):
+            e = d.node.expr
+            return make_dim(e.xreplace(back), ranges)
+        return int(d)
+
+    # bind every input's names first (in order), so hints follow the input order
+    for t in types:
+        if t is not None:
+            for d in t.shape:
+                to_sym(d)
+    with FakeTensorMode(shape_env=env, allow_non_fake_inputs=True):
+        args = [
+            None
+            if t is None
+            else torch.empty([to_sym(d) for d in ((t.nbytes,) if is_packed(t.dtype) else t.shape)], dtype=to_torch_dtype(t.dtype))
+            for t in types
+        ]
+        out = op.ref(*args, **{k: conv_attr(v) for k, v in attrs.items()})
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [TensorType(tuple(from_sym(d) for d in o.shape), from_torch_dtype(o.dtype)) for o in outs]
 
 
 def _freeze(x: Any) -> Any:

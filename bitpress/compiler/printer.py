@@ -21,7 +21,11 @@ def _ref(v: Value | None) -> str:
 
 
 def format_graph(g: Graph, max_consts: int = 64) -> str:
-    lines = ["graph(" + ", ".join(f"%{v.name}: {v.type}" for v in g.inputs) + ") {"]
+    from bitpress.compiler.ir import input_dims
+
+    dims = input_dims(g)
+    where = (" where " + ", ".join(f"{n} in {d.range_str()}" for n, d in dims.items())) if dims else ""
+    lines = ["graph(" + ", ".join(f"%{v.name}: {v.type}" for v in g.inputs) + f"){where} {{"]
     consts = list(g.consts.values())
     for v in consts[:max_consts]:
         lines.append(f"  %{v.name}: {v.type} = const")

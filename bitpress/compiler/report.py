@@ -19,7 +19,7 @@ __all__ = ["Report", "layer_rows_of"]
 
 
 def _is_weight_node(n: Node) -> bool:
-    return any(v is not None and v.is_const and (v.ndim >= 2 or (v.dtype in ("uint8",) and v.numel > 64)) for v in n.inputs)
+    return any(v is not None and v.is_const and (v.ndim >= 2 or (v.dtype in ("uint8",) and v.type.static_numel > 64)) for v in n.inputs)
 
 
 def layer_rows_of(g: Graph) -> list[dict[str, Any]]:
@@ -29,8 +29,8 @@ def layer_rows_of(g: Graph) -> list[dict[str, Any]]:
         if not _is_weight_node(n):
             continue
         consts = [v for v in n.inputs if v is not None and v.is_const]
-        main = max(consts, key=lambda v: v.numel)
-        params = n.meta.get("params", sum(v.numel for v in consts if (v.ndim >= 1 and v.numel > 1) or v.ndim >= 2))
+        main = max(consts, key=lambda v: v.type.static_numel)
+        params = n.meta.get("params", sum(v.type.static_numel for v in consts if (v.ndim >= 1 and v.type.static_numel > 1) or v.ndim >= 2))
         nbytes = sum(v.type.nbytes for v in consts if v.name not in seen)
         seen.update(v.name for v in consts)
         bits = n.meta.get("bits", dtype_bits(main.dtype))
@@ -65,6 +65,7 @@ class Report:
     output_sqnr_db: float | None = None
     build_seconds: float = 0.0
     backend: dict[str, Any] = field(default_factory=dict)
+    shapes: dict[str, Any] = field(default_factory=dict)  # inputs' types, symbolic dims' ranges, specializations
 
     @staticmethod
     def build(g: Graph, original_bytes: int, passes: list[PassRecord], target: str) -> Report:
@@ -86,6 +87,7 @@ class Report:
             "layers": [{k: (_json_float(v) if isinstance(v, float) and k == "sqnr_db" else v) for k, v in r.items()} for r in self.layers],
             "passes": [p.to_dict() for p in self.passes],
             "backend": self.backend,
+            "shapes": self.shapes,
         }
 
     @staticmethod
@@ -110,6 +112,7 @@ class Report:
             f(d.get("output_sqnr_db")),
             d.get("build_seconds", 0.0),
             d.get("backend", {}),
+            d.get("shapes", {}),
         )
 
     def __str__(self) -> str:
@@ -140,4 +143,10 @@ class Report:
             )
         if self.build_seconds:
             lines.append(f"  build ({self.target}) {self.build_seconds * 1000:9.1f} ms")
+        if self.shapes.get("inputs"):
+            dims = self.shapes.get("dims", {})
+            rng = "".join(f"; {n} in {lo}..{'inf' if hi is None else hi}" for n, (lo, hi) in dims.items())
+            lines.append("  inputs: " + ", ".join(f"{k}: {t}" for k, t in self.shapes["inputs"].items()) + rng)
+        for note in self.shapes.get("notes", []):
+            lines.append(f"  shapes: {note}")
         return "\n".join(lines)

@@ -10,14 +10,32 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from bitpress.compiler.ir import Graph, IRError, Node, TensorType, Value
+from bitpress.compiler.ir import Graph, IRError, Node, SymDim, TensorType, Value
 
 __all__ = ["graph_from_json", "graph_to_json", "load_graph", "save_graph"]
 
 FORMAT = "bitpress-graph/1"
 
 
+def _dim_json(d: Any) -> Any:
+    if isinstance(d, SymDim):
+        return {"sym": d.expr, "min": d.min, "max": d.max}
+    return d
+
+
+def _dim_unjson(d: Any) -> Any:
+    if isinstance(d, dict):
+        if set(d) != {"sym", "min", "max"}:
+            raise IRError(f"bad dim {d!r}: expected an int or {{sym, min, max}}")
+        return SymDim(str(d["sym"]), int(d["min"]), None if d["max"] is None else int(d["max"]))
+    if not isinstance(d, int):
+        raise IRError(f"bad dim {d!r}: expected an int or {{sym, min, max}}")
+    return d
+
+
 def _jsonable(x: Any) -> Any:
+    if isinstance(x, SymDim):
+        return _dim_json(x)
     if isinstance(x, tuple):
         return [_jsonable(v) for v in x]
     if isinstance(x, list):
@@ -37,6 +55,8 @@ def _unjson(x: Any) -> Any:
     if isinstance(x, dict):
         if set(x) == {"float"}:
             return float(x["float"])
+        if set(x) == {"sym", "min", "max"}:
+            return _dim_unjson(x)
         if set(x) == {"tensor", "dtype"}:
             return torch.tensor(x["tensor"], dtype=getattr(torch, x["dtype"]))
         return {k: _unjson(v) for k, v in x.items()}
@@ -46,7 +66,11 @@ def _unjson(x: Any) -> Any:
 
 
 def _t(t: TensorType) -> dict[str, Any]:
-    return {"shape": list(t.shape), "dtype": t.dtype}
+    return {"shape": [_dim_json(d) for d in t.shape], "dtype": t.dtype}
+
+
+def _type(d: dict[str, Any]) -> TensorType:
+    return TensorType(tuple(_dim_unjson(x) for x in d["shape"]), d["dtype"])
 
 
 def graph_to_json(g: Graph) -> dict[str, Any]:
@@ -77,11 +101,11 @@ def graph_from_json(d: dict[str, Any], store: dict[str, torch.Tensor]) -> Graph:
     g.meta = _unjson(d.get("meta", {}))
     env: dict[str, Value] = {}
     for i in d["inputs"]:
-        env[i["name"]] = g.add_input(i["name"], TensorType(tuple(i["shape"]), i["dtype"]))
+        env[i["name"]] = g.add_input(i["name"], _type(i))
     for c in d["consts"]:
         if c["name"] not in store:
             raise IRError(f"constant {c['name']} missing from the weights file")
-        v = Value(g, c["name"], TensorType(tuple(c["shape"]), c["dtype"]), "const")
+        v = Value(g, c["name"], _type(c), "const")
         g._names.add(v.name)
         g.store[v.name] = store[c["name"]]
         g.consts[v.name] = v
@@ -95,7 +119,7 @@ def graph_from_json(d: dict[str, Any], store: dict[str, torch.Tensor]) -> Graph:
         g._names.add(node.name)
         node.meta = _unjson(nd.get("meta", {}))
         for k, o in enumerate(nd["outputs"]):
-            ov = Value(g, o["name"], TensorType(tuple(o["shape"]), o["dtype"]), "node", node, k)
+            ov = Value(g, o["name"], _type(o), "node", node, k)
             node.outputs.append(ov)
             env[ov.name] = ov
         for iv in ins:

@@ -22,6 +22,7 @@ callable `fn(sch: s_tir.Schedule, target) -> None` applied to the kernel instead
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -177,8 +178,8 @@ def cpu_gemm(
     if len(loops) != len(dk):
         return None
     exts = [_extent(sch, lp) for lp in loops]
-    if any(e is None for e in exts):
-        return None
+    if any(e is None for e in exts[p:]):
+        return None  # symbolic spatial extents (a batch) are tiled with a guard below; reductions must be static
     lanes = _vec_lanes(target, _out_bits(sch, main.block_rv))
     wb = sch.cache_write(main.block_rv, 0, acc_scope)
     if epi:
@@ -192,10 +193,14 @@ def cpu_gemm(
     if not (0 <= na < p) or (p >= 2 and (not (0 <= ma < p) or ma == na)):
         return None
     n_ext = exts[na]
-    assert n_ext is not None
+    if n_ext is None:
+        return None
     m_ext = exts[ma] if p >= 2 else 1
-    assert m_ext is not None
-    ni, mi = _register_tile(n_ext, m_ext, lanes, _vector_registers(target), n_tile, m_tiles if p >= 2 else (1,))
+    # a symbolic row count (the batch): the register tile as if every height divided it, and a
+    # guard on the last row tile
+    ni, mi = _register_tile(
+        n_ext, m_ext if m_ext is not None else math.lcm(*m_tiles), lanes, _vector_registers(target), n_tile, m_tiles if p >= 2 else (1,)
+    )
     if na != p - 1:
         # the vectorized axis is not the output's last (conv: channels of NCHW): lay the
         # accumulator out with it innermost, so the tile is contiguous vectors that LLVM keeps
@@ -261,6 +266,24 @@ def _is_scheduled_block(sch: Any, block: Any) -> bool:
 def _schedule_injective_block(sch: Any, block: Any, lanes: int) -> None:
     loops = sch.get_loops(block)
     if not loops:
+        return
+    static = [_extent(sch, lp) is not None for lp in loops]
+    if not all(static) and static[-1]:
+        # symbolic outer extents (a batch): vectorize the static trailing loops, parallel over the rest
+        k = len(loops)
+        while k > 0 and static[k - 1]:
+            k -= 1
+        tail = sch.fuse(*loops[k:]) if len(loops) - k > 1 else loops[k]
+        head = sch.fuse(*loops[:k]) if k > 1 else loops[0]
+        ext = _extent(sch, tail)
+        v = _largest_divisor(ext or 1, (lanes * 2, lanes, lanes // 2, 4, 2))
+        if v > 1:
+            if ext is not None and ext > v:
+                _, inner = sch.split(tail, factors=[None, v])
+                sch.vectorize(inner)
+            else:
+                sch.vectorize(tail)
+        _try_parallel(sch, head)
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     ext = _extent(sch, fused)
@@ -383,7 +406,7 @@ def cpu_rowwise_reduction(func: Any, target: Any) -> Any:
             if n_sp:
                 fused = sch.fuse(*loops[:n_sp]) if n_sp > 1 else loops[0]
                 ext = _extent(sch, fused)
-                if ext is not None and ext >= 2:
+                if ext is None or ext >= 2:  # None: a symbolic row count
                     _try_parallel(sch, fused)
         elif loops:
             _schedule_injective_block(sch, b, _vec_lanes(target, _out_bits(sch, b)))

@@ -80,6 +80,17 @@ def open_database(cache_dir: Path | None, target: Any) -> tuple[Any, Path]:
     return db, work
 
 
+def _static_workload(mod: Any) -> bool:
+    from tvm import tirx
+
+    for func in mod.functions.values():
+        for param in getattr(func, "params", []):
+            shape = getattr(param.ty, "shape", None)  # buffer parameters carry their shapes in their type
+            if shape is not None and not all(isinstance(d, tirx.IntImm) for d in shape):
+                return False
+    return True
+
+
 def tune_and_apply(
     mod: Any,
     target: Any,
@@ -104,9 +115,13 @@ def tune_and_apply(
     _import_tensor_intrin()
     db, work = open_database(cache_dir, target)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if any(k in t.task_name for k in TUNED_KERNELS)]
+    # a kernel over a symbolic batch has no one workload to measure: it keeps its default schedule
+    symbolic = [t for t in tasks if not _static_workload(t.dispatched[0])]
+    tasks = [t for t in tasks if _static_workload(t.dispatched[0])]
     missing = [t for t in tasks if not _has_record(db, t.dispatched[0], target)]
     info: dict[str, Any] = {
         "tune_tasks": len(tasks),
+        "tune_tasks_symbolic": len(symbolic),
         "tune_tasks_tuned": len(missing),
         "tune_trials": trials,
         "tune_db": str(work),

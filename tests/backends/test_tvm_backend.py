@@ -130,7 +130,10 @@ def test_tuning_records_persist_and_are_reused(tmp_path: Path) -> None:
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(32, 32)).eval()
     x = torch.randn(4, 32)
-    cm = bp.compile(m, (x,), target="llvm", tune=2, cache_dir=tmp_path)
+    # records are per workload: a symbolic batch has none to measure (its kernels keep the default schedule)
+    dyn = bp.compile(m, (x,), target="llvm", tune=2, cache_dir=tmp_path)
+    assert dyn.report.backend["tune_tasks"] == 0 and dyn.report.backend["tune_tasks_symbolic"] == 1, dyn.report.backend
+    cm = bp.compile(m, (x,), target="llvm", tune=2, cache_dir=tmp_path, dynamic=None)
     info = cm.report.backend
     assert info["tune_tasks"] == 1 and info["tune_tasks_tuned"] == 1, info
     assert info["tune_records_used"] == 1 and "tune_default_kept" in info, info
@@ -139,7 +142,7 @@ def test_tuning_records_persist_and_are_reused(tmp_path: Path) -> None:
     records = list(tmp_path.glob("llvm-*/records.json"))
     assert records and records[0].stat().st_size > 0
     # same shapes again: every task is in the database, nothing is tuned
-    cm2 = bp.compile(m, (x,), target="llvm", tune=2, cache_dir=tmp_path)
+    cm2 = bp.compile(m, (x,), target="llvm", tune=2, cache_dir=tmp_path, dynamic=None)
     assert cm2.report.backend["tune_tasks_tuned"] == 0, cm2.report.backend
     assert cm2.report.backend["schedules"].get("tuned") == 1
     torch.testing.assert_close(cm2(x), cm(x))

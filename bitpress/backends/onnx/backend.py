@@ -24,7 +24,7 @@ from bitpress.backends.onnx.lowering import (
     onnx_dtype,
     onnx_lowered_ops,
 )
-from bitpress.compiler.ir import Graph, Value, is_packed
+from bitpress.compiler.ir import Graph, SymDim, Value, is_packed
 from bitpress.compiler.target import BuildOptions, LoweringError
 
 __all__ = ["OnnxBackend", "OnnxExecutable", "initializer_bytes", "lower_to_onnx"]
@@ -52,7 +52,8 @@ def _import_lowerings() -> None:
 def _value_info(name: str, v: Value) -> onnx.ValueInfoProto:
     if is_packed(v.dtype):
         return helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, [v.type.nbytes])
-    return helper.make_tensor_value_info(name, onnx_dtype(v.dtype), list(v.shape))
+    # symbolic dims are dim_params ("batch"): dynamic axes of the emitted model
+    return helper.make_tensor_value_info(name, onnx_dtype(v.dtype), [d if isinstance(d, int) else str(d) for d in v.shape])
 
 
 def _const_tensor(v: Value, name: str) -> Any:
@@ -80,6 +81,9 @@ def lower_to_onnx(g: Graph, *, opset: int = OPSET) -> onnx.ModelProto:
         name = ctx.fresh(v.name)
         env[id(v)] = name
         inputs.append(_value_info(name, v))
+        for axis, d in enumerate(v.shape):
+            if isinstance(d, SymDim) and d.is_symbol:
+                ctx.sym_sources.setdefault(d.expr, (name, axis))
     for v in g.consts.values():
         name = ctx.fresh(v.name)
         env[id(v)] = name
@@ -238,6 +242,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class OnnxBackend:
+    symbolic_shapes = True  # dim_params on the inputs/outputs; shape operands computed from Shape at run time
     """target "onnx": IR -> ONNX (opset 21, com.microsoft contrib ops) -> onnxruntime."""
 
     name = "onnx"

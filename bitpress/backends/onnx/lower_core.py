@@ -52,7 +52,12 @@ def _axis(dim: int, ndim: int) -> int:
 
 def _promoted(node: Node) -> str:
     """The dtype torch computes a binary op in (0-d operands rank below dimensioned ones)."""
-    metas = [torch.empty(v.shape, dtype=to_torch_dtype(v.dtype), device="meta") for v in node.inputs if v is not None]
+    # only the rank matters for promotion: symbolic dims stand in as 2
+    metas = [
+        torch.empty([d if isinstance(d, int) else 2 for d in v.shape], dtype=to_torch_dtype(v.dtype), device="meta")
+        for v in node.inputs
+        if v is not None
+    ]
     return str(torch.result_type(metas[0], metas[1])).removeprefix("torch.")
 
 
@@ -557,8 +562,8 @@ def lower_argmax(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
 
 
 def _reshape_to_output(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
-    """Static shapes: every view-like op is a Reshape to the IR output shape."""
-    return ctx.add_node("Reshape", [_name(inputs[0]), ctx.ints(list(node.outputs[0].shape), "shape")])
+    """Every view-like op is a Reshape to the IR output shape (one symbolic dim: -1)."""
+    return ctx.add_node("Reshape", [_name(inputs[0]), ctx.ints(ctx.reshape_target(node.outputs[0].shape), "shape")])
 
 
 for _op in ("reshape", "flatten", "unsqueeze", "squeeze"):

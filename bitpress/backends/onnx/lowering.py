@@ -27,7 +27,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from bitpress.compiler.ir import Node, TensorType, is_packed
+from bitpress.compiler.ir import Node, SymDim, TensorType, is_packed
+from bitpress.compiler.symbolic import sym_expr
 
 __all__ = [
     "MS_DOMAIN",
@@ -124,6 +125,8 @@ class OnnxLowerContext:
         self.node: Node | None = None
         self._names: set[str] = set()
         self._counter = 0
+        self.sym_sources: dict[str, tuple[str, int]] = {}  # symbolic dim -> (graph input name, axis)
+        self._sym_cache: dict[str, str] = {}
 
     # -- names
     def reserve(self, name: str) -> None:
@@ -196,9 +199,69 @@ class OnnxLowerContext:
         """A 0-d constant of IR `dtype`."""
         return self.add_initializer(torch.tensor(value, dtype=_torch_dtype(dtype)), name_hint or "scalar")
 
-    def ints(self, values: Sequence[int], name_hint: str = "") -> str:
-        """A 1-d int64 constant (shapes, axes, pads)."""
-        return self.add_initializer(np.asarray(list(values), dtype=np.int64), name_hint or "ints")
+    def ints(self, values: Sequence[Any], name_hint: str = "") -> str:
+        """A 1-d int64 constant (shapes, axes, pads); with symbolic dims (SymDim entries) a small
+        subgraph computing it from the inputs' shapes at run time."""
+        vals = list(values)
+        if not any(isinstance(v, SymDim) for v in vals):
+            return self.add_initializer(np.asarray(vals, dtype=np.int64), name_hint or "ints")
+        parts: list[str] = []
+        run: list[int] = []
+        for v in vals:
+            if isinstance(v, SymDim):
+                if run:
+                    parts.append(self.add_initializer(np.asarray(run, dtype=np.int64), name_hint or "ints"))
+                    run = []
+                parts.append(self.sym_dim(v))
+            else:
+                run.append(int(v))
+        if run:
+            parts.append(self.add_initializer(np.asarray(run, dtype=np.int64), name_hint or "ints"))
+        return parts[0] if len(parts) == 1 else self.add_node("Concat", parts, axis=0)[0]
+
+    @staticmethod
+    def reshape_target(shape: Sequence[Any]) -> list[Any]:
+        """A Reshape target for an IR shape: its one symbolic dim (if one) as -1, inferred at run time."""
+        out = list(shape)
+        sym = [i for i, d in enumerate(out) if isinstance(d, SymDim)]
+        if len(sym) == 1:
+            out[sym[0]] = -1
+        return out
+
+    def sym_dim(self, d: SymDim) -> str:
+        """A symbolic dim's value at run time as an int64[1] tensor (Shape of the input that binds it)."""
+        if d.expr in self._sym_cache:
+            return self._sym_cache[d.expr]
+
+        def conv(e: Any) -> str:
+            import sympy
+
+            if e.is_Integer:
+                return self.add_initializer(np.asarray([int(e)], dtype=np.int64), "dim")
+            if isinstance(e, sympy.Symbol):
+                name = str(e)
+                if name in self._sym_cache:
+                    return self._sym_cache[name]
+                if name not in self.sym_sources:
+                    raise ValueError(f"symbolic dim {name} is bound by no graph input")
+                src, axis = self.sym_sources[name]
+                out = self.add_node("Shape", [src], start=axis, end=axis + 1, name_hint=f"{name}_size")[0]
+                self._sym_cache[name] = out
+                return out
+            args = [conv(a) for a in e.args]
+            op = {"Add": "Add", "Mul": "Mul", "FloorDiv": "Div", "Mod": "Mod", "PythonMod": "Mod", "Max": "Max", "Min": "Min"}.get(
+                type(e).__name__
+            )
+            if op is None:
+                raise ValueError(f"symbolic dim {d.expr}: no ONNX form for {type(e).__name__}")
+            out = args[0]
+            for a in args[1:]:
+                out = self.add_node(op, [out, a])[0]  # sizes are positive: integer Div is floor division
+            return out
+
+        res = conv(sym_expr(d))
+        self._sym_cache[d.expr] = res
+        return res
 
     def cast(self, name: str, from_dtype: str, to_dtype: str) -> str:
         """`name` cast to `to_dtype` (no node when the dtypes agree)."""

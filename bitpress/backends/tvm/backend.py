@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from bitpress.backends.tvm.lowering import (
+    _CURRENT,
     LowerContext,
     ParamRef,
     get_lowering,
@@ -107,10 +108,22 @@ def lower_graph(g: Graph, target: str, isa: CpuIsa | None = None) -> Lowered:
 
     bb = relax.BlockBuilder()
     ctx = LowerContext(bb=bb, target=target, graph=g, isa=isa)
+    _CURRENT.append(ctx)
+    try:
+        return _lower_graph(g, target, ctx)
+    finally:
+        _CURRENT.pop()
+
+
+def _lower_graph(g: Graph, target: str, ctx: LowerContext) -> Lowered:
+    from tvm import relax
+
+    bb = ctx.bb
     env: dict[int, Any] = {}
     inputs = []
     for i, v in enumerate(g.inputs):
-        var = relax.Var(f"in{i}", relax.TensorType(v.shape, _relax_dtype(v.dtype)))
+        # symbolic dims become the function's int64 size vars (R.Tensor(("batch", 16)))
+        var = relax.Var(f"in{i}", relax.TensorType(ctx.dims(v.shape), _relax_dtype(v.dtype)))
         env[id(v)] = var
         inputs.append(var)
 
@@ -141,7 +154,7 @@ def lower_graph(g: Graph, target: str, isa: CpuIsa | None = None) -> Lowered:
                 if len(outs) != len(n.outputs):
                     raise LoweringError(f"node {n.name} ({n.op}): lowering gave {len(outs)} outputs, node has {len(n.outputs)}")
                 for o, e in zip(n.outputs, outs, strict=True):
-                    _check_type(n.name, n.op, o, e)
+                    _check_type(ctx, n.name, n.op, o, e)
                     env[id(o)] = e
             outs = [arg(o) for o in g.outputs]
             # a graph output that is an input or a parameter still needs a fresh binding
@@ -158,12 +171,22 @@ def _host_triple() -> str:
     return str(codegen.llvm_get_system_triple())
 
 
-def _check_type(node: str, op: str, o: Value, e: Any) -> None:
+def _check_type(ctx: LowerContext, node: str, op: str, o: Value, e: Any) -> None:
+    from tvm import sym as arith
+    from tvm import tirx
+
     si = e.ty
-    shape = tuple(int(d) for d in si.shape) if getattr(si, "shape", None) is not None else None
     want = _relax_dtype(o.dtype)
-    if shape != o.shape or str(si.dtype) != want:
-        raise LoweringError(f"node {node} ({op}): lowering produced {shape} {si.dtype}, the IR says {o.shape} {want}")
+    got = getattr(si, "shape", None)
+    ok = got is not None and len(got) == o.ndim and str(si.dtype) == want
+    if ok and o.type.is_static:
+        ok = all(isinstance(d, tirx.IntImm) and int(d) == w for d, w in zip(got, o.shape, strict=True))
+    elif ok:
+        ana = arith.Analyzer()
+        ok = all(ana.can_prove_equal(d, w) for d, w in zip(got, ctx.dims(o.shape), strict=True))
+    if not ok:
+        shape = None if got is None else [str(d) for d in got]
+        raise LoweringError(f"node {node} ({op}): lowering produced {shape} {si.dtype}, the IR says {[str(d) for d in o.shape]} {want}")
 
 
 def _relax_dtype(d: str) -> str:
@@ -344,6 +367,7 @@ class TvmBackend:
     """Targets "llvm" (alias "cpu") and "cuda"."""
 
     name = "tvm"
+    symbolic_shapes = True  # Relax size vars; a lowering without symbolic support raises LoweringError
 
     def supported_ops(self, target: str) -> set[str]:
         return lowered_ops(target)

@@ -17,7 +17,7 @@ import torch
 from tvm import relax, te, tirx
 from tvm.relax import op as R
 
-from bitpress.backends.tvm.lowering import LowerContext, register_lowering
+from bitpress.backends.tvm.lowering import LowerContext, register_lowering, tir_shape
 from bitpress.compiler.ir import Node, to_torch_dtype
 
 Args = list[Any]
@@ -51,8 +51,8 @@ def _np_dtype(dtype: str) -> Any:
     return np.dtype(dtype)
 
 
-def _out_shape(node: Node, i: int = 0) -> tuple[int, ...]:
-    return tuple(node.outputs[i].shape)
+def _out_shape(node: Node, i: int = 0) -> tuple[Any, ...]:
+    return tir_shape(node.outputs[i].shape)
 
 
 def _axis(d: int, ndim: int) -> int:

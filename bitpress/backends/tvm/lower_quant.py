@@ -340,7 +340,7 @@ def _cpu_qgemm_schedule(per: int) -> Any:
         mm, nn, r = sch.get_loops(y)
         m = _extent(sch, mm)
         no, ni = sch.split(nn, factors=[None, nb])
-        mi_f = next(f for f in (8, 6, 4, 3, 2, 1) if m % f == 0)
+        mi_f = 4 if m is None else next(f for f in (8, 6, 4, 3, 2, 1) if m % f == 0)  # None: symbolic rows
         mo, mi = sch.split(mm, factors=[None, mi_f])
         sch.reorder(no, mo, r, mi, ni)
         wb = sch.cache_write(y, 0, "global")
@@ -419,8 +419,9 @@ def _qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
     bits = int(node.attrs["bits"])
     x2, shp, m = _flatten_in(ctx, _f32(ctx, x), k)
     cpu = ctx.target == "llvm"
-    plan = _gemv_plan(m, n, bits) if cpu else None
-    name = f"qmatmul_int{bits}_{'gemv' if m == 1 else 'gemm'}"
+    # a symbolic row count (the batch) takes the GEMM kernel, whose schedule tiles rows with a guard
+    plan = _gemv_plan(m, n, bits) if cpu and isinstance(m, int) else None
+    name = f"qmatmul_int{bits}_{'gemv' if isinstance(m, int) and m == 1 else 'gemm'}"
     nb = (plan[1] if plan is not None else _strip_width(n)) if cpu else 1
     bt, s, zs, gs, gsp = _weight_layout(node, ctx, nb, words=cpu)
     if cpu and bits in (2, 4):  # the codes come as c = 1 + u / 2^b: see _qgemv_te

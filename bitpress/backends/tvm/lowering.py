@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from bitpress.compiler.ir import Graph, Node, Value
+from bitpress.compiler.ir import Graph, Node, SymDim, Value
+from bitpress.compiler.symbolic import sym_expr
 
 if TYPE_CHECKING:  # pragma: no cover
     from tvm import relax
@@ -45,6 +46,7 @@ __all__ = [
     "load_lowering_modules",
     "lowered_ops",
     "register_lowering",
+    "tir_shape",
 ]
 
 TARGETS: tuple[str, ...] = ("llvm", "cuda")
@@ -146,6 +148,7 @@ class LowerContext:
     derived: dict[str, torch.Tensor] = field(default_factory=dict)
     hints: dict[str, dict[str, Any]] = field(default_factory=dict)
     isa: Any = None  # bitpress.schedules.isa.CpuIsa on llvm: picks CPU kernel layouts
+    sym_vars: dict[str, Any] = field(default_factory=dict)  # symbolic dim name -> tirx.Var
     _store_vars: dict[tuple[str, str], Any] = field(default_factory=dict)
     _counter: int = 0
 
@@ -213,11 +216,75 @@ class LowerContext:
         """Ask bitpress.schedules for a schedule for the PrimFunc named `name` (e.g. rule="gemv")."""
         self.hints[name] = dict(kw)
 
-    def shape(self, e: Any) -> tuple[int, ...]:
-        return tuple(int(d) for d in e.ty.shape)
+    def shape(self, e: Any) -> tuple[Any, ...]:
+        """The shape of a Relax expression: ints, and TIR expressions for symbolic dims."""
+        from tvm import tirx
+
+        return tuple(int(d) if isinstance(d, tirx.IntImm) else d for d in e.ty.shape)
+
+    def dims(self, shape: Sequence[Any]) -> tuple[Any, ...]:
+        """An IR shape for TE / Relax: SymDims become TIR expressions over the function's size vars."""
+        return tuple(d if isinstance(d, int) else self.sym(d) for d in shape)
+
+    def sym(self, d: SymDim) -> Any:
+        """The TIR expression of a symbolic dim (`batch` -> the int64 size var bound by the inputs)."""
+        from tvm import tirx
+
+        def conv(e: Any) -> Any:
+            import sympy
+
+            if e.is_Integer:
+                return tirx.IntImm("int64", int(e))
+            if isinstance(e, sympy.Symbol):
+                name = str(e)
+                if name not in self.sym_vars:
+                    self.sym_vars[name] = tirx.Var(name, "int64")
+                return self.sym_vars[name]
+            args = [conv(a) for a in e.args]
+            fn = type(e).__name__
+            if fn == "Add":
+                out = args[0]
+                for a in args[1:]:
+                    out = out + a
+                return out
+            if fn == "Mul":
+                out = args[0]
+                for a in args[1:]:
+                    out = out * a
+                return out
+            if fn == "FloorDiv":
+                return tirx.floordiv(args[0], args[1])
+            if fn in ("Mod", "PythonMod"):
+                return tirx.floormod(args[0], args[1])
+            if fn == "CeilDiv":
+                return tirx.floordiv(args[0] + args[1] - 1, args[1])
+            if fn == "Max":
+                return tirx.max(*args)
+            if fn == "Min":
+                return tirx.min(*args)
+            raise ValueError(f"symbolic dim {d.expr}: no TIR form for {fn}")
+
+        return conv(sym_expr(d))
 
     def dtype(self, e: Any) -> str:
         return str(e.ty.dtype)
+
+
+_CURRENT: list[LowerContext] = []
+
+
+def current_context() -> LowerContext:
+    """The LowerContext of the graph being lowered (for helpers that only see a node)."""
+    if not _CURRENT:
+        raise RuntimeError("no TVM lowering in progress")
+    return _CURRENT[-1]
+
+
+def tir_shape(shape: Sequence[Any]) -> tuple[Any, ...]:
+    """An IR shape as TE / Relax dims, static dims as ints (see `LowerContext.dims`)."""
+    if all(isinstance(d, int) for d in shape):
+        return tuple(shape)
+    return current_context().dims(shape)
 
 
 def _tvm_dtype(d: torch.dtype) -> str:

@@ -274,7 +274,7 @@ class _Importer:
     @staticmethod
     def shape(x: Operand) -> tuple[int, ...]:
         if isinstance(x, Value):
-            return x.shape
+            return x.type.static_shape()
         if isinstance(x, torch.Tensor):
             return tuple(x.shape)
         raise _Unsupported("missing operand")

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from bitpress.compiler.ir import Graph, IRError, TensorType, Value, from_torch_dtype
+from bitpress.compiler.ir import Graph, IRError, SymDim, TensorType, Value, from_torch_dtype
+from bitpress.compiler.symbolic import has_symbolic, make_dim, resolve
 
 __all__ = ["UnsupportedOpError", "import_exported", "import_module"]
 
@@ -69,16 +70,61 @@ def _module_path(node: torch.fx.Node) -> str:
     return str(path).replace("L['self'].", "").replace("L__self___", "")
 
 
-def _meta_type(node: torch.fx.Node) -> TensorType | None:
+def _meta_type(node: torch.fx.Node, dim: Callable[[Any], Any] = int) -> TensorType | None:
     val = node.meta.get("val")
     if isinstance(val, torch.Tensor):
-        return TensorType(tuple(int(s) for s in val.shape), from_torch_dtype(val.dtype))
+        return TensorType(tuple(dim(s) for s in val.shape), from_torch_dtype(val.dtype))
     return None
 
 
+class _Symbols:
+    """torch.export's size symbols (s0, s77, ...) -> bitpress's named SymDims with ranges.
+
+    A leading dim is named `batch` (the first one; later ones `<input>_dim0`), a dim the user
+    declared with `torch.export.Dim("name")` keeps its name.  torch.export assumes automatic
+    dims are at least 2 while tracing (so size-1 broadcasting is not taken for a branch); the
+    graph it returns is valid from 1, which is the range bitpress allows.
+    """
+
+    def __init__(self, ep: torch.export.ExportedProgram, names: dict[tuple[int, int], str]) -> None:
+        import sympy
+
+        self.map: dict[Any, Any] = {}
+        self.ranges: dict[str, tuple[int, int | None]] = {}
+        rc = {str(k): v for k, v in ep.range_constraints.items()}
+        user = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        pos = {n: i for i, n in enumerate(user)}
+        for node in ep.graph_module.graph.nodes:
+            if node.op != "placeholder" or node.name not in pos:
+                continue
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                continue
+            for d, size in enumerate(val.shape):
+                if not isinstance(size, torch.SymInt) or not isinstance(size.node.expr, sympy.Symbol) or size.node.expr in self.map:
+                    continue
+                name = names.get((pos[node.name], d))
+                if name is None or name in self.ranges:
+                    name = "batch" if d == 0 and "batch" not in self.ranges else f"{node.name}_dim{d}"
+                vr = rc.get(str(size.node.expr))
+                lo = int(vr.lower) if vr is not None and vr.lower.is_Integer else 1
+                hi = int(vr.upper) if vr is not None and getattr(vr.upper, "is_Integer", False) else None
+                self.map[size.node.expr] = sympy.Symbol(name, integer=True, positive=True)
+                self.ranges[name] = (1 if lo <= 2 and names.get((pos[node.name], d)) is None else max(lo, 1), hi)
+
+    def dim(self, s: Any) -> Any:
+        if isinstance(s, torch.SymInt):
+            e = s.node.expr
+            if e.free_symbols - set(self.map):
+                raise FrontendError(f"size {e} uses symbols that no input declares: {sorted(map(str, e.free_symbols - set(self.map)))}")
+            return make_dim(e.xreplace(self.map), self.ranges)
+        return int(s)
+
+
 class _Importer:
-    def __init__(self, ep: torch.export.ExportedProgram) -> None:
+    def __init__(self, ep: torch.export.ExportedProgram, names: dict[tuple[int, int], str] | None = None) -> None:
         self.ep = ep
+        self.syms = _Symbols(ep, names or {})
         self.g = Graph()
         self.env: dict[torch.fx.Node, Any] = {}  # fx node -> Value | list[Value] | python scalar | torch.Tensor (folded)
         self.unsupported: list[str] = []
@@ -158,7 +204,7 @@ class _Importer:
                         self.unsupported.append(f"input {node.name} is {bad}, which bitpress has no dtype for")
                         self.env[node] = _Poison()
                         continue
-                    t = _meta_type(node)
+                    t = _meta_type(node, self.syms.dim)
                     if t is None:
                         self.env[node] = node.meta.get("val")
                         continue
@@ -199,6 +245,8 @@ class _Importer:
         for arg in _flat_nodes(node):
             if isinstance(self.env[arg], _Poison):
                 return _Poison()
+        if isinstance(node.meta.get("val"), torch.SymInt):  # sym_size and arithmetic on sizes
+            return self.syms.dim(node.meta["val"])
         path = _module_path(node)
         where = f"node {node.name} ({path or 'top level'})"
         if target is operator.getitem:
@@ -217,7 +265,7 @@ class _Importer:
                 raise _Unsupported(f"{getattr(target, '__name__', target)} at {where}: {e}") from None
         pkt = _packet(target)
         pkt = pkt if pkt in ("__and__", "__or__") else pkt.rstrip("_")
-        args = _bind_schema(target, node.args, node.kwargs)
+        args = {k: self.scalars(v) for k, v in _bind_schema(target, node.args, node.kwargs).items()}
         if pkt in _ASSERTS:
             return None
         if pkt in _IDENTITY:
@@ -236,8 +284,17 @@ class _Importer:
         except IRError as e:
             raise _Unsupported(f"aten.{pkt} at {where}: {e}") from None
 
+    def scalars(self, a: Any) -> Any:
+        """fx nodes that stand for python scalars (sizes, symbolic sizes) replaced by them."""
+        if isinstance(a, torch.fx.Node):
+            v = self.env.get(a)
+            return v if isinstance(v, (SymDim, int, float, bool)) else a
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.scalars(x) for x in a)
+        return a
+
     def check(self, node: torch.fx.Node, out: Value) -> Value:
-        t = _meta_type(node)
+        t = _meta_type(node, self.syms.dim)
         if t is not None and t.shape != out.shape:
             raise FrontendError(f"import of {node.target} at {node.name}: bitpress infers {out.type}, torch says {t}")
         if t is not None and t.dtype != out.dtype:
@@ -246,13 +303,42 @@ class _Importer:
 
     def fold(self, node: torch.fx.Node, pkt: str) -> Any:
         """Evaluate an op whose inputs are constants (or only whose shapes matter)."""
+        t = _meta_type(node, self.syms.dim)
+        if t is not None and not t.is_static:
+            return self.fold_symbolic(node, pkt, t)
+        return self.fold_at(node, pkt, {})
 
+    def fold_symbolic(self, node: torch.fx.Node, pkt: str, t: TensorType) -> Value:
+        """A shape-only op with a symbolic result shape (`zeros(batch, 4)`, `ones_like(x)`):
+        evaluated at two sizes; when both are one slice broadcast along the symbolic dims, it
+        is that slice as a constant, expanded to the symbolic shape at run time."""
+        names = sorted(self.syms.ranges)
+        res = [self.fold_at(node, pkt, {n: k for n in names}) for k in (2, 3)]
+        if not all(isinstance(r, torch.Tensor) for r in res):
+            raise _Unsupported(f"aten.{pkt} at node {node.name}: cannot fold a result of symbolic shape {t}")
+        sym_axes = [i for i, d in enumerate(t.shape) if not isinstance(d, int)]
+        base = res[0]
+        for i in sym_axes:
+            base = base.narrow(i, 0, 1)
+        if not all(torch.equal(base.expand(r.shape), r) for r in res):
+            raise _Unsupported(
+                f"aten.{pkt} at node {node.name} ({_module_path(node) or 'top level'}): its values depend on the symbolic "
+                f"size(s) {sorted({str(t.shape[i]) for i in sym_axes})}; compile with dynamic=None to specialize"
+            )
+        c = self.g.add_const(base.contiguous(), f"{_module_path(node) or pkt}.c")
+        shape = [d if i in sym_axes else -1 for i, d in enumerate(t.shape)]
+        return self.g.call("expand", [c], {"shape": shape}, name=_module_path(node) or pkt)
+
+    def fold_at(self, node: torch.fx.Node, pkt: str, sizes: dict[str, int]) -> Any:
         def sub(a: torch.fx.Node) -> Any:
             v = self.env[a]
             if isinstance(v, Value):
                 if v.is_const:
                     return v.value
-                return torch.zeros(v.shape, dtype=torch.float32 if "float" in v.dtype else torch.int64).to(_dtype(v.dtype))
+                shape: list[int] = resolve(list(v.shape), sizes) if has_symbolic(v.shape) else list(v.type.static_shape())
+                return torch.zeros(shape, dtype=torch.float32 if "float" in v.dtype else torch.int64).to(_dtype(v.dtype))
+            if isinstance(v, SymDim):
+                return resolve(v, sizes)
             return v
 
         args = torch.fx.node.map_arg(node.args, sub)
@@ -299,6 +385,26 @@ def _flatten_outputs(o: Any) -> list[Any]:
     if isinstance(o, dict):
         return [x for y in o.values() for x in _flatten_outputs(y)]
     return [o]
+
+
+def _shape_attr(op: str, src: Any, shape: Sequence[Any]) -> list[Any]:
+    """A reshape / expand target that stays valid for every size of a symbolic dim.
+
+    reshape: the one symbolic entry becomes -1 (inferred from the element count at run time);
+    expand: an entry equal to the source's size becomes -1 (keep).  Other symbolic entries
+    stay SymDims, evaluated from the bound input sizes at run time.
+    """
+    out = list(shape)
+    if op == "reshape":
+        sym = [i for i, d in enumerate(out) if not isinstance(d, int)]
+        if len(sym) == 1:
+            out[sym[0]] = -1
+    elif isinstance(src, Value):
+        off = len(out) - src.ndim
+        for i, d in enumerate(out):
+            if not isinstance(d, int) and i >= off and src.shape[i - off] == d:
+                out[i] = -1
+    return out
 
 
 def _py(a: Any) -> Any:
@@ -365,7 +471,7 @@ class _Site:
 
     @property
     def meta(self) -> TensorType | None:
-        return _meta_type(self.node)
+        return _meta_type(self.node, self.imp.syms.dim)
 
 
 _Converter = Callable[[_Site], Any]
@@ -674,7 +780,7 @@ def _reshape(s: _Site) -> Any:
     if isinstance(src, Value) and src.shape == t.shape:
         return src
     op = "expand" if s.pkt.startswith("expand") else "reshape"
-    return s.out(s.call(op, [s.args["self"]], {"shape": list(t.shape)}))
+    return s.out(s.call(op, [s.args["self"]], {"shape": _shape_attr(op, src, t.shape)}))
 
 
 @_converts("t")
@@ -691,9 +797,12 @@ def _slice(s: _Site) -> Any:
     dim = int(s.args.get("dim", 0))
     size = src.shape[dim] if isinstance(src, Value) else None
     start, end, step = s.args.get("start"), s.args.get("end"), int(s.args.get("step", 1))
-    start = 0 if start is None else int(start)
-    end = size if end is None or (size is not None and end >= size) else int(end)
-    if isinstance(src, Value) and size is not None and start in (0, -size) and end == size and step == 1:
+    start = 0 if start is None else start
+    full = end is None or end == size or (isinstance(end, int) and isinstance(size, int) and end >= size)
+    if full or (isinstance(end, int) and end >= 1 << 62):  # 1 << 62 and up: torch's "to the end" on a symbolic size
+        end = size
+    from_start = start == 0 or (isinstance(size, int) and start == -size)
+    if isinstance(src, Value) and size is not None and from_start and end == size and step == 1:
         return src
     return s.out(s.call("slice", [s.args["self"]], {"dim": dim, "start": start, "end": end, "step": step}))
 
@@ -710,7 +819,7 @@ def _cat(s: _Site) -> Any:
 def _split(s: _Site) -> Any:
     vals: Any = s.node.meta.get("val")
     dim = int(s.args.get("dim", 0))
-    sizes = [int(v.shape[dim]) for v in vals] if s.pkt != "unbind" else [1] * len(vals)
+    sizes = [s.imp.syms.dim(v.shape[dim]) for v in vals] if s.pkt != "unbind" else [1] * len(vals)
     g = s.imp.g
     node_ir = g.create_node("split", [s.imp.value(s.args["self"], s.hint)], {"sizes": sizes, "dim": dim}, name=s.hint)
     outs = list(node_ir.outputs)
@@ -880,8 +989,8 @@ def _unsupported_dtypes(node: torch.fx.Node) -> str:
     return ", ".join(sorted(set(bad)))
 
 
-def import_exported(ep: torch.export.ExportedProgram, *, decompose: bool = True) -> Graph:
-    """Convert an ExportedProgram to a bitpress Graph.
+def import_exported(ep: torch.export.ExportedProgram, *, decompose: bool = True, names: dict[tuple[int, int], str] | None = None) -> Graph:
+    """Convert an ExportedProgram to a bitpress Graph (`names`: (input, dim) -> symbol name).
 
     With `decompose`, composite ops the converter table does not take are first decomposed
     by torch into the Core ATen set (`decomposition_table`)."""
@@ -893,7 +1002,7 @@ def import_exported(ep: torch.export.ExportedProgram, *, decompose: bool = True)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FrontendError(f"torch's decomposition to Core ATen failed: {first}") from None
-    g = _Importer(ep).run()
+    g = _Importer(ep, names).run()
     from bitpress.compiler.rewrite import dead_code_elimination
 
     dead_code_elimination(g)
@@ -901,25 +1010,101 @@ def import_exported(ep: torch.export.ExportedProgram, *, decompose: bool = True)
     return g
 
 
-def import_module(model: torch.nn.Module, example_inputs: Sequence[Any], *, export: Callable[..., Any] | None = None) -> Graph:
+def batch_spec(example_inputs: Sequence[Any]) -> tuple[Any, ...]:
+    """dynamic="batch": the leading dim of every tensor input is torch.export's automatic
+    dynamic dim (Dim.AUTO), so a model that needs a static batch is specialized, not refused."""
+    from torch.export import Dim
+
+    return tuple({0: Dim.AUTO} if isinstance(x, torch.Tensor) and x.ndim >= 1 else None for x in example_inputs)
+
+
+def _declared_names(spec: Any, n_inputs: int) -> dict[tuple[int, int], str]:
+    """(input index, dim) -> the name of a torch.export.Dim the user declared there."""
+    out: dict[tuple[int, int], str] = {}
+    if spec is None:
+        return out
+    items = list(spec.values()) if isinstance(spec, dict) else list(spec)
+    for i, per in enumerate(items[:n_inputs]):
+        dims = per.items() if isinstance(per, dict) else enumerate(per or ())
+        for d, dim in dims:
+            name = getattr(dim, "__name__", None)
+            if isinstance(name, str) and name.isidentifier() and type(dim).__name__ != "_DimHint":
+                out[(i, int(d))] = name
+    return out
+
+
+def import_module(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    *,
+    export: Callable[..., Any] | None = None,
+    dynamic_shapes: Any = None,
+    dynamic: str | None = "batch",
+) -> Graph:
     """Trace `model` with torch.export at the shapes of `example_inputs` and import it.
 
     Hugging Face models are taken as they are: `use_cache=False` is passed when the forward
     takes it (the cache belongs to generation), and `ModelOutput` results become their
     tensor fields in order (e.g. `logits`, or `last_hidden_state` and `pooler_output`).
+
+    `dynamic_shapes` is torch.export's own spec (Dim objects in dicts / tuples); without
+    it, `dynamic="batch"` makes every tensor input's leading dim symbolic (Dim.AUTO: torch
+    specializes it where the model needs a static size, and `g.meta["shape_notes"]` says so)
+    and `dynamic=None` keeps every dim static.
     """
     if not isinstance(example_inputs, (tuple, list)):
         raise TypeError("example_inputs must be a tuple of tensors")
+    if dynamic not in ("batch", None):
+        raise ValueError(f"dynamic={dynamic!r}: use 'batch' (leading dims symbolic), None (all static) or dynamic_shapes=")
     model = model.eval()
     kwargs = _hf_call_kwargs(model)
-    try:
+    ex = tuple(example_inputs)
+    spec = dynamic_shapes if dynamic_shapes is not None else (batch_spec(ex) if dynamic == "batch" else None)
+    if spec is not None and kwargs and isinstance(spec, tuple):
+        spec = spec + tuple(None for _ in kwargs)  # the spec covers args then kwargs
+    notes: list[str] = []
+    exporter: Any = export or torch.export.export
+    trace_ex = ex
+    if dynamic_shapes is None and spec is not None:
+        # torch.export specializes a dim whose example size is 1; trace a batch of 1 as two copies
+        trace_ex = tuple(torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == 1 else x for x in ex)
+
+    def trace(inputs: tuple[Any, ...], dyn: Any) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ep = (export or torch.export.export)(model, tuple(example_inputs), kwargs or None, strict=False)
+            return exporter(model, inputs, kwargs or None, strict=False, **({"dynamic_shapes": dyn} if dyn is not None else {}))
+
+    try:
+        ep = trace(trace_ex, spec)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from None
-    return import_exported(ep)
+        if dynamic_shapes is not None or spec is None:
+            raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from None
+        # the automatic batch dim could not be traced: a static graph is still a valid import
+        try:
+            ep = trace(ex, None)
+        except Exception as e2:
+            first = str(e2).strip().splitlines()[0] if str(e2).strip() else type(e2).__name__
+            raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from None
+        notes.append(f"dynamic batch: torch.export failed with a symbolic batch ({first}); every dim is static")
+        spec = None
+    try:
+        g = import_exported(ep, names=_declared_names(spec, len(ex)))
+    except Exception as e:
+        if dynamic_shapes is not None or spec is None:
+            raise
+        # something in the model cannot follow a symbolic batch (e.g. values computed from
+        # the batch size): the static import is valid at the example's shapes
+        g = import_module(model, ex, export=export, dynamic=None)
+        g.meta["shape_notes"] = [*notes, f"dynamic batch: {e}; every dim is static"]
+        return g
+    if spec is not None and dynamic_shapes is None:
+        for i, (v, x) in enumerate(zip(g.inputs, ex, strict=False)):
+            if isinstance(x, torch.Tensor) and x.ndim >= 1 and isinstance(v.shape[0], int):
+                notes.append(f"input {v.name} (#{i}) dim 0 specialized to {v.shape[0]}: the model needs a static size there")
+    if notes:
+        g.meta["shape_notes"] = list(g.meta.get("shape_notes", [])) + notes
+    return g
 
 
 def _hf_call_kwargs(model: torch.nn.Module) -> dict[str, Any]:

@@ -163,6 +163,8 @@ class FoldConstants:
             ins = [v for v in node.inputs if v is not None]
             if not ins or not all(v.is_const for v in ins):
                 continue
+            if not all(o.type.is_static for o in node.outputs):
+                continue  # a constant broadcast to a symbolic shape (zeros(batch, ..)): sized at run time
             out_numel = sum(o.numel for o in node.outputs)
             if out_numel > self.max_growth * max(sum(v.numel for v in ins), 1) and out_numel > 4096:
                 continue
