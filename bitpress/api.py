@@ -222,12 +222,12 @@ def compile(
     legalize_check(g, target)
     tb = time.perf_counter()
     backend = get_backend(target)
-    bopts = BuildOptions(
-        tune=tune, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet, example_inputs=ex, extra=dict(options or {})
-    )
+    extra = dict(options or {})
+    static_shapes = extra.pop("static_shapes", None)  # read here; backends never see it
+    bopts = BuildOptions(tune=tune, cache_dir=Path(cache_dir) if cache_dir else None, quiet=quiet, example_inputs=ex, extra=extra)
     notes = list(g.meta.get("shape_notes", []))
     if is_dynamic(g) and not getattr(backend, "symbolic_shapes", False):
-        sizes = _static_sizes(g, example_sizes, bopts.extra.get("static_shapes"))
+        sizes = _static_sizes(g, example_sizes, static_shapes)
         g = specialize(g, sizes)
         notes.append(f"target {target} builds static shapes: specialized to {_fmt_sizes(sizes)}")
     try:
@@ -236,7 +236,7 @@ def compile(
         if not is_dynamic(g):
             raise
         # a lowering without symbolic-shape support: build at the example's sizes, and say so
-        sizes = _static_sizes(g, example_sizes, bopts.extra.get("static_shapes"))
+        sizes = _static_sizes(g, example_sizes, static_shapes)
         g = specialize(g, sizes)
         notes.append(f"target {target}: {e}; specialized to {_fmt_sizes(sizes)}")
         log.warning("%s", notes[-1])

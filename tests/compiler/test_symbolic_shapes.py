@@ -4,6 +4,7 @@ across shapes, and one artifact run at several batches on every CPU target."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,18 @@ def test_cuda_runs_two_batches() -> None:
     for b in (1, 33):
         x = torch.randn(b, 16)
         torch.testing.assert_close(cm(x), run(cm.graph, [x])[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None, reason="no ARM toolchain")
+def test_mcu_specializes_at_build_time_and_says_so() -> None:
+    torch.manual_seed(0)
+    cal = [(torch.randn(8, 16),) for _ in range(4)]  # calibration at batch 8, firmware for batch 1
+    q = [bp.passes.Quantize(bits=8, act_bits=8, group_size=None)]
+    cm = bp.compile(mlp(), (torch.randn(4, 16),), passes=q, target="cortex-m4", calibration=cal, options={"static_shapes": {"batch": 1}})
+    assert cm.graph.inputs[0].shape == (1, 16)
+    assert "target cortex-m4 builds static shapes: specialized to batch=1" in cm.report.shapes["notes"]
+    x = torch.randn(1, 16)
+    assert torch.equal(cm(x), run(cm.graph, [x])[0])
+    with pytest.raises(InputError, match=r"expected shape \[1, 16\], got \[2, 16\]"):
+        cm(torch.randn(2, 16))

@@ -29,7 +29,7 @@ from bitpress.backends.tvm.lowering import (
     lowered_ops,
     param_tensors,
 )
-from bitpress.compiler.ir import Graph, Value, to_torch_dtype
+from bitpress.compiler.ir import Graph, Value, is_dynamic, to_torch_dtype
 from bitpress.compiler.target import BuildOptions, LoweringError
 from bitpress.schedules.isa import CpuIsa, check_runnable, host_target_spec, required_features
 
@@ -373,7 +373,19 @@ class TvmBackend:
         return lowered_ops(target)
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> TvmExecutable:
-        ex, low, info = build_module(g, target, options)
+        try:
+            ex, low, info = build_module(g, target, options)
+        except LoweringError:
+            raise
+        except Exception as e:
+            if not is_dynamic(g):
+                raise
+            # a kernel whose schedule needs static extents (e.g. a tensorized one): the caller
+            # builds the example's shapes instead and reports it
+            lines = str(e).strip().splitlines()
+            raise LoweringError(
+                f"TVM cannot build a kernel with symbolic shapes ({type(e).__name__}: {lines[0] if lines else ''})"
+            ) from None
         refs = [r for _, r in low.ctx.params]
         tensors = param_tensors(low.ctx.params, g.store, low.ctx.derived)
         return TvmExecutable(target, ex, refs, tensors, low.out_dtypes, dict(low.ctx.derived), info)
