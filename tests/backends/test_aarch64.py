@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bitpress as bp
 from bitpress.backends.aarch64.toolchain import native
@@ -133,6 +135,48 @@ def test_int8_cnn_bit_exact(march: str | None, conv: str, insn: str) -> None:
 def _function(src: str, name: str) -> str:
     i = src.index(f"__tvm_ffi_{name}(void* self_handle, void* args, int32_t num_args, void* result) {{")
     return src[i : src.index("\n}\n", i)]
+
+
+@needs_toolchain
+def test_conv_with_one_pixel_tile_and_long_k() -> None:
+    """8 -> 8 channels, 5x5, stride 2 on 6x6: one pixel tile per image and K = 200, where TVM's buffer reuse
+    (StorageRewrite) folded the patch and accumulator buffers together and rejected the micro-kernel's pointer;
+    the kernels are built again without that reuse (bitpress/backends/mcu/tvm_kernels.py)."""
+    torch.manual_seed(6)
+    m = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 5, stride=2, padding=1), torch.nn.ReLU())
+    cm = _int8(m, (1, 8, 6, 6), profile=False)
+    _bit_exact(cm, [torch.randn(1, 8, 6, 6) for _ in range(3)])
+
+
+_CPUS = [{}, {"march": "armv8.6-a+i8mm"}, {"mcpu": "cortex-a72"}]
+
+
+@needs_toolchain
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 35), k=st.integers(1, 70), rows=st.integers(1, 3), cpu=st.integers(0, 2))
+def test_int8_linear_layer_bit_exact(n: int, k: int, rows: int, cpu: int) -> None:
+    """One layer over ragged shapes: K % 4 and K % 16 tails, N % 16 row tiles; SDOT, SMMLA-CPU and plain C tiles."""
+    cm = _int8(torch.nn.Linear(k, n), (rows, k), profile=False, **_CPUS[cpu])
+    _bit_exact(cm, [torch.randn(rows, k) * 3 for _ in range(3)])
+
+
+@needs_toolchain
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None)
+@given(
+    c=st.integers(1, 6),
+    o=st.integers(1, 11),
+    ksize=st.sampled_from([1, 2, 3]),
+    stride=st.sampled_from([1, 2]),
+    pad=st.sampled_from([0, 1]),
+    cpu=st.integers(0, 2),
+)
+def test_int8_conv_layer_bit_exact(c: int, o: int, ksize: int, stride: int, pad: int, cpu: int) -> None:
+    """One convolution over ragged shapes: K % 8 tails (SMMLA), channel tiles of 8, pixel tiles of 4, 2 images."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(c, o, ksize, stride=stride, padding=pad), torch.nn.ReLU())
+    cm = _int8(m, (2, c, 7, 6), profile=False, **_CPUS[cpu])
+    _bit_exact(cm, [torch.randn(2, c, 7, 6) * 2 for _ in range(3)])
 
 
 @needs_toolchain
