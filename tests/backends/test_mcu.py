@@ -442,7 +442,9 @@ def test_legalize_keeps_every_bit(chain: list[str], scale: float, zp: int, seed:
 
 def test_memory_plan_reuses_and_never_overlaps_live_buffers() -> None:
     cal = [(torch.randn(1, 37),) for _ in range(8)]
-    cm = bp.compile(_mlp(), cal[0], passes=[bp.passes.Quantize(**W8A8)], target="torch", calibration=cal)
+    cm = bp.compile(
+        _mlp(), cal[0], passes=[bp.passes.Quantize(**W8A8)], target="torch", calibration=cal, dynamic=None
+    )  # the planner takes static graphs
     g, _ = legalize(cm.graph)
     plan = plan_memory(g, {n.name: [64] for n in g.nodes if n.op == "qlinear_w8a8"})
     bufs = plan.buffers
