@@ -34,7 +34,9 @@ import torch
 
 from bitpress.schedules.default import _extent, _root_blocks
 
-__all__ = ["int8_acc", "int8_gemm_schedule", "int8_weight", "register_tile"]
+__all__ = ["INT8_ROWS", "int8_acc", "int8_gemm_schedule", "int8_weight", "register_tile"]
+
+INT8_ROWS = 4  # row tile over a symbolic row count (the lowerings pad the rows to a multiple of it)
 
 
 def int8_weight(w: torch.Tensor, xzp: int, lanes: int, k: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -184,7 +186,11 @@ def int8_gemm_schedule(kernel: Any, registers: int, conv_width: int = 1, conv_ch
         i, j, r = sch.get_loops(acc)
         m, np_ = _extent(sch, i), _extent(sch, j)
         assert np_ is not None
-        mi, nv = register_tile(m, np_ // lanes, registers)
+        if m is None:  # symbolic rows, padded to INT8_ROWS by the lowering
+            nv = next(v for v in (4, 3, 2, 1) if (np_ // lanes) % v == 0 and INT8_ROWS * v + v <= registers - 4)
+            mi = INT8_ROWS
+        else:
+            mi, nv = register_tile(m, np_ // lanes, registers)
         jo, jv, ji = sch.split(j, factors=[None, nv, lanes])
         io, ii = sch.split(i, factors=[None, mi])
         ro, ri = sch.split(r, factors=[None, kb])
@@ -238,6 +244,7 @@ def _has_block(sch: Any, name: str) -> bool:
 # int8 per instruction (int4 codes unpacked in registers), 4 activation bytes broadcast.
 
 DYN_KB = 4
+DYN_ROWS = INT8_ROWS
 
 
 def dyn_kernel(isa: Any) -> Any:
@@ -474,7 +481,11 @@ def dyn_schedule(kernel: Any, registers: int, bits: int) -> Any:
         i, j, rg = sch.get_loops(y)
         m, np_ = _extent(sch, i), _extent(sch, j)
         assert np_ is not None
-        mi, nv = register_tile(m, np_ // lanes, registers - 2)
+        if m is None:  # symbolic rows, padded to DYN_ROWS by the lowering
+            nv = next(v for v in (4, 3, 2, 1) if (np_ // lanes) % v == 0 and DYN_ROWS * v + v <= registers - 6)
+            mi = DYN_ROWS
+        else:
+            mi, nv = register_tile(m, np_ // lanes, registers - 2)
         jo, jv, ji = sch.split(j, factors=[None, nv, lanes])
         io, ii = sch.split(i, factors=[None, mi])
         sch.reorder(jo, io, rg, ii, jv, ji)

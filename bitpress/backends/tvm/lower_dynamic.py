@@ -23,7 +23,7 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node
 from bitpress.formats.dynamic_int8 import dynamic_codes
-from bitpress.schedules.cpu_int8 import DYN_KB, dyn_kernel, dyn_nibble, dyn_pack_weight, dyn_schedule
+from bitpress.schedules.cpu_int8 import DYN_KB, DYN_ROWS, dyn_kernel, dyn_nibble, dyn_pack_weight, dyn_schedule
 
 Args = list[Any]
 
@@ -44,6 +44,10 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
     m = math.prod(shp[:-1])
     if len(shp) != 2:
         x = ctx.emit(R.reshape(x, (m, k)))
+    # a symbolic row count: the integer stages run on rows padded to a multiple of DYN_ROWS
+    # (copies of the last row, discarded by `out`), so the row tile needs no bounds test
+    symbolic = not isinstance(m, int)
+    mp = (m + DYN_ROWS - 1) // DYN_ROWS * DYN_ROWS if symbolic else m
     kernel = dyn_kernel(ctx.isa if ctx.target == "llvm" else None)
     lanes = kernel.lanes
     np_ = -(-n // lanes) * lanes
@@ -65,10 +69,11 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
         lim = tirx.const(127.0, "float32")
 
         def quant(i: Any, kk: Any) -> Any:
-            v = tirx.max(tirx.min(tirx.nearbyint(xx[i, tirx.min(kk, k - 1)] / sa[i]), lim), -lim).astype("int8")
+            row = tirx.min(i, m - 1) if symbolic else i
+            v = tirx.max(tirx.min(tirx.nearbyint(xx[row, tirx.min(kk, k - 1)] / sa[row]), lim), -lim).astype("int8")
             return v if kp == k else tirx.if_then_else(kk < k, v, tirx.const(0, "int8"))
 
-        xq = te.compute((m, kp), quant, name="xq")
+        xq = te.compute((mp, kp), quant, name="xq")
         r = te.reduce_axis((0, gs), name="r")
         if bits == 4:
             # nibbles u = q + 8 in [0, 15], multiplied as unsigned bytes; the 8 comes back once per
@@ -79,14 +84,14 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
                 return dyn_nibble(ww[j // lanes, kk // DYN_KB], j % lanes, kk % DYN_KB, lanes)
 
             rs = te.reduce_axis((0, gs), name="rs")
-            xsum = te.compute((m, g), lambda i, gg: te.sum(xq[i, gg * gs + rs].astype("int32"), axis=rs), name="xsum")
+            xsum = te.compute((mp, g), lambda i, gg: te.sum(xq[i, gg * gs + rs].astype("int32"), axis=rs), name="xsum")
         else:
 
             def wat(j: Any, kk: Any) -> Any:
                 return ww[j // lanes, kk // DYN_KB, j % lanes, kk % DYN_KB]
 
         acc = te.compute(
-            (m, g, np_),
+            (mp, g, np_),
             lambda i, gg, j: te.sum(xq[i, gg * gs + r].astype("int32") * wat(j, gg * gs + r).astype("int32"), axis=r),
             name="acc",
         )
@@ -97,7 +102,7 @@ def _qlinear_dyn(ctx: LowerContext, node: Node, args: Args) -> Any:
             return acc[i, gg, j].astype("float32")
 
         rg = te.reduce_axis((0, g), name="rg")
-        y = te.compute((m, np_), lambda i, j: te.sum(block(i, rg, j) * ss[j, rg].astype("float32"), axis=rg), name="y")
+        y = te.compute((mp, np_), lambda i, j: te.sum(block(i, rg, j) * ss[j, rg].astype("float32"), axis=rg), name="y")
         if rest:
             bb = rest[0]
             return te.compute((m, n), lambda i, j: y[i, j] * sa[i] + bb[j], name="out")

@@ -43,7 +43,7 @@ from tvm.relax import op as R
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits
 from bitpress.formats.quantized import unpack_codes
-from bitpress.schedules.cpu_int8 import int8_acc, int8_gemm_schedule, int8_weight
+from bitpress.schedules.cpu_int8 import INT8_ROWS, int8_acc, int8_gemm_schedule, int8_weight
 from bitpress.schedules.default import _extent, _root_blocks
 
 Args = list[Any]
@@ -566,15 +566,20 @@ def _qlinear_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
         kernel, regs = _int8_kernel(ctx)
         wp, corr, kp, np_ = int8_weight(w, xzp, kernel.lanes, kernel.k)
 
+        # a symbolic row count: rows padded to INT8_ROWS (copies of the last row, not written out)
+        mp = _padded_rows(m, INT8_ROWS)
+
         def vfn(xx: Any, ww: Any, cc: Any, mm: Any, ss: Any, *rest: Any) -> Any:
             xu = te.compute(
-                (m, kp),
+                (mp, kp),
                 lambda i, kk: tirx.if_then_else(
-                    kk < k, (xx[i, tirx.min(kk, k - 1)].astype("int32") + 128).astype("uint8"), tirx.const(0, "uint8")
+                    kk < k,
+                    (xx[tirx.min(i, m - 1) if mp is not m else i, tirx.min(kk, k - 1)].astype("int32") + 128).astype("uint8"),
+                    tirx.const(0, "uint8"),
                 ),
                 name="xu",
             )
-            acc = int8_acc(xu, ww, m, kp, np_, kernel.lanes, kernel.k)
+            acc = int8_acc(xu, ww, mp, kp, np_, kernel.lanes, kernel.k)
 
             def body(i: Any, j: Any) -> Any:
                 v = acc[i, j] - cc[j]
@@ -640,6 +645,11 @@ def _qconv2d_w8a8(ctx: LowerContext, node: Node, args: Args) -> Any:
     return ctx.emit_te(req, *ins, primfunc_name_hint="qconv_requant")
 
 
+def _padded_rows(m: Any, unit: int) -> Any:
+    """m itself when static; else m rounded up to a multiple of `unit` (a TIR expression)."""
+    return m if isinstance(m, int) else (m + unit - 1) // unit * unit
+
+
 def _qconv2d_w8a8_cpu(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mult: Any, shift: Any, b: Any, xzp: int, yzp: int) -> Any:
     """u = x + 128, padded with xzp + 128 (zero in the shifted domain), channels last ->
     im2col with columns (ky, kx, c) (c contiguous: vector copies) -> int8 GEMM -> requant to NCHW."""
@@ -656,6 +666,8 @@ def _qconv2d_w8a8_cpu(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mu
     wp, corr, kp, np_ = int8_weight(w.permute(0, 2, 3, 1).reshape(o, k), xzp, kernel.lanes, kernel.k)
     pad_u = xzp + 128
     hp, wpd = h + 2 * ph, wd + 2 * pw
+    # a symbolic batch: rows padded to a multiple of the row tile and of the output width
+    mp = _padded_rows(m, math.lcm(INT8_ROWS, ow))
 
     def fn(xx: Any, ww: Any, cc: Any, mm: Any, ss: Any, *rest: Any) -> Any:
         def padded(bi: Any, yy: Any, xw: Any, ci: Any) -> Any:
@@ -669,12 +681,14 @@ def _qconv2d_w8a8_cpu(ctx: LowerContext, node: Node, x: Any, w: torch.Tensor, mu
         def patch(row: Any, kk: Any) -> Any:
             tap, ci = kk // c, kk % c
             ky, kx = tap // kw, tap % kw
+            if mp is not m:  # padded rows: copies of the last one
+                row = tirx.min(row, m - 1)
             bi, pix = row // (oh * ow), row % (oh * ow)
             v = xpad[bi, tirx.min((pix // ow) * sh + ky * dh, hp - 1), tirx.min((pix % ow) * sw + kx * dw, wpd - 1), ci]
             return tirx.if_then_else(kk < k, v, tirx.const(0, "uint8"))
 
-        xu = te.compute((m, kp), patch, name="patches")
-        acc = int8_acc(xu, ww, m, kp, np_, kernel.lanes, kernel.k)
+        xu = te.compute((mp, kp), patch, name="patches")
+        acc = int8_acc(xu, ww, mp, kp, np_, kernel.lanes, kernel.k)
 
         def body(i: Any, co: Any, y: Any, xw: Any) -> Any:
             row = (i * oh + y) * ow + xw

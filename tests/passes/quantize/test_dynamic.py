@@ -156,3 +156,26 @@ def test_gptq_act_dynamic_and_declines() -> None:
 def test_bad_options(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="act_dynamic"):
         bp.passes.Quantize(**kw)  # type: ignore[arg-type]
+
+
+def test_symbolic_batch_one_artifact() -> None:
+    """qlinear_dyn and the W8A8 int8 GEMMs build over a symbolic batch (rows padded to the row
+    tile inside the kernel), bit-exact at batch sizes the example did not have."""
+    torch.manual_seed(0)
+    m = _mlp()
+    q = bp.passes.Quantize(method="rtn", bits=4, group_size=32, act_bits=8, act_dynamic=True)
+    cm = bp.compile(m, (torch.randn(3, 64),), passes=[q], target="llvm", quiet=True)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 20)
+    ).eval()
+    cal = [(torch.randn(4, 3, 6, 6),) for _ in range(3)]
+    w8 = bp.passes.Quantize(method="rtn", bits=8, group_size=None, act_bits=8)
+    cm8 = bp.compile(cnn, (torch.randn(3, 3, 6, 6),), passes=[w8], calibration=cal, target="llvm", quiet=True)
+    for c in (cm, cm8):
+        assert not c.graph.inputs[0].type.is_static
+        assert "specialized" not in str(c.report)  # no fallback to the example's shapes
+    for b in (1, 5, 8):
+        x = torch.randn(b, 64)
+        assert torch.equal(cm(x), run(cm.graph, [x])[0])
+        img = torch.randn(b, 3, 6, 6)
+        assert torch.equal(cm8(img), run(cm8.graph, [img])[0])
