@@ -1,7 +1,7 @@
 """aarch64-linux backend benchmark: the W8A8 Fashion-MNIST CNN as a static aarch64 executable, per CPU option.
 
 Per configuration (-march=armv8.2-a+dotprod: SDOT; -march=armv8.6-a+i8mm: SMMLA convolutions; -mcpu=cortex-a72:
-no dot product, the micro-kernels' plain C loops): executed aarch64 instructions per inference and per MAC for
+no dot product, the same layouts on SMULL + SADALP): executed aarch64 instructions per inference and per MAC for
 each conv/linear layer (QEMU translation-block log, exact), the dot-product instructions in the model's
 functions (objdump), the executable's size, and accuracy on N test images under qemu-aarch64 next to the
 interpreter's on the graph the executable computes (bit-exact).

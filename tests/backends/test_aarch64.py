@@ -93,7 +93,7 @@ def test_int8_mlp_bit_exact_with_sdot(mlp: bp.CompiledModel) -> None:
     lin = [r for r in info["layers"] if r["op"] == "qlinear_w8a8"]
     assert len(lin) == 3 and lin[0]["macs"] == 2 * 52 * 37 and all(r["instructions"] > 0 for r in lin)
     assert sum(r["instructions"] for r in info["layers"]) <= info["instructions_per_inference"]
-    assert lin[0]["instructions_per_mac"] < 1.0  # measured 0.56 (K = 37: a tail; the plain C tile: ~2.4 per MAC)
+    assert lin[0]["instructions_per_mac"] < 1.0  # measured 0.56 (K = 37: a tail)
     head = subprocess.run(["aarch64-linux-gnu-objdump", "-f", str(mlp.executable.exe)], capture_output=True, text=True, check=True).stdout
     assert "elf64-littleaarch64" in head
     assert b"libc.so" not in mlp.executable.exe.read_bytes()[:4096]  # no dynamic loader / shared libc
@@ -205,13 +205,17 @@ def test_fashion_cnn_int8_bit_exact() -> None:
 @needs_toolchain
 @pytest.mark.slow
 def test_mcpu_without_dotprod_runs_the_c_tile() -> None:
-    """-mcpu=cortex-a72 (Armv8.0, no dot product): the same layout through the header's C loop, still bit-exact."""
+    """-mcpu=cortex-a72 (Armv8.0, no dot product): the same layout on SMULL + SADALP, still bit-exact."""
     torch.manual_seed(4)
     cm = _int8(torch.nn.Sequential(torch.nn.Linear(21, 9), torch.nn.ReLU()), (3, 21), mcpu="cortex-a72")
     info = cm.report.backend
     assert info["cflags"] == ["-mcpu=cortex-a72"] and info["features"]["neon"] and not info["features"]["dotprod"]
     assert info["dot_instructions"] == 0
     _bit_exact(cm, [torch.randn(3, 21) for _ in range(4)])
+    src = (cm.executable.project / "kernels_tvm.c").read_text()
+    (name,) = re.findall(r"TVM_DLL int32_t __tvm_ffi_(bp_k\w+)\(void\* self_handle, void\* args, int32_t num_args, void\* result\) \{", src)
+    asm = _disassembly(cm.executable.exe, f"__tvm_ffi_{name}")
+    assert re.search(r"\bsmull2?\tv\d+\.8h, v\d+\.(8b|16b)", asm) and re.search(r"\bsadalp\tv\d+\.4s, v\d+\.8h", asm)
 
 
 # ----------------------------------------------------------------------------- artifact, errors

@@ -11,12 +11,12 @@
  * x's group broadcast from its lane); the int32x4 accumulators hold 4 rows each, so there is no horizontal
  * reduction.  With the int8 matrix multiply extension (Armv8.6-A +i8mm) convolutions take bp_uk_neon_mm_8x4
  * instead (SMMLA on 2 x 2 blocks, weights in 8-byte groups).  Without the extension a kernel needs, the same
- * layout runs as plain C. */
+ * layout runs on SMULL/SADALP (Armv8.0 NEON: cortex-a53, a72), or plain C (no NEON). */
 #ifndef BP_UKERNELS_NEON_H
 #define BP_UKERNELS_NEON_H
 #include <stdint.h>
 #include <string.h>
-#if defined(__ARM_FEATURE_DOTPROD) || defined(__ARM_FEATURE_MATMUL_INT8)
+#if defined(__ARM_NEON)
 #include <arm_neon.h>
 #endif
 
@@ -63,12 +63,59 @@ BP_UKN void bp_neon_sdot_tile(int32_t *acc, const int8_t *x, const int8_t *w, in
         }
 }
 #define BP_NEON_TILE(acc, x, w, k, R, P) bp_neon_sdot_tile(acc, x, w, k, R, P)
+#elif defined(__ARM_NEON)
+/* Armv8.0 NEON (no dot product, e.g. cortex-a53/a72): group L of x broadcast to all 4 lanes, then per 4 rows
+ * SMULL + SMULL2 (8 int16 products each, exact) and SADALP (pairwise into int32 accumulators holding
+ * (r, r, r + 1, r + 1) partial sums); one ADDP per 4 rows at the end.  5 instructions per 16 MACs. */
+#define BP_NEON_WIDEN_GROUP(L)                                                                                                           \
+    for (int p = 0; p < P; p++) xb[p] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(xv[p]), L));                          \
+    for (int rb = 0; rb < R / 4; rb++) {                                                                                                 \
+        int8x16_t wv = vld1q_s8(wg + (L) * R * 4 + rb * 16);                                                                             \
+        for (int p = 0; p < P; p++) {                                                                                                    \
+            lo[rb][p] = vpadalq_s16(lo[rb][p], vmull_s8(vget_low_s8(wv), vget_low_s8(xb[p])));                                           \
+            hi[rb][p] = vpadalq_s16(hi[rb][p], vmull_high_s8(wv, xb[p]));                                                                \
+        }                                                                                                                                \
+    }
+
+BP_UKN void bp_neon_widen_tile(int32_t *acc, const int8_t *x, const int8_t *w, int32_t k, const int R, const int P) {
+    int32x4_t lo[4][4], hi[4][4]; /* [R / 4][P]: rows (r, r, r + 1, r + 1) and (r + 2, r + 2, r + 3, r + 3) */
+    int8x16_t xv[4], xb[4];
+    for (int rb = 0; rb < R / 4; rb++)
+        for (int p = 0; p < P; p++) lo[rb][p] = hi[rb][p] = vdupq_n_s32(0);
+    int32_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        for (int p = 0; p < P; p++) xv[p] = vld1q_s8(x + p * k + j);
+        const int8_t *wg = w + j * R;
+        BP_NEON_WIDEN_GROUP(0) BP_NEON_WIDEN_GROUP(1) BP_NEON_WIDEN_GROUP(2) BP_NEON_WIDEN_GROUP(3)
+    }
+    if (j < k) {
+        int8_t t[4][16];
+        memset(t, 0, sizeof t);
+        for (int p = 0; p < P; p++) {
+            memcpy(t[p], x + p * k + j, (size_t)(k - j));
+            xv[p] = vld1q_s8(t[p]);
+        }
+        const int8_t *wg = w + j * R;
+        int32_t groups = (k - j + 3) / 4;
+        BP_NEON_WIDEN_GROUP(0)
+        if (groups > 1) { BP_NEON_WIDEN_GROUP(1) }
+        if (groups > 2) { BP_NEON_WIDEN_GROUP(2) }
+        if (groups > 3) { BP_NEON_WIDEN_GROUP(3) }
+    }
+    for (int rb = 0; rb < R / 4; rb++)
+        for (int p = 0; p < P; p++) {
+            int32_t s[4];
+            vst1q_s32(s, vpaddq_s32(lo[rb][p], hi[rb][p]));
+            for (int i = 0; i < 4; i++) acc[(rb * 4 + i) * P + p] += s[i];
+        }
+}
+#define BP_NEON_TILE(acc, x, w, k, R, P) bp_neon_widen_tile(acc, x, w, k, R, P)
 #else
 #define BP_NEON_TILE(acc, x, w, k, R, P) bp_neon_c_tile(acc, x, w, k, R, P, 4)
 #endif
 
-/* the same tile in plain C, weights in G-byte groups (G = 4: the SDOT layout, G = 8: the SMMLA layout): CPUs
- * without the extension a schedule's micro-kernel needs */
+/* the same tile in plain C, weights in G-byte groups (G = 4: the SDOT layout, G = 8: the SMMLA layout): builds
+ * without NEON (+nosimd), or the SMMLA layout on a CPU without i8mm */
 BP_UKN void bp_neon_c_tile(int32_t *acc, const int8_t *x, const int8_t *w, int32_t k, const int R, const int P, const int G) {
     for (int32_t g = 0; g < (k + G - 1) / G; g++)
         for (int r = 0; r < R; r++)
