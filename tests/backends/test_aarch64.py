@@ -233,6 +233,15 @@ def test_save_load_round_trip(mlp: bp.CompiledModel, tmp_path: Path) -> None:
     x = torch.randn(2, 37)
     assert torch.equal(loaded(x), mlp(x))
     assert loaded.report.backend["schedule"] == "neon-16x1"
+    # on an aarch64 host without the dot product (/proc/cpuinfo), loading names what is missing
+    from bitpress.backends.aarch64 import toolchain
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(toolchain, "native", lambda: True)
+        mp.setattr(toolchain, "host_cpu_flags", lambda: {"fp", "asimd", "crc32"})
+        with pytest.raises(ValueError, match=r"built with -march=armv8.2-a\+dotprod and needs dotprod, which this CPU lacks"):
+            bp.load(out)
+    assert toolchain.host_missing_features({"neon": True, "dotprod": True, "i8mm": True}, {"asimd", "asimddp"}) == ["i8mm"]
     (out / "aarch64" / "model").write_bytes(b"\x7fELF garbage")
     with pytest.raises(bp.ArtifactError, match="corrupt"):
         bp.load(out)

@@ -37,6 +37,7 @@ from bitpress.backends.aarch64.toolchain import (
     cpu_features,
     dot_instructions,
     elf_sizes,
+    host_missing_features,
     make,
     native,
     profile,
@@ -165,12 +166,12 @@ class Aarch64Backend:
         except BaseException:
             shutil.rmtree(project, ignore_errors=True)
             raise
-        exe = Aarch64Executable(project, [(o.shape, o.dtype) for o in g.outputs], graph=lg)
+        exe = Aarch64Executable(project, [(o.type.static_shape(), o.dtype) for o in g.outputs], graph=lg)
         weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
         exe.info = build_info(gen, flags, features, exe_path) | {"schedule": linear.name, "conv_schedule": conv.name}
         exe.info["integer_glue"] = glue
         if opts.get("profile", True) and not native():
-            ex = options.example_inputs or tuple(torch.zeros(v.shape, dtype=to_torch_dtype(v.dtype)) for v in g.inputs)
+            ex = options.example_inputs or tuple(torch.zeros(v.type.static_shape(), dtype=to_torch_dtype(v.dtype)) for v in g.inputs)
             exe.info.update(profile_info(exe, gen, list(ex)))
         return exe
 
@@ -179,7 +180,14 @@ class Aarch64Backend:
         if not (project / "model").is_file():
             raise ValueError(f"{directory}: {TARGET} artifact has no aarch64/model")
         info = json.loads((project / "info.json").read_text()) if (project / "info.json").is_file() else {}
-        return Aarch64Executable(project, [(o.shape, o.dtype) for o in g.outputs], info)
+        missing = host_missing_features(dict(info.get("features", {})))
+        if missing:
+            flags = " ".join(info.get("cflags", []))
+            raise ValueError(
+                f"{directory}: the {TARGET} executable was built with {flags} and needs {', '.join(missing)}, "
+                f"which this CPU lacks (/proc/cpuinfo); rebuild with options={{'mcpu': ...}} for this CPU"
+            )
+        return Aarch64Executable(project, [(o.type.static_shape(), o.dtype) for o in g.outputs], info)
 
 
 def write_project(project: Path, gen: GeneratedModel, flags: list[str], opt: str, g: Graph, schedules: str) -> None:

@@ -10,12 +10,23 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["ToolchainError", "check_tools", "cpu_features", "dot_instructions", "elf_sizes", "make", "profile", "run_executable"]
+__all__ = [
+    "ToolchainError",
+    "check_tools",
+    "cpu_features",
+    "dot_instructions",
+    "elf_sizes",
+    "host_missing_features",
+    "make",
+    "profile",
+    "run_executable",
+]
 
 GCC = "aarch64-linux-gnu-gcc"
 APT = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user make"
@@ -57,6 +68,29 @@ def cpu_features(cflags: list[str]) -> dict[str, bool]:
         raise ValueError(f"{GCC} rejects {' '.join(cflags)}: {err.split('error:')[-1].strip()}")
     macros = set(re.findall(r"^#define (\w+)", r.stdout, re.M))
     return {name: m in macros for name, m in _FEATURES.items()}
+
+
+# ACLE feature -> the flag Linux lists for it in /proc/cpuinfo's "Features"
+_HWCAPS = {"neon": "asimd", "dotprod": "asimddp", "i8mm": "i8mm", "fp16": "fphp"}
+
+
+def host_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags Linux reports for this aarch64 host."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.lower().startswith("features") for f in line.split(":", 1)[1].split()}
+
+
+def host_missing_features(features: dict[str, bool], host_flags: set[str] | None = None) -> list[str]:
+    """The features an executable was built with (`cpu_features` of its flags) that this host lacks.  Under
+    qemu-aarch64 (`-cpu max`) none; on an aarch64 host the ones /proc/cpuinfo does not list."""
+    if host_flags is None:
+        if not native():
+            return []
+        host_flags = host_cpu_flags()
+    return [f for f, on in features.items() if on and f in _HWCAPS and _HWCAPS[f] not in host_flags]
 
 
 def make(project: Path) -> Path:
@@ -104,11 +138,15 @@ def run_executable(exe: Path, inputs: bytes, timeout: float = 600.0) -> bytes:
         fi.write_bytes(inputs)
         cmd = [str(exe.resolve()), str(fi), str(fo)]
         if not native():
+            if shutil.which("qemu-aarch64") is None:
+                raise ToolchainError(f"running {exe} on this {platform.machine()} host needs qemu-aarch64 (apt-get install qemu-user)")
             cmd = ["qemu-aarch64", "-cpu", "max", *cmd]
         try:
             r = subprocess.run(cmd, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise ToolchainError(f"{exe} did not finish within {timeout:.0f} s") from None
+        if r.returncode == -signal.SIGILL:
+            raise ToolchainError(f"{exe} hit an illegal instruction: it was built for CPU features this host lacks")
         if r.returncode != 0:
             raise ToolchainError(f"{exe} exited with status {r.returncode}: {(r.stdout + r.stderr).decode(errors='replace')[-2000:]}")
         return fo.read_bytes()
