@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bitpress.compiler.builder import F
+from bitpress.compiler.builder import B
 from bitpress.compiler.ir import Graph, TensorType, Value
 from bitpress.compiler.pattern import Pat, rule
 from bitpress.compiler.rewrite import ExplainLog, rewrite
@@ -25,7 +25,7 @@ from bitpress.passes.canonicalize import identity_rules
 @rule(Pat.op("relu", x=Pat.op("relu", x=Pat.var("inner"))), name="relu-relu")
 def relu_relu(inner: Value) -> Value:
     """relu(relu(x)) -> relu(x)"""
-    return F.relu(inner)
+    return B.relu(inner)
 
 
 @rule(Pat.op("neg", x=Pat.op("neg", x=Pat.var("inner"))), name="neg-neg")

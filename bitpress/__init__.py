@@ -8,7 +8,7 @@ print(cm.report)
 from bitpress import backends as _backends  # noqa: F401  (registers targets)
 from bitpress import passes
 from bitpress.api import ArtifactError, CompiledModel, compile, load
-from bitpress.compiler.builder import F, const
+from bitpress.compiler.builder import B, F, const
 from bitpress.compiler.frontend import FrontendError, UnsupportedOpError
 from bitpress.compiler.ir import Graph, Node, TensorType, Value
 from bitpress.compiler.ops import register_op
@@ -25,15 +25,18 @@ from bitpress.compiler.pass_manager import (
 from bitpress.compiler.pattern import Pat, Reject, Rule, RuleSet, rule
 from bitpress.compiler.recipe import RecipeError
 from bitpress.compiler.rewrite import rewrite
-from bitpress.compiler.target import LoweringError
+from bitpress.compiler.target import LoweringError, registered_targets
 from bitpress.compiler.torch_pattern import rule_from_torch
 
 __version__ = "0.1.0"
 
-targets = ("torch", "onnx", "llvm", "cpu", "cuda")
+# every real target (bitpress/backends/__init__.py registers them: torch, onnx, llvm, cuda, the Cortex-M cores),
+# plus "cpu", the alias of "llvm" this tuple always listed
+targets = (*registered_targets(), "cpu")
 
 __all__ = [
     "ArtifactError",
+    "B",
     "CompileError",
     "CompiledModel",
     "F",

@@ -15,18 +15,13 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "register_command"]
 
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-
-
-def register_command(name: str, configure: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]) -> None:
-    """Add a subcommand (pass packages use this, e.g. `merge`)."""
-    _COMMANDS[name] = (configure, run)
+from bitpress.compiler.commands import COMMANDS, register_command
 
 
 def _load_model(path: str, inputs: str | None) -> tuple[Any, tuple[Any, ...] | None]:
@@ -142,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name is None or not mod.startswith(e.name):
                 raise
-    for name, (configure, run) in _COMMANDS.items():
+    for name, (configure, run) in COMMANDS.items():
         sp = sub.add_parser(name)
         configure(sp)
         sp.set_defaults(fn=run)

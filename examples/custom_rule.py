@@ -34,7 +34,7 @@ def fold_output_scale(y: bp.Value, x: bp.Value, w: bp.Value, b: bp.Value | None,
         return bp.Reject("the linear output has other users")
     k = s.value.reshape(()).to(w.value.dtype)
     bias = None if b is None else bp.const(b.value * k, f"{y.name}.bias")
-    return bp.F.linear(x, bp.const(w.value * k, w.name), bias, name=y.name)
+    return bp.B.linear(x, bp.const(w.value * k, w.name), bias, name=y.name)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ import torch
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph
 from bitpress.compiler.ops import op_names
-from bitpress.compiler.target import BuildOptions
+from bitpress.compiler.target import BuildOptions, parse_options
+
+
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """The interpreter takes no options: any key in `compile(options=...)` is an error."""
 
 
 @dataclass
@@ -35,6 +40,7 @@ class ReferenceBackend:
         return set(op_names())
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> ReferenceExecutable:
+        parse_options(ReferenceOptions, options.extra, "torch (reference)")
         return ReferenceExecutable(g)
 
     def load(self, directory: Path, g: Graph, target: str) -> ReferenceExecutable:

@@ -3,9 +3,11 @@
 Inside a rule the driver sets the current graph and the insertion point (just before
 the matched root), so replacements read like the math:
 
-    return F.linear(F.linear(x, const(v)), const(u), b)
+    return B.linear(B.linear(x, const(v)), const(u), b)
 
-`F.<op>(*inputs, **attrs)` emits any registered op; `const(t)` adds a constant.
+`B.<op>(*inputs, **attrs)` emits any registered op ("B" for the builder); `const(t)` adds a
+constant.  `F` is its old, deprecated name (it read as `torch.nn.functional as F` in the
+same modules).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from bitpress.compiler.ir import Graph, IRError, Node, TensorType, Value
 
-__all__ = ["F", "building", "const", "current_graph", "emit", "emit_node"]
+__all__ = ["B", "F", "building", "const", "current_graph", "emit", "emit_node"]
 
 _CURRENT: contextvars.ContextVar[tuple[Graph, str] | None] = contextvars.ContextVar("bitpress_builder", default=None)
 
@@ -77,4 +79,5 @@ class _OpNamespace:
         return call
 
 
-F = _OpNamespace()
+B = _OpNamespace()
+F = B  # deprecated: the old name of B

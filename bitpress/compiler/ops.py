@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bitpress.compiler.ir import IRError, SymDim, TensorType, from_torch_dtype, is_packed, to_torch_dtype
+from bitpress.compiler.registry import DuplicateKeyError, Registry
 from bitpress.compiler.symbolic import has_symbolic, make_dim, sym_expr
 
 __all__ = ["OpDef", "get_op", "has_op", "op_names", "register_op"]
@@ -59,11 +60,8 @@ class OpDef:
             cache[key] = res
         return res
 
-    def slot_index(self, name: str) -> int:
-        return self.slots.index(name)
 
-
-_REGISTRY: dict[str, OpDef] = {}
+_REGISTRY: Registry[OpDef] = Registry("op")
 _INFER_CACHE: dict[str, dict[Any, list[TensorType]]] = {}
 
 
@@ -166,8 +164,8 @@ def register_op(
     """Register `fn` as the reference semantics of op `name` (see the module docstring)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY and not replace:
-            raise ValueError(f"op {name!r} is already registered")
+        if name in _REGISTRY and not replace:  # the registry's duplicate policy (tests swap _REGISTRY for a plain dict copy)
+            raise DuplicateKeyError(f"op {name!r} is already registered")
         slots, optional, variadic = [], set(), False
         for s in inputs:
             if s.startswith("*"):
@@ -189,7 +187,7 @@ def get_op(name: str) -> OpDef:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise IRError(f"unknown op {name!r}") from None
+        raise IRError(f"unknown op {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def has_op(name: str) -> bool:
@@ -556,10 +554,6 @@ def _masked_fill(x: torch.Tensor, mask: torch.Tensor, value: float = 0.0) -> tor
 @register_op("pad", ("x",))
 def _pad(x: torch.Tensor, pad: Any, mode: str = "constant", value: float = 0.0) -> torch.Tensor:
     return F.pad(x, tuple(pad), mode, value)
-
-
-def dtype_name(t: torch.dtype) -> str:
-    return from_torch_dtype(t)
 
 
 # ============================================================================ wider coverage (issue 14)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -24,6 +24,7 @@ import torch
 from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, IRError
 from bitpress.compiler.pattern import Rule, RuleSet
+from bitpress.compiler.registry import Registry
 from bitpress.compiler.rewrite import ExplainLog, rewrite
 
 __all__ = [
@@ -77,24 +78,16 @@ class Pass(Protocol):
     def apply(self, g: Graph, ctx: PassContext) -> PassResult: ...
 
 
-_PASSES: dict[str, type] = {}
+_PASSES: Registry[type] = Registry("pass")
 
 
 def register_pass(cls: type) -> type:
     """Make a pass class available to recipes under its `name`."""
-    name = cls.name  # type: ignore[attr-defined]
-    if name in _PASSES and _PASSES[name] is not cls:
-        raise ValueError(f"pass {name!r} registered twice")
-    _PASSES[name] = cls
-    return cls
+    return _PASSES.register(cls.name, cls)  # type: ignore[attr-defined]
 
 
 def pass_registry() -> dict[str, type]:
     return dict(_PASSES)
-
-
-def pass_options(cls: type) -> list[str]:
-    return [f.name for f in fields(cls) if f.init]
 
 
 @dataclass

@@ -14,7 +14,7 @@ is harmless).  One lookup error: `UnknownKeyError` names the kind and lists the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["DuplicateKeyError", "Registry", "UnknownKeyError"]
@@ -23,10 +23,10 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 
-class UnknownKeyError(LookupError, ValueError):
+class UnknownKeyError(KeyError, ValueError):
     """A lookup of a key nobody registered; the message lists the known keys."""
 
-    def __str__(self) -> str:  # KeyError-style quoting would wrap the message in quotes
+    def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
 
 
@@ -34,19 +34,19 @@ class DuplicateKeyError(ValueError):
     """A second, different registration under a key already taken."""
 
 
-class Registry(Generic[T]):
-    """An ordered name -> value table with one duplicate policy and errors that list the known keys."""
+class Registry(dict[str, T]):
+    """An ordered name -> value table (a dict) with one duplicate policy and errors that list the known keys."""
 
     def __init__(self, kind: str) -> None:
+        super().__init__()
         self.kind = kind
-        self._items: dict[str, T] = {}
 
     def register(self, key: str, value: T, *, replace: bool = False) -> T:
         """Add `value` under `key`; a different value under a taken key raises unless `replace`."""
-        old = self._items.get(key)
-        if old is not None and old is not value and not replace:
+        old = self.get(key)
+        if old is not None and old is not value and old != value and not replace:
             raise DuplicateKeyError(f"{self.kind} {key!r} is already registered ({_where(old)})")
-        self._items[key] = value
+        self[key] = value
         return value
 
     def decorator(self, *keys: str, replace: bool = False) -> Callable[[V], V]:
@@ -59,44 +59,72 @@ class Registry(Generic[T]):
 
         return deco
 
-    def __getitem__(self, key: str) -> T:
-        try:
-            return self._items[key]
-        except KeyError:
-            raise UnknownKeyError(self.unknown(key)) from None
+    def __missing__(self, key: str) -> T:
+        raise UnknownKeyError(self.unknown(key))
 
     def unknown(self, key: str) -> str:
         """The one-line message for an unknown `key`."""
-        known = ", ".join(self._items) or "none"
-        return f"unknown {self.kind} {key!r}; known: {known}"
-
-    def get(self, key: str, default: T | None = None) -> T | None:
-        return self._items.get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def keys(self) -> list[str]:
-        """Keys in registration order."""
-        return list(self._items)
-
-    def items(self) -> list[tuple[str, T]]:
-        return list(self._items.items())
-
-    def as_dict(self) -> dict[str, T]:
-        return dict(self._items)
+        return f"unknown {self.kind} {key!r}; known: {', '.join(self) or 'none'}"
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {len(self._items)} keys)"
+        return f"Registry({self.kind!r}, {len(self)} keys)"
 
 
 def _where(value: object) -> str:
     mod = getattr(value, "__module__", None) or type(value).__module__
     name = getattr(value, "__qualname__", None) or type(value).__qualname__
     return f"{mod}.{name}"
+
+
+class LoweringTable(Generic[T]):
+    """(op, target) -> lowering for one backend: the table behind every backend's
+    `register_lowering(op, target=...)`, with the registry's duplicate policy."""
+
+    def __init__(self, backend: str, targets: tuple[str, ...], *, article: str = "a") -> None:
+        self.backend = backend
+        self.targets = targets
+        self._what = f"{article} {backend} lowering"
+        self._by_op: dict[str, dict[str, T]] = {}
+
+    def _targets(self, target: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+        ts = self.targets if target is None else (target,) if isinstance(target, str) else tuple(target)
+        bad = [t for t in ts if t not in self.targets]
+        if bad:
+            raise UnknownKeyError(f"unknown {self.backend} target(s) {bad}; known: {list(self.targets)}")
+        return ts
+
+    def register(self, op: str, fn: T, target: str | tuple[str, ...] | list[str] | None = None, *, replace: bool = False) -> T:
+        per = self._by_op.setdefault(op, {})
+        for t in self._targets(target):
+            old = per.get(t)
+            if old is not None and old is not fn and not replace:
+                raise DuplicateKeyError(f"op {op!r} already has {self._what} for {t} ({_where(old)})")
+            per[t] = fn
+        return fn
+
+    def decorator(self, op: str, target: str | tuple[str, ...] | list[str] | None = None, *, replace: bool = False) -> Callable[[V], V]:
+        self._targets(target)  # fail at the decorator line, not when the function is defined
+
+        def deco(fn: V) -> V:
+            self.register(op, fn, target, replace=replace)  # type: ignore[arg-type]
+            return fn
+
+        return deco
+
+    def get(self, op: str, target: str | None = None) -> T | None:
+        per = self._by_op.get(op, {})
+        return per.get(target if target is not None else self.targets[0])
+
+    def lookup(self, op: str, target: str) -> T:
+        """The lowering of `op` on `target`; the error names the targets that have one."""
+        per = self._by_op.get(op, {})
+        if target not in per:
+            have = sorted(per)
+            raise UnknownKeyError(
+                f"op {op!r} has no {self.backend} lowering for target {target!r}" + (f"; it has one for {have}" if have else "")
+            )
+        return per[target]
+
+    def ops(self, target: str | None = None) -> set[str]:
+        """Ops with a lowering on `target` (default: on any target)."""
+        return {op for op, per in self._by_op.items() if per and (target is None or target in per)}

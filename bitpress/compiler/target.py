@@ -8,14 +8,15 @@ naming the op, the node and the targets that do support it.  No silent fallbacks
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from bitpress.compiler.ir import Graph
+from bitpress.compiler.registry import Registry
 
 __all__ = [
     "Backend",
@@ -25,7 +26,9 @@ __all__ = [
     "get_backend",
     "known_targets",
     "legalize_check",
+    "parse_options",
     "register_backend",
+    "registered_targets",
     "resolve_target",
 ]
 
@@ -41,6 +44,18 @@ class BuildOptions:
     quiet: bool = True
     example_inputs: tuple[torch.Tensor, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+OptionsT = TypeVar("OptionsT")
+
+
+def parse_options(cls: type[OptionsT], extra: Mapping[str, Any], backend: str) -> OptionsT:
+    """A backend's typed options (a dataclass) from `compile(options=...)`; unknown keys fail listing the valid ones."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(extra) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {backend} option(s) {', '.join(unknown)}; known: {', '.join(sorted(names)) or 'none'}")
+    return cls(**extra)
 
 
 class Executable(Protocol):
@@ -61,14 +76,14 @@ class Backend(Protocol):
     def load(self, directory: Path, g: Graph, target: str) -> Executable: ...
 
 
-_BACKENDS: dict[str, str] = {}
+_BACKENDS: Registry[str] = Registry("target")
 ALIASES = {"cpu": "llvm", "reference": "torch", "interpreter": "torch", "gpu": "cuda"}
 
 
 def register_backend(targets: Iterable[str], loader: str) -> None:
     """Register `loader` ("module:Class") as the backend for `targets`."""
     for t in targets:
-        _BACKENDS[t] = loader
+        _BACKENDS.register(t, loader)
 
 
 def resolve_target(target: str) -> str:
@@ -80,6 +95,11 @@ def resolve_target(target: str) -> str:
 
 def known_targets() -> list[str]:
     return sorted(_BACKENDS) + sorted(ALIASES)
+
+
+def registered_targets() -> list[str]:
+    """Every real target (no aliases), in registration order."""
+    return list(_BACKENDS)
 
 
 _INSTANCES: dict[str, Backend] = {}

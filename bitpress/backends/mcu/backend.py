@@ -28,17 +28,35 @@ from typing import Any
 import torch
 
 from bitpress.backends.mcu.boards import Board, board_for
-from bitpress.backends.mcu.codegen import GeneratedModel, generate, lowered_ops
+from bitpress.backends.mcu.codegen import GeneratedModel, generate
 from bitpress.backends.mcu.legalize import legalize
+from bitpress.backends.mcu.lowering import lowered_ops
 from bitpress.backends.mcu.toolchain import check_tools, elf_sizes, make, profile, qemu_run
 from bitpress.compiler.ir import Graph, to_torch_dtype
-from bitpress.compiler.target import BuildOptions
+from bitpress.compiler.target import BuildOptions, parse_options
 from bitpress.schedules.mcu import gemv_schedule
 
 __all__ = ["McuBackend", "McuExecutable"]
 
 _C_DIR = Path(__file__).resolve().parent / "c"
-_OPTIONS = {"allow_float", "schedule", "profile", "opt", "integer_glue"}
+
+
+@dataclass(frozen=True)
+class McuOptions:
+    """`compile(..., target="cortex-m*", options={...})`.
+
+    allow_float: run layers without an integer lowering in float32 (else the build fails naming them).
+    schedule: override the int8 linear schedule (a name in schedules/mcu.py LINEAR_SCHEDULES, e.g. "dsp-4row").
+    profile: run once in QEMU after building and record cycles per layer.
+    opt: the gcc optimization flag.  integer_glue: compute the W8A8 glue in fixed point (legalize.py).
+    """
+
+    allow_float: bool = False
+    schedule: str | None = None
+    profile: bool = True
+    opt: str = "-O2"
+    integer_glue: bool = True
+
 
 MAKEFILE = """# Builds model.elf for {core} ({machine} in QEMU).  `make run` runs it on input.bin -> output.bin.
 CC = arm-none-eabi-gcc
@@ -126,28 +144,24 @@ class McuBackend:
 
     def supported_ops(self, target: str) -> set[str]:
         # the W8A8 ops plus what legalization rewrites (unary ops after a dequantize, split into slices)
-        from bitpress.backends.mcu import lowerings  # noqa: F401
         from bitpress.backends.mcu.legalize import LEGALIZED_OPS
 
         return lowered_ops() | set(LEGALIZED_OPS)
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> McuExecutable:
         board = board_for(target)
-        opts = dict(options.extra)
-        unknown = set(opts) - _OPTIONS
-        if unknown:
-            raise ValueError(f"unknown MCU option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+        opts = parse_options(McuOptions, options.extra, "MCU")
         check_tools()
-        sched = gemv_schedule(dsp=board.dsp, mve=board.mve, override=opts.get("schedule"))
-        lg, glue = legalize(g, integer_glue=bool(opts.get("integer_glue", True)))
-        gen = generate(lg, board, sched, allow_float=bool(opts.get("allow_float", False)))
+        sched = gemv_schedule(dsp=board.dsp, mve=board.mve, override=opts.schedule)
+        lg, glue = legalize(g, integer_glue=bool(opts.integer_glue))
+        gen = generate(lg, board, sched, allow_float=bool(opts.allow_float))
         if gen.plan.peak > board.ram_length:
             raise ValueError(
                 f"model needs a {gen.plan.peak}-byte arena; {board.machine} ({board.core}) has {board.ram_length} bytes of RAM"
             )
         project = Path(tempfile.mkdtemp(prefix=f"bitpress-{board.core}-"))
         try:
-            write_project(project, gen, board, sched.name, str(opts.get("opt", "-O2")), g)
+            write_project(project, gen, board, sched.name, str(opts.opt), g)
             elf = make(project)
         except BaseException:
             shutil.rmtree(project, ignore_errors=True)
@@ -156,7 +170,7 @@ class McuBackend:
         weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
         exe.info = build_info(gen, board, sched.name, elf)
         exe.info["integer_glue"] = glue  # quantize nodes computed in fixed point (see legalize.py)
-        if opts.get("profile", True):
+        if opts.profile:
             ex = options.example_inputs or tuple(torch.zeros(v.shape, dtype=to_torch_dtype(v.dtype)) for v in g.inputs)
             exe.info.update(profile_info(exe, gen, list(ex)))
         return exe

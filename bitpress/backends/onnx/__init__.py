@@ -3,7 +3,7 @@
 `target="onnx"` emits a model that passes `onnx.checker`, runs it with onnxruntime and
 `cm.save()` writes it as `model.onnx` (weights in `model.onnx.data` past 2 GB) and `bp.load`
 runs it without recompiling.  Lowerings live in `lower_*.py` modules (all imported on first
-use) and register with `register_onnx_lowering`.
+use) and register with `register_lowering(op)` (`register_onnx_lowering` is its old name).
 
 Options (`bp.compile(..., options={...})`): `threads` (onnxruntime intra-op threads, 0 = its
 default), `onnx_optimization` ("none" | "basic" | "extended" | "all", default "all"),
@@ -16,6 +16,6 @@ Example:
 """
 
 from bitpress.backends.onnx.backend import OnnxBackend, OnnxExecutable, lower_to_onnx
-from bitpress.backends.onnx.lowering import OnnxLowerContext, register_onnx_lowering
+from bitpress.backends.onnx.lowering import OnnxLowerContext, register_lowering, register_onnx_lowering
 
-__all__ = ["OnnxBackend", "OnnxExecutable", "OnnxLowerContext", "lower_to_onnx", "register_onnx_lowering"]
+__all__ = ["OnnxBackend", "OnnxExecutable", "OnnxLowerContext", "lower_to_onnx", "register_lowering", "register_onnx_lowering"]

@@ -8,6 +8,7 @@ import math
 import pkgutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from bitpress.backends.onnx.lowering import (
     onnx_lowered_ops,
 )
 from bitpress.compiler.ir import Graph, SymDim, Value, is_packed
-from bitpress.compiler.target import BuildOptions, LoweringError
+from bitpress.compiler.target import BuildOptions, LoweringError, parse_options
 
 __all__ = ["OnnxBackend", "OnnxExecutable", "initializer_bytes", "lower_to_onnx"]
 
@@ -241,6 +242,19 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+@dataclass(frozen=True)
+class OnnxOptions:
+    """`compile(..., target="onnx", options={...})`: onnxruntime session settings.
+
+    threads: intra-op threads (0: onnxruntime's default).  onnx_optimization: graph optimization
+    level ("none", "basic", "extended", "all").  providers: execution providers, in order.
+    """
+
+    threads: int = 0
+    onnx_optimization: str = "all"
+    providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",)
+
+
 class OnnxBackend:
     symbolic_shapes = True  # dim_params on the inputs/outputs; shape operands computed from Shape at run time
     """target "onnx": IR -> ONNX (opset 21, com.microsoft contrib ops) -> onnxruntime."""
@@ -252,6 +266,7 @@ class OnnxBackend:
         return onnx_lowered_ops()
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> OnnxExecutable:
+        parse_options(OnnxOptions, options.extra, "ONNX")  # unknown keys fail here; values are checked by OnnxExecutable
         model = lower_to_onnx(g)
         data = None if _is_large(model) else model.SerializeToString()
         _check(model, data)

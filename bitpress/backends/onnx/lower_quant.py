@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import torch
 
-from bitpress.backends.onnx.lowering import MS_DOMAIN, OnnxLowerContext, register_onnx_lowering
+from bitpress.backends.onnx.lowering import MS_DOMAIN, OnnxLowerContext, register_lowering
 from bitpress.compiler.ir import PACKED_BITS, Node, Value, pack_bits
 from bitpress.formats.quantized import unpack_codes
 
@@ -131,7 +131,7 @@ def _f32(ctx: OnnxLowerContext, name: str, v: Value | None) -> str:
     return name if v is None or v.dtype == "float32" else ctx.cast(name, v.dtype, "float32")
 
 
-@register_onnx_lowering("qlinear")
+@register_lowering("qlinear")
 def lower_qlinear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """y = x @ ((q - z) * s)^T + b   (MatMulNBits for int4 blocks, else decoded in the graph)"""
     x = _f32(ctx, str(inputs[0]), node.inputs[0])
@@ -159,7 +159,7 @@ def _conv_attrs(node: Node) -> dict[str, list[int]]:
     return {"strides": pair(a.get("stride", 1)), "pads": [p[0], p[1], p[0], p[1]], "dilations": pair(a.get("dilation", 1))}
 
 
-@register_onnx_lowering("qconv2d")
+@register_lowering("qconv2d")
 def lower_qconv2d(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """y = conv2d(x, (q - z) * s) + b   (kernel decoded in the graph)"""
     x = _f32(ctx, str(inputs[0]), node.inputs[0])
@@ -208,7 +208,7 @@ def _as_u8(ctx: OnnxLowerContext, name: str, v: Value | None) -> str:
     return ctx.add_node("Cast", [x], to=onnx.TensorProto.UINT8)[0]
 
 
-@register_onnx_lowering("quantize_act")
+@register_lowering("quantize_act")
 def lower_quantize_act(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """q = clamp(round(x / s) + zp, -128, 127)   QuantizeLinear (uint8 q + 128 between W8A8 ops)"""
     s = ctx.scalar(float(node.attrs["scale"]), "float32", "x_scale")
@@ -216,7 +216,7 @@ def lower_quantize_act(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list
     return ctx.add_node("QuantizeLinear", [_f32(ctx, str(inputs[0]), node.inputs[0]), s, zp])
 
 
-@register_onnx_lowering("dequantize_act")
+@register_lowering("dequantize_act")
 def lower_dequantize_act(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """x = (q - zp) * s   DequantizeLinear"""
     s = ctx.scalar(float(node.attrs["scale"]), "float32", "y_scale")
@@ -261,7 +261,7 @@ def _weight_zp(ctx: OnnxLowerContext) -> str:
     return ctx.add_initializer(np.array(128, dtype=np.uint8), "w_zero_point_u8")
 
 
-@register_onnx_lowering("qlinear_w8a8")
+@register_lowering("qlinear_w8a8")
 def lower_qlinear_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """y = requant(sum_k (x - xzp) w + b)   MatMulInteger + int64 requantization"""
     wv = node.inputs[1]
@@ -273,7 +273,7 @@ def lower_qlinear_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list
     return _requant(ctx, node, acc, inputs[4] if len(inputs) > 4 else None, [-1])
 
 
-@register_onnx_lowering("qconv2d_w8a8")
+@register_lowering("qconv2d_w8a8")
 def lower_qconv2d_w8a8(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """y = requant(conv2d(x - xzp, w) + b)   ConvInteger (uint8 activations) + int64 requantization"""
     # ConvInteger takes uint8 activations: x + 128 with zero point xzp + 128 is the same integer x - xzp

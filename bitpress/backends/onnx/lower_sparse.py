@@ -24,7 +24,7 @@ import torch
 from onnx import TensorProto
 
 from bitpress.backends.onnx.lower_quant import _dequant_weight
-from bitpress.backends.onnx.lowering import OnnxLowerContext, register_onnx_lowering
+from bitpress.backends.onnx.lowering import OnnxLowerContext, register_lowering
 from bitpress.compiler.ir import Node, Value, unpack_bits
 from bitpress.formats.sparse import index_bits
 
@@ -76,7 +76,7 @@ def _nm_cols(ctx: OnnxLowerContext, node: Node, iv: Value, n: int, m: int, out: 
     return ctx.add_node("Add", [codes, base], name_hint=f"{node.name}.cols")[0]
 
 
-@register_onnx_lowering("nm_linear")
+@register_lowering("nm_linear")
 def lower_nm_linear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """nm_linear -> decode packed indices, ScatterElements into zeros, Gemm/MatMul"""
     n, m, k_in = int(node.attrs["n"]), int(node.attrs["m"]), int(node.attrs["in_features"])
@@ -88,7 +88,7 @@ def lower_nm_linear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[st
     return _matmul_bias(ctx, node, inputs[0], w, inputs[3] if len(inputs) > 3 else None)
 
 
-@register_onnx_lowering("nm_qlinear")
+@register_lowering("nm_qlinear")
 def lower_nm_qlinear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """nm_qlinear -> decode packed codes ((q - z) * s per group), decode packed indices, ScatterElements, Gemm/MatMul"""
     a = node.attrs
@@ -111,7 +111,7 @@ def lower_nm_qlinear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[s
     return [ctx.cast(y, "float32", node.output.dtype)]
 
 
-@register_onnx_lowering("sparse_linear")
+@register_lowering("sparse_linear")
 def lower_sparse_linear(ctx: OnnxLowerContext, node: Node, inputs: Names) -> list[str]:
     """sparse_linear -> ScatterElements(add) of values at int16 columns into zeros, Gemm/MatMul"""
     vv = node.inputs[1]

@@ -28,6 +28,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bitpress.compiler.ir import Node, SymDim, TensorType, is_packed
+from bitpress.compiler.registry import LoweringTable
 from bitpress.compiler.symbolic import sym_expr
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "get_onnx_lowering",
     "onnx_dtype",
     "onnx_lowered_ops",
+    "register_lowering",
     "register_onnx_lowering",
 ]
 
@@ -45,7 +47,7 @@ OPSET = 21  # QuantizeLinear/DequantizeLinear with blocked quantization and int4
 MS_DOMAIN = "com.microsoft"  # opset 1: MatMulNBits and the other contrib ops
 
 OnnxLowerFn = Callable[["OnnxLowerContext", Node, list[str | None]], list[str]]
-_LOWERINGS: dict[str, OnnxLowerFn] = {}
+_LOWERINGS: LoweringTable[OnnxLowerFn] = LoweringTable("ONNX", ("onnx",), article="an")
 
 _ONNX_DTYPES: dict[str, int] = {
     "float32": TensorProto.FLOAT,
@@ -71,16 +73,18 @@ def onnx_dtype(dtype: str) -> int:
         raise ValueError(f"dtype {dtype!r} has no ONNX element type; ONNX has {sorted(_ONNX_DTYPES)}") from None
 
 
+def register_lowering(
+    op: str, target: str | tuple[str, ...] | None = None, *, replace: bool = False
+) -> Callable[[OnnxLowerFn], OnnxLowerFn]:
+    """Register `fn` as the ONNX lowering of bitpress op `op` (target "onnx", the only one).
+
+    The same signature as the TVM and MCU backends' `register_lowering`."""
+    return _LOWERINGS.decorator(op, target, replace=replace)
+
+
 def register_onnx_lowering(op: str, *, replace: bool = False) -> Callable[[OnnxLowerFn], OnnxLowerFn]:
-    """Register `fn(ctx, node, inputs) -> output names` as the ONNX lowering of IR op `op`."""
-
-    def deco(fn: OnnxLowerFn) -> OnnxLowerFn:
-        if op in _LOWERINGS and not replace and _LOWERINGS[op] is not fn:
-            raise ValueError(f"op {op!r} already has an ONNX lowering ({_LOWERINGS[op].__module__})")
-        _LOWERINGS[op] = fn
-        return fn
-
-    return deco
+    """The old name of `register_lowering(op)` (kept while lower_core.py still uses it)."""
+    return register_lowering(op, replace=replace)
 
 
 def get_onnx_lowering(op: str) -> OnnxLowerFn | None:
@@ -88,7 +92,7 @@ def get_onnx_lowering(op: str) -> OnnxLowerFn | None:
 
 
 def onnx_lowered_ops() -> set[str]:
-    return set(_LOWERINGS)
+    return _LOWERINGS.ops()
 
 
 def _attr(v: Any) -> Any:

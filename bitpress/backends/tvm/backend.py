@@ -29,8 +29,9 @@ from bitpress.backends.tvm.lowering import (
     lowered_ops,
     param_tensors,
 )
+from bitpress.backends.tvm.options import TvmOptions
 from bitpress.compiler.ir import Graph, Value, is_dynamic, to_torch_dtype
-from bitpress.compiler.target import BuildOptions, LoweringError
+from bitpress.compiler.target import BuildOptions, LoweringError, parse_options
 from bitpress.schedules.isa import CpuIsa, check_runnable, host_target_spec, required_features
 
 __all__ = ["TvmBackend", "TvmExecutable", "lower_graph", "make_target"]
@@ -373,6 +374,7 @@ class TvmBackend:
         return lowered_ops(target)
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> TvmExecutable:
+        parse_options(TvmOptions, options.extra, "TVM")  # unknown keys fail here (options.py lists the valid ones)
         try:
             ex, low, info = build_module(g, target, options)
         except LoweringError:

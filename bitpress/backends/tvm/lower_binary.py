@@ -159,7 +159,7 @@ def _sign_accumulate(x: Any, words: Any, K: int, gs: int, ng: int, N: int, bases
     return te.compute((M, bases, ng, N), f, name=name)
 
 
-@register_lowering("binary_linear", targets=("llvm",))
+@register_lowering("binary_linear", target=("llvm",))
 def _binary_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = act(x) @ (sum_k s_k (2 B_k - 1))^T + b   (add/sub accumulation; XNOR-popcount when act='sign')"""
     a = node.attrs
@@ -251,7 +251,7 @@ def _xnor_linear(
     return ctx.emit_te(kernel, x, _words(ctx, words, node, "signs_rows"), s_t, *([b] if b is not None else []), primfunc_name_hint=name)
 
 
-@register_lowering("shiftadd_linear", targets=("llvm",))
+@register_lowering("shiftadd_linear", target=("llvm",))
 def _shiftadd_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = x @ (sum_k 2^e_k (2 B_k - 1))^T + b   (adds/subtracts per group, one power-of-two scale per group)"""
     a = node.attrs
@@ -281,7 +281,7 @@ def _shiftadd_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     return _unflatten(ctx, y, node)
 
 
-@register_lowering("shift_linear", targets=("llvm",))
+@register_lowering("shift_linear", target=("llvm",))
 def _shift_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = x @ W^T + b   with W = (-1)^s 2^(base - c): each term x[i] * 2^-c, one 2^base per group"""
     a = node.attrs
@@ -336,7 +336,7 @@ def _shift_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     return _unflatten(ctx, y, node)
 
 
-@register_lowering("partial_binary_linear", targets=("llvm",))
+@register_lowering("partial_binary_linear", target=("llvm",))
 def _partial_binary_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y = x @ (s (2 B - 1))^T + sum_j x[idx[n, j]] v[n, j] t[n] + b   (binary kernel + int8 salient gather)"""
     a = node.attrs

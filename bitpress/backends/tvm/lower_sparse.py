@@ -400,7 +400,7 @@ def _kx(k_in: int, n: int, m: int, jp: int) -> int:
 NM_TARGETS = ("llvm",)
 
 
-@register_lowering("nm_linear", targets=NM_TARGETS)
+@register_lowering("nm_linear", target=NM_TARGETS)
 def _nm_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y[r, o] = sum_j values[o, j] * x[r, (j // N) * M + idx[o, j]] + b[o]   reading packed indices"""
     n, m, k_in = int(node.attrs["n"]), int(node.attrs["m"]), int(node.attrs["in_features"])
@@ -414,7 +414,7 @@ def _nm_linear(ctx: LowerContext, node: Node, args: Args) -> Any:
     return _emit(ctx, node, args, 3, lay, arrs, f"nm{n}x{m}")
 
 
-@register_lowering("nm_qlinear", targets=NM_TARGETS)
+@register_lowering("nm_qlinear", target=NM_TARGETS)
 def _nm_qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
     """y[r, o] = sum_{g, i} (u[o, j] - z[o, g]) * s[o, g] * x[r, (j // N) * M + idx[o, j]] + b[o]   (j = g * gs + i)"""
     a = node.attrs

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bitpress.compiler.ir import Graph, Node, SymDim, Value
+from bitpress.compiler.registry import LoweringTable
 from bitpress.compiler.symbolic import sym_expr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +52,7 @@ __all__ = [
 
 TARGETS: tuple[str, ...] = ("llvm", "cuda")
 LowerFn = Callable[["LowerContext", Node, list[Any]], Any]
-_LOWERINGS: dict[str, dict[str, LowerFn]] = {}
+_LOWERINGS: LoweringTable[LowerFn] = LoweringTable("TVM", TARGETS)
 _LOADED = False
 
 # Constants at or below this many elements are embedded in the module (foldable);
@@ -60,19 +61,14 @@ _LOADED = False
 EMBED_MAX_NUMEL = 64
 
 
-def register_lowering(op: str, targets: tuple[str, ...] = TARGETS) -> Callable[[LowerFn], LowerFn]:
-    """Register `fn` as the lowering of bitpress op `op` on `targets` ("llvm", "cuda")."""
-    bad = [t for t in targets if t not in TARGETS]
-    if bad:
-        raise ValueError(f"register_lowering({op!r}): unknown TVM target(s) {bad}; known: {list(TARGETS)}")
+def register_lowering(
+    op: str, target: str | tuple[str, ...] | None = None, *, targets: tuple[str, ...] | None = None, replace: bool = False
+) -> Callable[[LowerFn], LowerFn]:
+    """Register `fn` as the lowering of bitpress op `op` on `target` ("llvm", "cuda" or a tuple; default both).
 
-    def deco(fn: LowerFn) -> LowerFn:
-        per = _LOWERINGS.setdefault(op, {})
-        for t in targets:
-            per[t] = fn
-        return fn
-
-    return deco
+    The same signature as the ONNX and MCU backends' `register_lowering`; `targets=` is the old keyword.
+    """
+    return _LOWERINGS.decorator(op, target if target is not None else targets, replace=replace)
 
 
 def load_lowering_modules() -> None:
@@ -90,16 +86,12 @@ def load_lowering_modules() -> None:
 
 def lowered_ops(target: str) -> set[str]:
     load_lowering_modules()
-    return {op for op, per in _LOWERINGS.items() if target in per}
+    return _LOWERINGS.ops(target)
 
 
 def get_lowering(op: str, target: str) -> LowerFn:
     load_lowering_modules()
-    per = _LOWERINGS.get(op, {})
-    if target not in per:
-        have = sorted(per)
-        raise ValueError(f"op {op!r} has no TVM lowering for target {target!r}" + (f"; it has one for {have}" if have else ""))
-    return per[target]
+    return _LOWERINGS.lookup(op, target)
 
 
 @dataclass(frozen=True)

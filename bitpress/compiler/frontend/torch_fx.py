@@ -130,17 +130,6 @@ class _Importer:
         self.unsupported: list[str] = []
 
     # -- helpers
-    def tensor_of(self, a: Any) -> torch.Tensor | None:
-        """The concrete tensor behind an argument if it is constant."""
-        if isinstance(a, torch.fx.Node):
-            v = self.env[a]
-            if isinstance(v, Value) and v.is_const:
-                return v.value
-            if isinstance(v, torch.Tensor):
-                return v
-            return None
-        return None
-
     def value(self, a: Any, hint: str) -> Value | None:
         """Turn an argument into a Value (python scalars into 0-d constants)."""
         if a is None or isinstance(a, Value):

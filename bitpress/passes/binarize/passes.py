@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bitpress.compiler.builder import F, const
+from bitpress.compiler.builder import B, const
 from bitpress.compiler.calibrate import NodeStats, collect
 from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
@@ -110,7 +110,7 @@ def binarize_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Bin
     k = bits.shape[0]
     w_hat = binary_weight(pack_bits(bits.to(torch.int64), 1), scales, out_f, in_f, k, cfg.group_size)
     sq = layer_sqnr_db(w.value, w_hat, _h_for_error(cfg, node.name, in_f), 3)
-    y = F.binary_linear(
+    y = B.binary_linear(
         x,
         _packed(bits, w.name + ".signs"),
         const(scales, w.name + ".scales"),
@@ -140,7 +140,7 @@ def partial_binarize_linear(x: Value, w: Value, b: Value | None, *, node: Node, 
     signs = pack_bits(bits.to(torch.int64), 1)
     w_hat = partial_weight(signs, scales, values, index, vscale, out_f, in_f, cfg.group_size)
     sq = layer_sqnr_db(w.value, w_hat, _h_for_error(cfg, node.name, in_f), 3)
-    y = F.partial_binary_linear(
+    y = B.partial_binary_linear(
         x,
         _packed(bits, w.name + ".signs"),
         const(scales, w.name + ".scales"),
@@ -173,7 +173,7 @@ def shift_add_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Bi
         packed = pack_bits(codes, cfg.bits)
         w_hat = shift_weight(packed, base, out_f, in_f, cfg.bits, cfg.group_size)
         ctype = TensorType((out_f, in_f), f"uint{cfg.bits}")
-        y = F.shift_linear(
+        y = B.shift_linear(
             x,
             const(packed, w.name + ".codes", ctype),
             const(base, w.name + ".base"),
@@ -188,7 +188,7 @@ def shift_add_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Bi
     bits, exps = bz.shiftadd_binarize(w.value, cfg.bases, cfg.group_size, cfg.importance(node.name))
     k = bits.shape[0]
     w_hat = shiftadd_weight(pack_bits(bits.to(torch.int64), 1), exps, out_f, in_f, k, cfg.group_size)
-    y = F.shiftadd_linear(
+    y = B.shiftadd_linear(
         x,
         _packed(bits, w.name + ".signs"),
         const(exps, w.name + ".exponents"),

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bitpress.compiler.builder import F, const
+from bitpress.compiler.builder import B, const
 from bitpress.compiler.interpreter import InterpreterError
 from bitpress.compiler.ir import Graph, Node, TensorType, Value
 from bitpress.compiler.ops import get_op
@@ -33,7 +33,7 @@ def drop_noop_reshape(x: Value, *, node: Node) -> Value | None:
 @rule(Pat.op("reshape", x=Pat.op(("reshape", "flatten", "unsqueeze", "squeeze"), x=Pat.var("inner"))), name="merge-reshapes")
 def merge_reshapes(inner: Value, *, node: Node) -> Value:
     """reshape(reshape(x)) -> reshape(x)   (row-major order is preserved)"""
-    return F.reshape(inner, shape=list(node.output.shape))
+    return B.reshape(inner, shape=list(node.output.shape))
 
 
 @rule(Pat.op("cast", x=Pat.var()), name="drop-noop-cast")
@@ -107,7 +107,7 @@ def fold_bn_conv(
     wf = (w.value.double() * scale.reshape(-1, *([1] * (w.ndim - 1)))).to(w.value.dtype)
     bias = b.value.double() if b is not None else torch.zeros_like(scale)
     bf = (bias * scale + shift).to(w.value.dtype)
-    return F.__getattr__(conv.op)(x, const(wf, w.name), const(bf, conv.name + ".bias"), name=conv.name, **conv.attrs)
+    return B.__getattr__(conv.op)(x, const(wf, w.name), const(bf, conv.name + ".bias"), name=conv.name, **conv.attrs)
 
 
 @rule(Pat.op("batch_norm", x=Pat.op("linear", bind="y", x=Pat.var(), w=Pat.const(), b=Pat.any()), **_BN), name="fold-bn-linear")
@@ -124,7 +124,7 @@ def fold_bn_linear(
     scale, shift = _bn_scale_shift(bn_w, bn_b, mean, var, float(node.attrs.get("eps", 1e-5)))
     wf = (w.value.double() * scale[:, None]).to(w.value.dtype)
     bias = b.value.double() if b is not None else torch.zeros_like(scale)
-    return F.linear(x, const(wf, w.name), const((bias * scale + shift).to(w.value.dtype), y.name + ".bias"), name=y.name)
+    return B.linear(x, const(wf, w.name), const((bias * scale + shift).to(w.value.dtype), y.name + ".bias"), name=y.name)
 
 
 fold_batch_norm_rules = RuleSet([fold_bn_conv, fold_bn_linear])

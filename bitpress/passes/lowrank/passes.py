@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bitpress.compiler.builder import F, const, emit
+from bitpress.compiler.builder import B, const, emit
 from bitpress.compiler.calibrate import collect
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass
@@ -91,9 +91,9 @@ def factor_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: LowRa
         return Reject(f"rank {r} does not shrink {list(w.shape)} ({r * (out_f + in_f)} >= {out_f * in_f} parameters)")
     a, bm = lr.factor(w.value, r, wh)
     sq = layer_sqnr_db(w.value, bm.double() @ a.double(), h, 3)
-    inner = F.linear(x, const(a, w.name + ".lowrank_a"), None, name=node.name + ".lowrank_a")
+    inner = B.linear(x, const(a, w.name + ".lowrank_a"), None, name=node.name + ".lowrank_a")
     _set_meta(inner, rank=r, sqnr_db=sq)
-    y = F.linear(inner, const(bm, w.name + ".lowrank_b"), b, name=node.name)
+    y = B.linear(inner, const(bm, w.name + ".lowrank_b"), b, name=node.name)
     _set_meta(y, rank=r, sqnr_db=sq)
     return y
 
@@ -224,12 +224,12 @@ def _compensate(x: Value, *, node: Node, cfg: CompensatePlan) -> Value | Reject 
     assert main.producer is not None
     main.producer.meta.update(node.meta)
     main.producer.meta.update(compensated=r, sqnr_db=after, sqnr_db_uncompensated=before)
-    corr = F.linear(x, const(a.to(torch.float32), node.name + ".comp_a.weight"), None, name=node.name + ".comp_a")
-    corr = F.linear(corr, const(bm.to(torch.float32), node.name + ".comp_b.weight"), None, name=node.name + ".comp_b")
+    corr = B.linear(x, const(a.to(torch.float32), node.name + ".comp_a.weight"), None, name=node.name + ".comp_a")
+    corr = B.linear(corr, const(bm.to(torch.float32), node.name + ".comp_b.weight"), None, name=node.name + ".comp_b")
     _set_meta(corr, rank=r)
     assert corr.producer is not None and corr.producer.inputs[0] is not None and corr.producer.inputs[0].producer is not None
     corr.producer.inputs[0].producer.meta["rank"] = r
-    return F.add(main, corr, name=node.name + ".compensated")
+    return B.add(main, corr, name=node.name + ".compensated")
 
 
 def compensate_rules(ops: tuple[str, ...] | None = None) -> RuleSet:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bitpress.cli import register_command
+from bitpress.compiler.commands import register_command
 from bitpress.passes.merge._io import check_compatible, load_state_dict, save_state_dict_atomic
 from bitpress.passes.merge._lora import fold_lora_state_dict, parse_lora
 from bitpress.passes.merge._methods import METHODS, NEEDS_BASE, merge_state_dicts

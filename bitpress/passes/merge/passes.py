@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bitpress.compiler.builder import F, const
+from bitpress.compiler.builder import B, const
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext, PassResult, register_pass, rewrite_pass, sqnr_db
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
@@ -339,7 +339,7 @@ def fold_lora_linear(x: Value, w: Value, b: Value | None, *, cfg: LoRAConfig, no
     if tuple(w.shape) != (ad.b.shape[0], ad.a.shape[1]):
         return Reject(f"weight {list(w.shape)} but B @ A is {[ad.b.shape[0], ad.a.shape[1]]}")
     new = (w.value.double() + ad.delta()).to(w.value.dtype)
-    out: Value = F.linear(x, const(new, w.name), b, name=node.name)
+    out: Value = B.linear(x, const(new, w.name), b, name=node.name)
     assert out.producer is not None
     out.producer.meta.update(node.meta)
     out.producer.meta.update({"lora_rank": ad.rank, "lora_from": ad.target, "sqnr_db": _json_db(sqnr_db(w.value, new))})
@@ -441,7 +441,7 @@ def merge_linear_linear(
         if b2 is not None:
             bm = bm + b2.value.double()
         bias = const(bm.to(dtype), node.name + ".bias")
-    out: Value = F.linear(x0, const(wm.to(dtype), node.name + ".weight"), bias, name=node.name)
+    out: Value = B.linear(x0, const(wm.to(dtype), node.name + ".weight"), bias, name=node.name)
     assert out.producer is not None and h.producer is not None
     out.producer.meta["merged_from"] = [h.producer.name, node.name]
     return out

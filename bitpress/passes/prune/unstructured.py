@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from bitpress.compiler.builder import F, const
+from bitpress.compiler.builder import B, const
 from bitpress.compiler.calibrate import block_key, collect, sequential
 from bitpress.compiler.ir import Graph, Node, Value
 from bitpress.compiler.pass_manager import PassContext
@@ -273,7 +273,7 @@ def pack_nm_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: Pack
     if not is_nm_sparse(w.value, n, m):
         return Reject(f"weight is not {n}:{m} sparse")
     values, idx, itype = encode_nm(w.value, n, m)
-    y: Value = F.nm_linear(
+    y: Value = B.nm_linear(
         x, const(values, w.name + ".values"), const(idx, w.name + ".indices", itype), b, name=node.name, n=n, m=m, in_features=w.shape[1]
     )
     assert y.producer is not None
@@ -290,7 +290,7 @@ def pack_sparse_linear(x: Value, w: Value, b: Value | None, *, node: Node, cfg: 
         dense = w.numel * w.value.element_size()
         return Reject(f"CSR would take {ell_bytes(w.value)} bytes >= dense {dense}; kept dense")
     values, cols = encode_ell(w.value)
-    y: Value = F.sparse_linear(
+    y: Value = B.sparse_linear(
         x, const(values, w.name + ".values"), const(cols, w.name + ".cols"), b, name=node.name, in_features=w.shape[1]
     )
     assert y.producer is not None

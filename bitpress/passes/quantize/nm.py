@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from bitpress.compiler.builder import F, const
+from bitpress.compiler.builder import B, const
 from bitpress.compiler.calibrate import NodeStats, collect
 from bitpress.compiler.ir import Graph, Node, TensorType, Value, pack_bits, unpack_bits
 from bitpress.compiler.pass_manager import PassContext, rewrite_pass, sqnr_db
@@ -285,7 +285,7 @@ def quantize_nm_linear(x: Value, values: Value, indices: Value, b: Value | None,
     qv = _packed(qw.codes, qw.bits, weight_dtype(qw.bits, plan.symmetric), f"{values.name}.q")
     s = const(qw.scales.to(torch.float16), f"{values.name}.scales")
     z = None if qw.zeros is None else _packed(qw.zeros, qw.bits, zeros_dtype(qw.bits), f"{values.name}.zeros")
-    y: Value = F.nm_qlinear(
+    y: Value = B.nm_qlinear(
         x,
         qv,
         s,
