@@ -1,6 +1,6 @@
 """Integer-only transformer block on Cortex-M4 / M55 in QEMU: flash, RAM, instructions, bit-exactness, error.
 
-The block is tests/backends/test_mcu.py::_Block (pre-norm, LayerNorm, q/k/v, explicit q @ k^T,
+The block is tests/backends/mcu/test_mcu.py::_Block (pre-norm, LayerNorm, q/k/v, explicit q @ k^T,
 softmax, att @ v, proj, residual adds, fc1-gelu-fc2), random weights, at two sizes.  Paths:
 
 - int8 (all): `Quantize(bits=8, act_bits=8, group_size=None, act_scope="all")`, integer-only firmware
@@ -35,7 +35,7 @@ import bitpress as bp
 from bitpress.compiler.interpreter import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.backends.test_mcu import _Block
+from tests.backends.mcu.test_mcu import _Block
 
 GROUPS = {
     "linear": ("qlinear_w8a8", "linear"),

@@ -20,7 +20,7 @@ from bitpress.compiler.interpreter import run
 from bitpress.compiler.ir import Graph, TensorType
 from bitpress.compiler.target import LoweringError
 from bitpress.formats.integer import SOFTMAX_SCALE, SOFTMAX_ZERO_POINT
-from tests.backends.test_mcu import _Block
+from tests.backends.mcu.test_mcu import _Block
 
 needs_toolchain = pytest.mark.skipif(
     shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,

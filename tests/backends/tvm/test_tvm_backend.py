@@ -17,7 +17,7 @@ import bitpress as bp
 from bitpress.backends.tvm.backend import generated_source
 from bitpress.compiler.interpreter import run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
