@@ -69,7 +69,7 @@ _CACHE_MAX = 4096
 
 def _cached(packed: torch.Tensor, others: tuple[torch.Tensor, ...], key: tuple[Any, ...], make: Any) -> torch.Tensor:
     if packed.device.type == "meta":
-        return make()  # type: ignore[no-any-return]
+        return make()
     hit = _DENSE_CACHE.get(id(packed))
     if (
         hit is not None
@@ -85,7 +85,7 @@ def _cached(packed: torch.Tensor, others: tuple[torch.Tensor, ...], key: tuple[A
     if hit is None or hit[0]() is not packed:
         weakref.finalize(packed, _DENSE_CACHE.pop, id(packed), None)  # drop the entry with its weight
     _DENSE_CACHE[id(packed)] = (weakref.ref(packed), others, key, w)
-    return w  # type: ignore[no-any-return]
+    return w
 
 
 def binary_weight(
@@ -220,7 +220,7 @@ def _shift_linear(
 
 
 def _c(node: Any, i: int) -> torch.Tensor:
-    return node.inputs[i].value  # type: ignore[no-any-return]
+    return node.inputs[i].value
 
 
 @register_dense_weight("binary_linear")
@@ -234,7 +234,8 @@ def _binary_dense(node: Any) -> torch.Tensor | None:
 @register_dense_weight("partial_binary_linear")
 def _partial_dense(node: Any) -> torch.Tensor:
     a = node.attrs
-    return partial_weight(*(_c(node, i) for i in range(1, 6)), a["out_features"], a["in_features"], a.get("group_size", 0))
+    signs, scales, values, index, value_scale = (_c(node, i) for i in range(1, 6))
+    return partial_weight(signs, scales, values, index, value_scale, a["out_features"], a["in_features"], a.get("group_size", 0))
 
 
 @register_dense_weight("shiftadd_linear")

@@ -116,7 +116,7 @@ def dequantize_weight(
     key = (tuple(shape), bits, group_size, signed)
     hit = _DEQ_CACHE.get(id(qweight))
     if hit is not None and hit[0]() is qweight and hit[1] is scales and hit[2] is zeros and hit[3] == key:
-        return hit[4]  # type: ignore[no-any-return]
+        return hit[4]
     n = shape[0]
     k = math.prod(shape[1:])
     q = unpack_codes(qweight, bits, (n, k), signed).to(torch.float32)

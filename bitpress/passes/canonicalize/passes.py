@@ -89,7 +89,7 @@ def _bn_scale_shift(w: Value | None, b: Value | None, mean: Value, var: Value, e
     return scale, beta - m * scale
 
 
-_BN = dict(w=Pat.any("bn_w"), b=Pat.any("bn_b"), mean=Pat.const(), var=Pat.const())
+_BN: dict[str, Any] = dict(w=Pat.any("bn_w"), b=Pat.any("bn_b"), mean=Pat.const(), var=Pat.const())
 
 
 @rule(Pat.op("batch_norm", x=Pat.op(("conv2d", "conv1d"), bind="y", x=Pat.var(), w=Pat.const(), b=Pat.any()), **_BN), name="fold-bn-conv")

@@ -259,7 +259,7 @@ def reference_weights(ctx: PassContext) -> dict[str, torch.Tensor]:
                 out[n.name] = w
         return out
 
-    return ctx.analysis("bitpress.lowrank.reference-weights", src, compute)  # type: ignore[no-any-return]
+    return ctx.analysis("bitpress.lowrank.reference-weights", src, compute)
 
 
 @register_pass

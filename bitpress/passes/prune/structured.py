@@ -306,11 +306,11 @@ def _propagate(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
     raise _Block(f"op {op} is not understood by structured pruning")
 
 
-def find_groups(g: Graph, sources: list[Segment]) -> tuple[nx.Graph, list[Group]]:  # type: ignore[type-arg]
+def find_groups(g: Graph, sources: list[Segment]) -> tuple[nx.Graph, list[Group]]:
     """The coupling graph of segments reachable from `sources`, and its connected components."""
     values = {v.name: v for v in g.values()}
     io = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
-    cg: nx.Graph = nx.Graph()  # type: ignore[type-arg]
+    cg: nx.Graph = nx.Graph()
     for src in sources:
         if src in cg:
             continue

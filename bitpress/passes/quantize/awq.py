@@ -72,7 +72,7 @@ class Region:
         """Evaluate the region on input x, with the group's weights replaced by `weights[id(node)]`."""
         env: dict[int, Any] = {id(self.x): x}
         for n in self.nodes:
-            args = []
+            args: list[torch.Tensor | None] = []
             for j, v in enumerate(n.inputs):
                 if v is None:
                     args.append(None)
@@ -119,11 +119,11 @@ def parent_region(g: Graph, group: Sequence[Node]) -> Region:
     made = {id(o) for n in inside.values() for o in n.outputs}
     terminal_ids = {id(t) for t in terminals}
     for n in inside.values():
-        for j, v in enumerate(n.inputs):
-            if v is None or v.is_const:
+        for j, inp in enumerate(n.inputs):
+            if inp is None or inp.is_const:
                 continue
             # computed values must come from x or the region; a terminal layer's weights must be constants
-            if (j > 0 and id(n) in terminal_ids) or (v is not x and id(v) not in made):
+            if (j > 0 and id(n) in terminal_ids) or (inp is not x and id(inp) not in made):
                 return alone
     pos = {id(n): i for i, n in enumerate(g.nodes)}
     nodes = sorted(inside.values(), key=lambda n: pos[id(n)])
@@ -202,7 +202,7 @@ def _fold_site(g: Graph, x: Value, group: Sequence[Node], quantized: Callable[[N
         a, b = p.inputs
         for v in (a, b):
             if v is not None and _channel_const(v, c):
-                return lambda s, v=v: _divide_consts(g, p, [v], s)
+                return lambda s, v=v: _divide_consts(g, p, [v], s)  # type: ignore[misc]
         for v in (a, b):
             lin = v.producer if v is not None else None
             if (
@@ -218,7 +218,7 @@ def _fold_site(g: Graph, x: Value, group: Sequence[Node], quantized: Callable[[N
                 and block_key(lin.name) == block_key(group[0].name)
                 and not quantized(lin)
             ):
-                return lambda s, lin=lin: _divide_rows(g, lin, s)
+                return lambda s, lin=lin: _divide_rows(g, lin, s)  # type: ignore[misc]
     return None
 
 
