@@ -27,6 +27,7 @@ from bitpress.backends.mcu.lowering import McuLowerContext, _cname, conv_geometr
 from bitpress.backends.mcu.tvm_kernels import Kernel, requant_consts
 from bitpress.compiler.ir import PACKED_BITS, Node
 from bitpress.compiler.target import LoweringError
+from bitpress.formats.quantized import QuantAttrs
 from bitpress.schedules.mcu import KernelSchedule, conv_schedule
 
 
@@ -618,7 +619,7 @@ def _qlinear(ctx: McuLowerContext, n: Node) -> str:
     qsym = ctx.const(q) if q.dtype in PACKED_BITS else ctx.array(q.value.view(torch.uint8).reshape(-1), "uint8_t", q.name)
     ssym = ctx.array(s.value.to(torch.float16), "__fp16", s.name)
     zsym = "0" if z is None else (ctx.const(z) if z.dtype in PACKED_BITS else ctx.array(z.value.to(torch.uint8), "uint8_t", z.name))
-    signed = 1 if n.attrs.get("signed", True) else 0
+    signed = 1 if QuantAttrs.of(n.attrs).signed else 0
     return (
         f"    bp_qlinear_f32({ctx.ptr(x)}, {ctx.ptr(n.output)}, {x.numel // k}, {nout}, {k}, {qsym}, {bits}, {signed}, {ssym}, "
         f"{s.shape[0]}, {zsym}, {int(n.attrs['group_size'])}, {ctx.ptr(b)});"

@@ -26,7 +26,7 @@ import torch
 
 from bitpress.backends.onnx.lowering import MS_DOMAIN, OnnxLowerContext, register_lowering
 from bitpress.compiler.ir import PACKED_BITS, Node, Value, pack_bits
-from bitpress.formats.quantized import unpack_codes
+from bitpress.formats.quantized import QuantAttrs, unpack_codes
 
 Names = list[str | None]
 
@@ -81,7 +81,8 @@ def _decode(ctx: OnnxLowerContext, v: Value, bits: int, shape: tuple[int, ...], 
 def _dequant_weight(ctx: OnnxLowerContext, node: Node) -> str:
     """W [N, K] float32 = (q - z[:, k // gs]) * s[:, k // gs], decoded in the graph."""
     a = node.attrs
-    shape, bits, gs, signed = list(a["shape"]), int(a["bits"]), int(a["group_size"]), bool(a.get("signed", True))
+    qa = QuantAttrs.of(a)
+    shape, bits, gs, signed = list(qa.shape), qa.bits, qa.group_size, qa.signed
     n, k = shape[0], math.prod(shape[1:])
     qv, sv, zv = node.inputs[1], node.inputs[2], _val(node, 3)
     assert qv is not None and sv is not None
@@ -105,7 +106,8 @@ def _matmul_nbits_ok(node: Node) -> bool:
 def _matmul_nbits(ctx: OnnxLowerContext, node: Node, x: str, b: str | None) -> list[str]:
     a = node.attrs
     n, k = int(a["shape"][0]), int(a["shape"][1])
-    gs, signed = int(a["group_size"]), bool(a.get("signed", True))
+    qa = QuantAttrs.of(a)
+    gs, signed = qa.group_size, qa.signed
     qv, sv, zv = node.inputs[1], node.inputs[2], _val(node, 3)
     assert qv is not None and sv is not None
     codes = unpack_codes(qv.value, 4, (n, k), signed)

@@ -42,7 +42,7 @@ from tvm.relax import op as R
 
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits
-from bitpress.formats.quantized import unpack_codes
+from bitpress.formats.quantized import QuantAttrs, unpack_codes
 from bitpress.schedules.cpu_int8 import INT8_ROWS, int8_acc, int8_gemm_schedule, int8_weight
 from bitpress.schedules.default import _extent, _root_blocks
 
@@ -73,7 +73,8 @@ def _weight_layout(
     little-endian 32-bit word of 4 consecutive bytes (8 int4 / 16 int2 codes of one channel).
     """
     a = node.attrs
-    shape, bits, gs, signed = list(a["shape"]), int(a["bits"]), int(a["group_size"]), bool(a.get("signed", True))
+    qa = QuantAttrs.of(a)
+    shape, bits, gs, signed = list(qa.shape), qa.bits, qa.group_size, qa.signed
     n, k = shape[0], math.prod(shape[1:])
     qv, sv, zv = node.inputs[1], node.inputs[2], node.inputs[3] if len(node.inputs) > 3 else None
     codes = unpack_codes(ctx.value(qv), bits, (n, k), signed)  # type: ignore[arg-type]

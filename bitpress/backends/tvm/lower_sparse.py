@@ -41,7 +41,7 @@ from tvm.relax import op as R
 
 from bitpress.backends.tvm.lowering import LowerContext, register_lowering
 from bitpress.compiler.ir import Node, pack_bits, unpack_bits
-from bitpress.formats.quantized import unpack_codes
+from bitpress.formats.quantized import QuantAttrs, unpack_codes
 from bitpress.formats.sparse import index_bits
 
 Args = list[Any]
@@ -125,7 +125,8 @@ def _quant_arrays(ctx: LowerContext, node: Node) -> tuple[list[torch.Tensor], in
     """(code bytes [O, G, Bpg], zero [O, G] f32, scale [O, G] f32), G, gs, gsp for an nm_qlinear."""
     a = node.attrs
     out, kk = (int(d) for d in a["shape"])
-    bits, gs, signed = int(a["bits"]), int(a["group_size"]), bool(a.get("signed", True))
+    qa = QuantAttrs.of(a)
+    bits, gs, signed = qa.bits, qa.group_size, qa.signed
     qv, sv, zv = node.inputs[1], node.inputs[2], node.inputs[3]
     codes = unpack_codes(ctx.value(qv), bits, (out, kk), signed)  # type: ignore[arg-type]
     ng = math.ceil(kk / gs)

@@ -26,7 +26,7 @@ statistics then cover fewer channels, which is approximate.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,170 +140,284 @@ def _broadcast(operands: list[Value], src: Value, s: Segment) -> list[tuple[Valu
     return out
 
 
-def _propagate(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    """Segments on the other operands of `node` coupled to segment `s` on its operand `v`."""
-    op, ins, out = node.op, node.inputs, node.outputs[0]
+def _through_elementwise(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    return _broadcast([x for x in ins if x is not None] + [out], v, s)
+
+
+def _through_batch_norm(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
     is_out = any(v is o for o in node.outputs)
     d = s.dim
-    if op in _ELEMENTWISE:
-        return _broadcast([x for x in ins if x is not None] + [out], v, s)
-    if op == "batch_norm":
-        if d != 1:
-            return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
-        return [_seg(x, 0 if x.ndim == 1 else 1, s) for x in [*ins, out] if x is not None and x is not v]
-    if op in ("layer_norm", "rms_norm"):
-        x = ins[0]
-        assert x is not None
-        ns = node.attrs.get("normalized_shape") or [x.shape[-1]]
-        if v is not x and not is_out:  # a parameter
-            d = x.ndim - len(ns) + d
-        other = [_seg(t, d, s) for t in (x, out) if t is not v]
-        if d >= x.ndim - len(ns):
-            if len(ns) != 1:
-                raise _Block(f"{op} over {len(ns)} dims")
-            other += [_seg(p, 0, s) for p in ins[1:] if p is not None and p is not v]
-        return other
-    if op in _POOLS:
-        if d > 1:
-            raise _Block(f"{op} pools over the pruned dim")
+    if d != 1:
         return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
-    if op in ("softmax", "log_softmax"):
-        if d == _norm_dim(node.attrs.get("dim", -1), v.ndim):
-            raise _Block(f"{op} normalizes over the pruned dim")
-        return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
-    if op in _RESHAPES:
-        x = ins[0]
-        assert x is not None
-        return [_reshape_map(x.shape, out.shape, s, out)] if not is_out else [_reshape_map(out.shape, x.shape, s, x)]
-    if op in ("transpose", "permute"):
-        x = ins[0]
-        assert x is not None
-        if op == "transpose":
-            d0, d1 = _norm_dim(node.attrs["dim0"], x.ndim), _norm_dim(node.attrs["dim1"], x.ndim)
-            perm = list(range(x.ndim))
-            perm[d0], perm[d1] = d1, d0
-        else:
-            perm = [_norm_dim(p, x.ndim) for p in node.attrs["dims"]]
-        return [_seg(out, perm.index(d), s)] if not is_out else [_seg(x, perm[d], s)]
-    if op in ("slice", "select"):
-        x = ins[0]
-        assert x is not None
-        sd = _norm_dim(node.attrs.get("dim", 0), x.ndim)
-        xd = d if not is_out else (d + (1 if op == "select" and d >= sd else 0))
-        if xd == sd:
-            raise _Block(f"{op} indexes the pruned dim")
-        od = xd - (1 if op == "select" and xd > sd else 0)
-        return [_seg(out, od, s)] if not is_out else [_seg(x, xd, s)]
-    if op == "cat":
-        cd = _norm_dim(node.attrs.get("dim", 0), out.ndim)
-        xs = [x for x in ins if x is not None]
-        if d != cd:
-            return [_seg(t, d, s) for t in [*xs, out] if t is not v]
-        starts = [sum(x.shape[cd] for x in xs[:i]) for i in range(len(xs))]
-        if not is_out:
-            i = next(i for i, x in enumerate(xs) if x is v)
-            return [_seg(out, d, s, offset=s.offset + starts[i])]
-        lo, hi = s.offset, s.offset + s.unit * s.count
-        for i, x in enumerate(xs):
-            if starts[i] <= lo and hi <= starts[i] + x.shape[cd]:
-                return [_seg(x, d, s, offset=lo - starts[i])]
-        raise _Block("a pruning group straddles two concat inputs")
-    if op == "linear":
-        x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
-        assert x is not None and w is not None
-        if v is x:
-            return [_seg(w, 1, s)] if d == x.ndim - 1 else [_seg(out, d, s)]
-        if v is w:
-            if d == 1:
-                return [_seg(x, x.ndim - 1, s)]
-            return [_seg(t, t.ndim - 1, s) for t in (out, b) if t is not None]
-        if v is b:
-            return [_seg(t, 0 if t is w else t.ndim - 1, s) for t in (out, w)]
-        if d == out.ndim - 1:
-            return [_seg(t, 0, s) for t in (w, b) if t is not None]
-        return [_seg(x, d, s)]
-    if op in ("conv2d", "conv1d"):
-        if node.attrs.get("groups", 1) != 1:
-            raise _Block("grouped convolution")
-        x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
-        assert x is not None and w is not None
-        if v is x:
-            if d == 1:
-                return [_seg(w, 1, s)]
-            if d == 0:
-                return [_seg(out, 0, s)]
-        elif v is w:
-            if d == 1:
-                return [_seg(x, 1, s)]
-            if d == 0:
-                return [_seg(t, 1 if t is out else 0, s) for t in (out, b) if t is not None]
-        elif v is b:
-            return [_seg(out, 1, s), _seg(w, 0, s)]
-        else:
-            if d == 1:
-                return [_seg(t, 0, s) for t in (w, b) if t is not None]
-            if d == 0:
-                return [_seg(x, 0, s)]
-        raise _Block(f"{op} over a spatial dim")
-    if op == "matmul":
-        a, b = ins[0], ins[1]
-        assert a is not None and b is not None
-        if a.ndim < 2 or b.ndim < 2:
-            raise _Block("matmul with a vector operand")
-        role = "a" if v is a else "b" if v is b else "out"
-        nd = v.ndim
-        if d < nd - 2:
-            batch = [x for x in (a, b, out) if x is not v]
-            return [p for p in _broadcast([a, b, out], v, s) if any(p[0] is x for x in batch) and p[1].dim < p[0].ndim - 2]
-        last = d == nd - 1
-        pairs = {("a", True): (b, b.ndim - 2), ("b", False): (a, a.ndim - 1), ("a", False): (out, out.ndim - 2),
-                 ("out", False): (a, a.ndim - 2), ("b", True): (out, out.ndim - 1), ("out", True): (b, b.ndim - 1)}  # fmt: skip
-        t, td = pairs[(role, last)]
-        return [_seg(t, td, s)]
-    if op == "sdpa":
-        q, k = ins[0], ins[1]
-        assert q is not None and k is not None
-        operands = {"q": q, "k": k, "v": ins[2], "out": out, "mask": ins[3] if len(ins) > 3 else None}
-        role = next(r for r, t in operands.items() if t is v)
-        ax = _SDPA_AXES[role].get(d - v.ndim)
-        if ax is None:
-            raise _Block("attention batch dim")
-        if ax == "H" and (q.ndim < 3 or k.ndim < 3 or q.shape[-3] != k.shape[-3]):
-            raise _Block("grouped-query attention with unequal head counts")
-        res = []
-        for r, opnd in operands.items():
-            if opnd is None or opnd is v:
-                continue
-            for rel, axis in _SDPA_AXES[r].items():
-                td = opnd.ndim + rel
-                if axis == ax and td >= 0 and not (r == "mask" and opnd.shape[td] == 1):
-                    res.append(_seg(opnd, td, s))
-        return res
-    if op == "embedding":
-        w, idx = ins[0], ins[1]
-        assert w is not None and idx is not None
-        if v is w:
-            if d == 0:
-                raise _Block("embedding vocabulary dim")
-            return [_seg(out, out.ndim - 1, s)]
-        if d == out.ndim - 1:
+    return [_seg(x, 0 if x.ndim == 1 else 1, s) for x in [*ins, out] if x is not None and x is not v]
+
+
+def _through_layer_norm(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    x = ins[0]
+    assert x is not None
+    ns = node.attrs.get("normalized_shape") or [x.shape[-1]]
+    if v is not x and not is_out:  # a parameter
+        d = x.ndim - len(ns) + d
+    other = [_seg(t, d, s) for t in (x, out) if t is not v]
+    if d >= x.ndim - len(ns):
+        if len(ns) != 1:
+            raise _Block(f"{op} over {len(ns)} dims")
+        other += [_seg(p, 0, s) for p in ins[1:] if p is not None and p is not v]
+    return other
+
+
+def _through_pool(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    if d > 1:
+        raise _Block(f"{op} pools over the pruned dim")
+    return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
+
+
+def _through_softmax(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    if d == _norm_dim(node.attrs.get("dim", -1), v.ndim):
+        raise _Block(f"{op} normalizes over the pruned dim")
+    return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
+
+
+def _through_reshape(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    x = ins[0]
+    assert x is not None
+    return [_reshape_map(x.shape, out.shape, s, out)] if not is_out else [_reshape_map(out.shape, x.shape, s, x)]
+
+
+def _through_transpose(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    x = ins[0]
+    assert x is not None
+    if op == "transpose":
+        d0, d1 = _norm_dim(node.attrs["dim0"], x.ndim), _norm_dim(node.attrs["dim1"], x.ndim)
+        perm = list(range(x.ndim))
+        perm[d0], perm[d1] = d1, d0
+    else:
+        perm = [_norm_dim(p, x.ndim) for p in node.attrs["dims"]]
+    return [_seg(out, perm.index(d), s)] if not is_out else [_seg(x, perm[d], s)]
+
+
+def _through_slice(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    x = ins[0]
+    assert x is not None
+    sd = _norm_dim(node.attrs.get("dim", 0), x.ndim)
+    xd = d if not is_out else (d + (1 if op == "select" and d >= sd else 0))
+    if xd == sd:
+        raise _Block(f"{op} indexes the pruned dim")
+    od = xd - (1 if op == "select" and xd > sd else 0)
+    return [_seg(out, od, s)] if not is_out else [_seg(x, xd, s)]
+
+
+def _through_cat(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    cd = _norm_dim(node.attrs.get("dim", 0), out.ndim)
+    xs = [x for x in ins if x is not None]
+    if d != cd:
+        return [_seg(t, d, s) for t in [*xs, out] if t is not v]
+    starts = [sum(x.shape[cd] for x in xs[:i]) for i in range(len(xs))]
+    if not is_out:
+        i = next(i for i, x in enumerate(xs) if x is v)
+        return [_seg(out, d, s, offset=s.offset + starts[i])]
+    lo, hi = s.offset, s.offset + s.unit * s.count
+    for i, x in enumerate(xs):
+        if starts[i] <= lo and hi <= starts[i] + x.shape[cd]:
+            return [_seg(x, d, s, offset=lo - starts[i])]
+    raise _Block("a pruning group straddles two concat inputs")
+
+
+def _through_linear(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    d = s.dim
+    x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
+    assert x is not None and w is not None
+    if v is x:
+        return [_seg(w, 1, s)] if d == x.ndim - 1 else [_seg(out, d, s)]
+    if v is w:
+        if d == 1:
+            return [_seg(x, x.ndim - 1, s)]
+        return [_seg(t, t.ndim - 1, s) for t in (out, b) if t is not None]
+    if v is b:
+        return [_seg(t, 0 if t is w else t.ndim - 1, s) for t in (out, w)]
+    if d == out.ndim - 1:
+        return [_seg(t, 0, s) for t in (w, b) if t is not None]
+    return [_seg(x, d, s)]
+
+
+def _through_conv2d(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    d = s.dim
+    if node.attrs.get("groups", 1) != 1:
+        raise _Block("grouped convolution")
+    x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
+    assert x is not None and w is not None
+    if v is x:
+        if d == 1:
             return [_seg(w, 1, s)]
-        return [_seg(idx, d, s)]
-    if op in _REDUCE:
-        x = ins[0]
-        assert x is not None
-        dims = node.attrs.get("dim")
-        if dims is None:
-            raise _Block(f"{op} over all dims")
-        rd = {_norm_dim(t, x.ndim) for t in (dims if isinstance(dims, (list, tuple)) else [dims])}
-        keep = node.attrs.get("keepdim", False)
-        kept = [i for i in range(x.ndim) if i not in rd]
-        xd = d if not is_out or keep else kept[d]
-        if xd in rd:
-            raise _Block(f"{op} reduces over the pruned dim")
-        od = xd if keep else kept.index(xd)
-        return [_seg(out, od, s)] if not is_out else [_seg(x, xd, s)]
-    raise _Block(f"op {op} is not understood by structured pruning")
+        if d == 0:
+            return [_seg(out, 0, s)]
+    elif v is w:
+        if d == 1:
+            return [_seg(x, 1, s)]
+        if d == 0:
+            return [_seg(t, 1 if t is out else 0, s) for t in (out, b) if t is not None]
+    elif v is b:
+        return [_seg(out, 1, s), _seg(w, 0, s)]
+    else:
+        if d == 1:
+            return [_seg(t, 0, s) for t in (w, b) if t is not None]
+        if d == 0:
+            return [_seg(x, 0, s)]
+    raise _Block(f"{op} over a spatial dim")
+
+
+def _through_matmul(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    d = s.dim
+    a, b = ins[0], ins[1]
+    assert a is not None and b is not None
+    if a.ndim < 2 or b.ndim < 2:
+        raise _Block("matmul with a vector operand")
+    role = "a" if v is a else "b" if v is b else "out"
+    nd = v.ndim
+    if d < nd - 2:
+        batch = [x for x in (a, b, out) if x is not v]
+        return [p for p in _broadcast([a, b, out], v, s) if any(p[0] is x for x in batch) and p[1].dim < p[0].ndim - 2]
+    last = d == nd - 1
+    pairs = {("a", True): (b, b.ndim - 2), ("b", False): (a, a.ndim - 1), ("a", False): (out, out.ndim - 2),
+             ("out", False): (a, a.ndim - 2), ("b", True): (out, out.ndim - 1), ("out", True): (b, b.ndim - 1)}  # fmt: skip
+    t, td = pairs[(role, last)]
+    return [_seg(t, td, s)]
+
+
+def _through_sdpa(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    d = s.dim
+    q, k = ins[0], ins[1]
+    assert q is not None and k is not None
+    operands = {"q": q, "k": k, "v": ins[2], "out": out, "mask": ins[3] if len(ins) > 3 else None}
+    role = next(r for r, t in operands.items() if t is v)
+    ax = _SDPA_AXES[role].get(d - v.ndim)
+    if ax is None:
+        raise _Block("attention batch dim")
+    if ax == "H" and (q.ndim < 3 or k.ndim < 3 or q.shape[-3] != k.shape[-3]):
+        raise _Block("grouped-query attention with unequal head counts")
+    res = []
+    for r, opnd in operands.items():
+        if opnd is None or opnd is v:
+            continue
+        for rel, axis in _SDPA_AXES[r].items():
+            td = opnd.ndim + rel
+            if axis == ax and td >= 0 and not (r == "mask" and opnd.shape[td] == 1):
+                res.append(_seg(opnd, td, s))
+    return res
+
+
+def _through_embedding(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    ins = node.inputs
+    out = node.outputs[0]
+    d = s.dim
+    w, idx = ins[0], ins[1]
+    assert w is not None and idx is not None
+    if v is w:
+        if d == 0:
+            raise _Block("embedding vocabulary dim")
+        return [_seg(out, out.ndim - 1, s)]
+    if d == out.ndim - 1:
+        return [_seg(w, 1, s)]
+    return [_seg(idx, d, s)]
+
+
+def _through_reduce(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    op = node.op
+    ins = node.inputs
+    out = node.outputs[0]
+    is_out = any(v is o for o in node.outputs)
+    d = s.dim
+    x = ins[0]
+    assert x is not None
+    dims = node.attrs.get("dim")
+    if dims is None:
+        raise _Block(f"{op} over all dims")
+    rd = {_norm_dim(t, x.ndim) for t in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    keep = node.attrs.get("keepdim", False)
+    kept = [i for i in range(x.ndim) if i not in rd]
+    xd = d if not is_out or keep else kept[d]
+    if xd in rd:
+        raise _Block(f"{op} reduces over the pruned dim")
+    od = xd if keep else kept.index(xd)
+    return [_seg(out, od, s)] if not is_out else [_seg(x, xd, s)]
+
+
+# how a pruned segment crosses each op: one rule per op (the sets above do not overlap)
+_PROPAGATE: dict[str, Callable[[Node, Value, Segment], list[tuple[Value, Segment]]]] = {
+    **dict.fromkeys(_ELEMENTWISE, _through_elementwise),
+    "batch_norm": _through_batch_norm,
+    "layer_norm": _through_layer_norm,
+    "rms_norm": _through_layer_norm,
+    **dict.fromkeys(_POOLS, _through_pool),
+    "softmax": _through_softmax,
+    "log_softmax": _through_softmax,
+    **dict.fromkeys(_RESHAPES, _through_reshape),
+    "transpose": _through_transpose,
+    "permute": _through_transpose,
+    "slice": _through_slice,
+    "select": _through_slice,
+    "cat": _through_cat,
+    "linear": _through_linear,
+    "conv2d": _through_conv2d,
+    "conv1d": _through_conv2d,
+    "matmul": _through_matmul,
+    "sdpa": _through_sdpa,
+    "embedding": _through_embedding,
+    **dict.fromkeys(_REDUCE, _through_reduce),
+}
+
+
+def _propagate(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
+    """Segments on the other operands of `node` coupled to segment `s` on its operand `v` (one rule per op, _PROPAGATE)."""
+    rule = _PROPAGATE.get(node.op)
+    if rule is None:
+        raise _Block(f"op {node.op} is not understood by structured pruning")
+    return rule(node, v, s)
 
 
 def find_groups(g: Graph, sources: list[Segment]) -> tuple[nx.Graph, list[Group]]:
