@@ -44,10 +44,11 @@ from bitpress.backends.aarch64.toolchain import (
     run_executable,
 )
 from bitpress.backends.mcu.boards import Board
-from bitpress.backends.mcu.codegen import GeneratedModel, generate, lowered_ops
+from bitpress.backends.mcu.codegen import GeneratedModel, generate
 from bitpress.backends.mcu.legalize import LEGALIZED_OPS, legalize
+from bitpress.backends.mcu.lowering import lowered_ops
 from bitpress.compiler.ir import Graph, Value, to_torch_dtype
-from bitpress.compiler.target import BuildOptions
+from bitpress.compiler.target import BuildOptions, parse_options
 from bitpress.schedules.neon import neon_schedules
 
 __all__ = ["Aarch64Backend", "Aarch64Executable"]
@@ -56,7 +57,22 @@ TARGET = "aarch64-linux"
 DEFAULT_MARCH = "armv8.2-a+dotprod"
 _MCU_C = Path(mcu_pkg.__file__).resolve().parent / "c"
 _C = Path(__file__).resolve().parent / "c"
-_OPTIONS = {"allow_float", "mcpu", "march", "opt", "integer_glue", "schedule", "profile"}
+
+
+@dataclass(frozen=True)
+class Aarch64Options:
+    """`compile(..., target="aarch64-linux", options={...})`: mcpu or march (gcc's; default DEFAULT_MARCH),
+    opt (the gcc flag), schedule (a NEON schedule name, schedules/neon.py), profile (count executed
+    instructions under qemu), allow_float and integer_glue as on the MCU backend."""
+
+    allow_float: bool = False
+    mcpu: str | None = None
+    march: str | None = None
+    opt: str = "-O3"
+    integer_glue: bool = True
+    schedule: str | None = None
+    profile: bool = True
+
 
 MAKEFILE = """# Builds `model`, a static aarch64 Linux executable ({flags}).  `make run` runs it on input.bin -> output.bin.
 CC = aarch64-linux-gnu-gcc
@@ -138,27 +154,22 @@ class Aarch64Backend:
     name = "aarch64"
 
     def supported_ops(self, target: str) -> set[str]:
-        from bitpress.backends.mcu import lowerings  # noqa: F401  (registers the C lowerings)
-
         return lowered_ops() | set(LEGALIZED_OPS)
 
     def build(self, g: Graph, target: str, options: BuildOptions) -> Aarch64Executable:
-        opts = dict(options.extra)
-        unknown = set(opts) - _OPTIONS
-        if unknown:
-            raise ValueError(f"unknown {TARGET} option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
-        if opts.get("mcpu") and opts.get("march"):
+        opts = parse_options(Aarch64Options, options.extra, TARGET)
+        if opts.mcpu and opts.march:
             raise ValueError(f"{TARGET}: give mcpu or march, not both")
         check_tools()
-        flags = [f"-mcpu={opts['mcpu']}"] if opts.get("mcpu") else [f"-march={opts.get('march') or DEFAULT_MARCH}"]
+        flags = [f"-mcpu={opts.mcpu}"] if opts.mcpu else [f"-march={opts.march or DEFAULT_MARCH}"]
         features = cpu_features(flags)
         if not features["neon"]:
             raise ValueError(f"{TARGET}: {' '.join(flags)} has no NEON (Advanced SIMD)")
         cpu = Board(TARGET, "qemu-aarch64", tuple(flags), 0, 0, 0, 1 << 40, True, False, False)
-        lg, glue = legalize(g, integer_glue=bool(opts.get("integer_glue", True)))
-        linear, conv = neon_schedules(features, opts.get("schedule"))
-        gen = generate(lg, cpu, linear, allow_float=bool(opts.get("allow_float", False)))
-        opt = str(opts.get("opt", "-O3"))
+        lg, glue = legalize(g, integer_glue=bool(opts.integer_glue))
+        linear, conv = neon_schedules(features, opts.schedule)
+        gen = generate(lg, cpu, linear, allow_float=bool(opts.allow_float))
+        opt = str(opts.opt)
         project = Path(tempfile.mkdtemp(prefix="bitpress-aarch64-"))
         try:
             write_project(project, gen, flags, opt, g, f"{linear.name}, {conv.name}")
@@ -170,7 +181,7 @@ class Aarch64Backend:
         weakref.finalize(exe, shutil.rmtree, str(project), True)  # the build directory lives as long as the executable
         exe.info = build_info(gen, flags, features, exe_path) | {"schedule": linear.name, "conv_schedule": conv.name}
         exe.info["integer_glue"] = glue
-        if opts.get("profile", True) and not native():
+        if opts.profile and not native():
             ex = options.example_inputs or tuple(torch.zeros(v.type.static_shape(), dtype=to_torch_dtype(v.dtype)) for v in g.inputs)
             exe.info.update(profile_info(exe, gen, list(ex)))
         return exe
