@@ -280,8 +280,8 @@ def test_float_layers_with_allow_float() -> None:
 def test_transformer_block_integer_only_bit_exact() -> None:
     """Quantize(act_scope="all") on a transformer block: integer layer norm, softmax, attention matmuls and
     residual adds (the MCU backend's integer ops, 64-bit pointers here) bit-exact end to end and per tensor."""
-    from tests.backends.test_mcu import _Block
-    from tests.backends.test_mcu_transformer import _all_values, _calibration
+    from tests.backends.mcu.test_mcu import _Block
+    from tests.backends.mcu.test_mcu_transformer import _all_values, _calibration
 
     torch.manual_seed(0)
     m = _Block().eval()
