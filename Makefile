@@ -38,7 +38,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 typecheck: setup
-	$(VENV)/bin/mypy bitpress/compiler bitpress/formats bitpress/passes
+	$(VENV)/bin/mypy bitpress/compiler bitpress/formats
 
 test: setup lint typecheck
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider

@@ -169,7 +169,7 @@ def qlinear(
     return F.linear(x, w.to(x.dtype), b)
 
 
-def _conv_out(x: TensorType, shape: Sequence[int], attrs: dict[str, Any]) -> tuple[int, ...]:
+def _conv_out(x: TensorType, shape: Sequence[int], attrs: dict[str, Any]) -> tuple[Any, ...]:  # int or SymDim (batch)
     def pair(v: Any) -> tuple[int, int]:
         return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
