@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bitpress.schedules.default import _extent, _root_blocks
+from bitpress.schedules.default import _extent, _root_blocks, same_write_shape
 
 __all__ = ["INT8_ROWS", "int8_acc", "int8_gemm_schedule", "int8_weight", "register_tile"]
 
@@ -215,6 +215,8 @@ def int8_gemm_schedule(kernel: Any, registers: int, conv_width: int = 1, conv_ch
         blocks = _root_blocks(sch)
         names = [sch.get(b).name_hint for b in blocks]
         for b in blocks[names.index("requant") + 1 :]:
+            if not same_write_shape(sch, b, blocks[names.index("requant")]):
+                break  # a slicing epilogue stays a loop nest of its own (see default.cpu_gemm)
             with contextlib.suppress(Exception):
                 sch.reverse_compute_inline(b)
         for b in _root_blocks(sch)[names.index("requant") :]:

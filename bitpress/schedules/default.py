@@ -181,8 +181,10 @@ def cpu_gemm(
         return None  # symbolic spatial extents (a batch) are tiled with a guard below; reductions must be static
     lanes = _vec_lanes(target, _out_bits(sch, main.block_rv))
     wb = sch.cache_write(main.block_rv, 0, acc_scope)
-    if epi:
-        # if it cannot be inlined, the epilogue stays a separate (injective) loop nest
+    if epi and same_write_shape(sch, epi[-1].block_rv, main.block_rv):
+        # if it cannot be inlined, the epilogue stays a separate (injective) loop nest.  A slicing
+        # epilogue (x[:, 0] of the GEMM's output) must not be: TVM inlines it into the write-back
+        # as if it covered every row, which writes the other rows out of bounds
         with contextlib.suppress(Exception):
             sch.reverse_compute_inline(epi[-1].block_rv)
     loops = sch.get_loops(main.block_rv)
@@ -234,6 +236,14 @@ def cpu_gemm(
         if len(sch.get_loops(b)) and not _is_scheduled_block(sch, b):
             _schedule_injective_block(sch, b, lanes)
     return sch
+
+
+def same_write_shape(sch: Any, a: Any, b: Any) -> bool:
+    """True when blocks `a` and `b` write buffers of the same shape (reverse_compute_inline of `a`
+    into its producer `b` is then a 1:1 epilogue, not a slice of `b`'s output)."""
+    sa = [int(x) if hasattr(x, "value") or isinstance(x, int) else str(x) for x in sch.get(a).writes[0].buffer.shape]
+    sb = [int(x) if hasattr(x, "value") or isinstance(x, int) else str(x) for x in sch.get(b).writes[0].buffer.shape]
+    return sa == sb
 
 
 def _root_blocks(sch: Any) -> list[Any]:

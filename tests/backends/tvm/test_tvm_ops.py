@@ -321,3 +321,18 @@ def test_nn_ops_compile_for_cuda_without_running() -> None:
         g, _feeds = build(op, operands, attrs)
         exe = TvmBackend().build(g, "cuda", BuildOptions())
         assert "__global__" in generated_source(exe, "cuda"), case
+
+
+@pytest.mark.parametrize("index", [0, 3, -1])
+def test_gemm_with_slicing_epilogue(index: int) -> None:
+    """x[:, i] of a GEMM's output (a ViT's class token): the slice is not inlined as a 1:1 epilogue."""
+    from bitpress.compiler.ir import Graph, TensorType
+
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 17, 64), "float32"))
+    y = g.add_input("y", TensorType((2, 17, 32), "float32"))
+    lin = g.call("linear", [x, g.add_const(r(32, 64), "w"), g.add_const(r(32), "b")], {}, name="fc")
+    s = g.call("select", [g.call("add", [y, lin], {}, name="res")], {"dim": 1, "index": index}, name="cls")
+    g.set_outputs([s])
+    feeds = [r(2, 17, 64), r(2, 17, 32)]
+    assert_matches("select", TvmBackend().build(g, TARGET, BuildOptions()).run(feeds), run(g, feeds), 1e-4)
