@@ -422,7 +422,9 @@ def _qlinear(ctx: LowerContext, node: Node, args: Args) -> Any:
     cpu = ctx.target == "llvm"
     # a symbolic row count (the batch) takes the GEMM kernel, whose schedule tiles rows with a guard
     plan = _gemv_plan(m, n, bits) if cpu and isinstance(m, int) else None
-    name = f"qmatmul_int{bits}_{'gemv' if isinstance(m, int) and m == 1 else 'gemm'}"
+    # named by the kernel actually built: schedule hints are keyed by name, and a model with both
+    # kinds (a ViT's 34-row blocks and its 2-row class-token head) got the GEMV schedule on its GEMMs
+    name = f"qmatmul_int{bits}_{'gemv' if plan is not None else 'gemm'}"
     nb = (plan[1] if plan is not None else _strip_width(n)) if cpu else 1
     bt, s, zs, gs, gsp = _weight_layout(node, ctx, nb, words=cpu)
     if cpu and bits in (2, 4):  # the codes come as c = 1 + u / 2^b: see _qgemv_te
