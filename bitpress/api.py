@@ -141,6 +141,10 @@ def _import_model(model: Any, example_inputs: Sequence[Any], dynamic_shapes: Any
         from bitpress.compiler.frontend.torch_fx import import_module
 
         return import_module(model, example_inputs, dynamic_shapes=dynamic_shapes, dynamic=dynamic)
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+        from bitpress.compiler.frontend.hf import import_pretrained_dir
+
+        return import_pretrained_dir(model, example_inputs, dynamic_shapes=dynamic_shapes, dynamic=dynamic)  # save_pretrained output
     if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
         from bitpress.compiler.frontend.onnx_import import import_onnx
 
