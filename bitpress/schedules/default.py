@@ -241,8 +241,8 @@ def cpu_gemm(
 def same_write_shape(sch: Any, a: Any, b: Any) -> bool:
     """True when blocks `a` and `b` write buffers of the same shape (reverse_compute_inline of `a`
     into its producer `b` is then a 1:1 epilogue, not a slice of `b`'s output)."""
-    sa = [int(x) if hasattr(x, "value") or isinstance(x, int) else str(x) for x in sch.get(a).writes[0].buffer.shape]
-    sb = [int(x) if hasattr(x, "value") or isinstance(x, int) else str(x) for x in sch.get(b).writes[0].buffer.shape]
+    sa = [int(x) if hasattr(x, "value") or isinstance(x, int) else str(x) for x in sch.get(a).writes[0].source.shape]
+    sb = [int(x) if hasattr(x, "value") or isinstance(x, int) else str(x) for x in sch.get(b).writes[0].source.shape]
     return sa == sb
 
 
