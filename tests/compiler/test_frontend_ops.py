@@ -49,6 +49,11 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], list[nn.Module], list[torch.
     "conv-transpose2d": (lambda m, x: m[0](x), [nn.ConvTranspose2d(4, 2, 2, stride=2)], [_x(1, 4, 5, 5)]),
     "conv-transpose2d-groups": (lambda m, x: m[0](x), [nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2)], [_x(1, 4, 5, 5)]),
     "conv1d": (lambda m, x: m[0](x), [nn.Conv1d(3, 4, 3, padding=1)], [_x(2, 3, 8)]),
+    "conv-string-padding": (
+        lambda m, x: m[0](x)[..., 1:-1, 1:-1] + m[1](x),
+        [nn.Conv2d(3, 4, 3, padding="same"), nn.Conv2d(3, 4, 3, padding="valid")],
+        [_x(1, 3, 6, 6)],
+    ),
     "conv3d": (lambda m, x: m[0](x), [nn.Conv3d(2, 3, 3, padding=1)], [_x(1, 2, 4, 5, 5)]),
     "pools-1d": (lambda m, x: F.max_pool1d(x, 2) + F.avg_pool1d(x, 2) + F.adaptive_avg_pool1d(x, 4), [], [_x(2, 3, 8)]),
     "pools-3d": (lambda m, x: F.max_pool3d(x, 2) + F.avg_pool3d(x, 2) + F.adaptive_avg_pool3d(x, 2), [], [_x(1, 2, 4, 4, 4)]),

@@ -496,9 +496,6 @@ _SIMPLE: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "matmul": ("matmul", ("self", "other"), {}),
     "mm": ("matmul", ("self", "mat2"), {}),
     "bmm": ("matmul", ("self", "mat2"), {}),
-    "conv1d": ("conv1d", ("input", "weight", "bias"), _CONV_ATTRS),
-    "conv2d": ("conv2d", ("input", "weight", "bias"), _CONV_ATTRS),
-    "conv3d": ("conv3d", ("input", "weight", "bias"), _CONV_ATTRS),
     "embedding": ("embedding", ("weight", "indices"), {}),
     "layer_norm": ("layer_norm", ("input", "weight", "bias"), {"normalized_shape": "normalized_shape", "eps": "eps"}),
     "rms_norm": ("rms_norm", ("input", "weight"), {"normalized_shape": "normalized_shape", "eps": "eps"}),
@@ -815,6 +812,25 @@ def _split(s: _Site) -> Any:
     if s.pkt == "unbind":
         outs = [g.call("squeeze", [o], {"dim": dim}, name=s.hint) for o in outs]
     return outs
+
+
+@_converts("conv1d", "conv2d", "conv3d")
+def _conv(s: _Site) -> Any:
+    """conv*d with string padding made explicit ("valid" = 0; "same" = half the dilated kernel
+    when that is symmetric), so passes and formats see integer padding"""
+    attrs: dict[str, Any] = {k: _py(s.args[k]) for k in ("stride", "padding", "dilation", "groups") if k in s.args}
+    pad = attrs.get("padding")
+    if isinstance(pad, str):
+        w = s.env(s.args["weight"])
+        n = w.ndim - 2
+        dil = attrs.get("dilation", 1)
+        dil = list(dil) * (n if len(dil) == 1 else 1) if isinstance(dil, list) else [int(dil)] * n
+        total = [d * (k - 1) for d, k in zip(dil, w.shape[2:], strict=True)]
+        if pad == "valid":
+            attrs["padding"] = [0] * n
+        elif all(t % 2 == 0 for t in total):
+            attrs["padding"] = [t // 2 for t in total]
+    return s.out(s.call(s.pkt, [s.args["input"], s.args["weight"], s.args.get("bias")], attrs))
 
 
 @_converts("convolution")
