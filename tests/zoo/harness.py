@@ -20,7 +20,7 @@ from bitpress.compiler.ir import Graph
 from bitpress.compiler.pass_manager import sqnr_db
 from tests.zoo.models import BATCHES, ZOO
 
-TARGETS = ("import", "torch", "llvm", "onnx", "rtn8", "batch")
+TARGETS = ("import", "torch", "llvm", "onnx", "rtn8", "batch")  # batch: the same artifacts at BATCHES[1]
 QUANT_SQNR_DB = 20.0  # int8 per-channel RTN weights on random-init tiny models measure 30-45 dB
 # Known failures: (arch, target) -> the exact reason.  Each counts as a failure in the table.
 XFAIL: dict[tuple[str, str], str] = {}
@@ -63,9 +63,11 @@ def assert_close_to_eager(got: list[torch.Tensor], want: list[torch.Tensor], wha
         torch.testing.assert_close(o, w, rtol=1e-4, atol=1e-4 * scale, msg=lambda m, i=i: f"{what} output {i}: {m}")
 
 
-def compile_graph(name: str, target: str, batch: int = BATCHES[0], passes: list[object] | None = None) -> bp.CompiledModel:
-    imp = imported(name, batch)
-    return bp.compile(imp.graph.clone(), imp.inputs, target=target, passes=passes or [])
+@functools.lru_cache(maxsize=4)
+def compiled(name: str, target: str) -> bp.CompiledModel:
+    """One artifact per (architecture, target), with a symbolic batch (`dynamic="batch"`)."""
+    imp = imported(name)
+    return bp.compile(imp.graph.clone(), imp.inputs, target=target)
 
 
 def check(name: str, target: str) -> None:
@@ -78,11 +80,11 @@ def check(name: str, target: str) -> None:
         assert_close_to_eager(run(imp.graph, imp.inputs), imp.want, f"{name} on the interpreter")
         return
     if target in ("llvm", "onnx"):
-        cm = compile_graph(name, target)
+        cm = compiled(name, target)
         assert_close_to_eager(_outputs(cm(*imp.inputs)), imp.want, f"{name} on {target}")
         return
     if target == "rtn8":
-        cm = compile_graph(name, "torch", passes=[bp.passes.Quantize(method="rtn", bits=8)])
+        cm = bp.compile(imp.graph.clone(), imp.inputs, target="torch", passes=[bp.passes.Quantize(method="rtn", bits=8)])
         got = _outputs(cm(*imp.inputs))
         assert any(layer.get("bits") == 8 for layer in cm.report.layers), f"{name}: no layer was quantized"
         for i, (o, w) in enumerate(zip(got, imp.want, strict=True)):
@@ -91,13 +93,13 @@ def check(name: str, target: str) -> None:
                 assert db >= QUANT_SQNR_DB, f"{name} rtn8 output {i}: SQNR {db:.1f} dB < {QUANT_SQNR_DB}"
         return
     if target == "batch":
-        # a second batch size, compiled again (interpreter and onnx; llvm at the example batch only):
-        # one artifact for both once dynamic shapes land on main
+        # the same artifacts (interpreter graph, llvm, onnx) run at a second batch size
         other = BATCHES[1]
-        imp2 = imported(name, other)
-        assert_close_to_eager(run(imp2.graph, imp2.inputs), imp2.want, f"{name} on the interpreter at batch {other}")
-        for tgt in ("onnx",):
-            cm = compile_graph(name, tgt, batch=other)
-            assert_close_to_eager(_outputs(cm(*imp2.inputs)), imp2.want, f"{name} on {tgt} at batch {other}")
+        xs = ZOO[name].inputs(other)
+        with torch.no_grad():
+            want = model_outputs(imp.model(*xs))
+        assert_close_to_eager(run(imp.graph, xs), want, f"{name} on the interpreter at batch {other}")
+        for tgt in ("llvm", "onnx"):
+            assert_close_to_eager(_outputs(compiled(name, tgt)(*xs)), want, f"{name} on {tgt} at batch {other}")
         return
     raise ValueError(f"unknown zoo target {target!r}")

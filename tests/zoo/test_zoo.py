@@ -1,5 +1,5 @@
 """The zoo (issue 14): every architecture in tests/zoo/models.py imports, matches eager torch on
-the interpreter, llvm and onnx, survives int8 RTN weight quantization, and runs a second batch size.
+the interpreter, llvm and onnx, survives int8 RTN weight quantization, and runs a second batch size from the same artifacts.
 
 The pass-rate table is benchmarks/RESULTS.md ("Model zoo"), made by benchmarks/zoo.py.
 """
