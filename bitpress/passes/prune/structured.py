@@ -140,28 +140,25 @@ def _broadcast(operands: list[Value], src: Value, s: Segment) -> list[tuple[Valu
     return out
 
 
+def _at(node: Node, v: Value, s: Segment) -> tuple[str, list[Value | None], Value, bool, int]:
+    """(op, inputs, output, whether `v` is an output, the pruned dim): what every _PROPAGATE rule reads."""
+    return node.op, node.inputs, node.outputs[0], any(v is o for o in node.outputs), s.dim
+
+
 def _through_elementwise(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
+    _op, ins, out, _is_out, _d = _at(node, v, s)
     return _broadcast([x for x in ins if x is not None] + [out], v, s)
 
 
 def _through_batch_norm(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    _op, ins, out, is_out, d = _at(node, v, s)
     if d != 1:
         return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
     return [_seg(x, 0 if x.ndim == 1 else 1, s) for x in [*ins, out] if x is not None and x is not v]
 
 
 def _through_layer_norm(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    op, ins, out, is_out, d = _at(node, v, s)
     x = ins[0]
     assert x is not None
     ns = node.attrs.get("normalized_shape") or [x.shape[-1]]
@@ -176,42 +173,28 @@ def _through_layer_norm(node: Node, v: Value, s: Segment) -> list[tuple[Value, S
 
 
 def _through_pool(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    op, ins, out, is_out, d = _at(node, v, s)
     if d > 1:
         raise _Block(f"{op} pools over the pruned dim")
     return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
 
 
 def _through_softmax(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    op, ins, out, is_out, d = _at(node, v, s)
     if d == _norm_dim(node.attrs.get("dim", -1), v.ndim):
         raise _Block(f"{op} normalizes over the pruned dim")
     return [_seg(out if not is_out else ins[0], d, s)]  # type: ignore[arg-type]
 
 
 def _through_reshape(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
+    _op, ins, out, is_out, _d = _at(node, v, s)
     x = ins[0]
     assert x is not None
     return [_reshape_map(x.shape, out.shape, s, out)] if not is_out else [_reshape_map(out.shape, x.shape, s, x)]
 
 
 def _through_transpose(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    op, ins, out, is_out, d = _at(node, v, s)
     x = ins[0]
     assert x is not None
     if op == "transpose":
@@ -224,11 +207,7 @@ def _through_transpose(node: Node, v: Value, s: Segment) -> list[tuple[Value, Se
 
 
 def _through_slice(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    op, ins, out, is_out, d = _at(node, v, s)
     x = ins[0]
     assert x is not None
     sd = _norm_dim(node.attrs.get("dim", 0), x.ndim)
@@ -240,10 +219,7 @@ def _through_slice(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segmen
 
 
 def _through_cat(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    _op, ins, out, is_out, d = _at(node, v, s)
     cd = _norm_dim(node.attrs.get("dim", 0), out.ndim)
     xs = [x for x in ins if x is not None]
     if d != cd:
@@ -260,9 +236,7 @@ def _through_cat(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]
 
 
 def _through_linear(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    d = s.dim
+    _op, ins, out, _is_out, d = _at(node, v, s)
     x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
     assert x is not None and w is not None
     if v is x:
@@ -279,10 +253,7 @@ def _through_linear(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segme
 
 
 def _through_conv2d(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    d = s.dim
+    op, ins, out, _is_out, d = _at(node, v, s)
     if node.attrs.get("groups", 1) != 1:
         raise _Block("grouped convolution")
     x, w, b = ins[0], ins[1], ins[2] if len(ins) > 2 else None
@@ -308,9 +279,7 @@ def _through_conv2d(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segme
 
 
 def _through_matmul(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    d = s.dim
+    _op, ins, out, _is_out, d = _at(node, v, s)
     a, b = ins[0], ins[1]
     assert a is not None and b is not None
     if a.ndim < 2 or b.ndim < 2:
@@ -328,9 +297,7 @@ def _through_matmul(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segme
 
 
 def _through_sdpa(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    d = s.dim
+    _op, ins, out, _is_out, d = _at(node, v, s)
     q, k = ins[0], ins[1]
     assert q is not None and k is not None
     operands = {"q": q, "k": k, "v": ins[2], "out": out, "mask": ins[3] if len(ins) > 3 else None}
@@ -352,9 +319,7 @@ def _through_sdpa(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment
 
 
 def _through_embedding(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    ins = node.inputs
-    out = node.outputs[0]
-    d = s.dim
+    _op, ins, out, _is_out, d = _at(node, v, s)
     w, idx = ins[0], ins[1]
     assert w is not None and idx is not None
     if v is w:
@@ -367,11 +332,7 @@ def _through_embedding(node: Node, v: Value, s: Segment) -> list[tuple[Value, Se
 
 
 def _through_reduce(node: Node, v: Value, s: Segment) -> list[tuple[Value, Segment]]:
-    op = node.op
-    ins = node.inputs
-    out = node.outputs[0]
-    is_out = any(v is o for o in node.outputs)
-    d = s.dim
+    op, ins, out, is_out, d = _at(node, v, s)
     x = ins[0]
     assert x is not None
     dims = node.attrs.get("dim")
