@@ -754,7 +754,7 @@ def _select(ctx: LowerContext, node: Node, args: Args) -> Any:
 @register_lowering("cat")
 def _cat(ctx: LowerContext, node: Node, args: Args) -> Any:
     d = _dt(node)
-    xs = [_cast(a, d) for a, v in zip(args, node.inputs, strict=True) if v is not None and v.numel > 0]
+    xs = [_cast(a, d) for a, v in zip(args, node.inputs, strict=True) if v is not None and not (isinstance(v.numel, int) and v.numel == 0)]
     nd = len(node.outputs[0].shape)
     if len(xs) == 1:
         return ctx.emit(R.reshape(xs[0], _out_shape(node)))
