@@ -296,8 +296,20 @@ def _torch_dtype(d: str) -> torch.dtype:
     return to_torch_dtype(d)
 
 
+# ops whose constant operands are weights (a weight may not hold inf; a mask or a fill value may:
+# GPT-2's causal mask is -inf where a token may not attend)
+_WEIGHT_OPS = {"linear", "matmul", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "embedding", "layer_norm", "rms_norm", "group_norm", "batch_norm"}  # fmt: skip
+
+
 def _check_weights(g: Graph) -> None:
-    bad = [v.name for v in g.consts.values() if v.value.is_floating_point() and not torch.isfinite(v.value).all()]
+    """NaN in any constant, or inf in a constant consumed as a weight, is an error."""
+    weights = {id(v) for n in g.nodes if n.op in _WEIGHT_OPS for v in n.inputs if v is not None and v.is_const}
+    bad = [
+        v.name
+        for v in g.consts.values()
+        if v.value.is_floating_point()
+        and (bool(torch.isnan(v.value).any()) or (id(v) in weights and not bool(torch.isfinite(v.value).all())))
+    ]
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise CompileError(f"model has NaN/inf weights in {shown}")

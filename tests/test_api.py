@@ -123,6 +123,29 @@ def test_nan_weights_are_rejected() -> None:
         bp.compile(m, (torch.randn(3, 8),))
 
 
+def test_inf_weight_rejected_but_inf_mask_accepted() -> None:
+    """-inf in a mask constant is legitimate (GPT-2's exported causal mask); in a weight it is not."""
+    m = mlp()
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("inf")
+    with pytest.raises(bp.CompileError, match=r"NaN/inf weights in 0.weight"):
+        bp.compile(m, (torch.randn(3, 8),), target="torch")
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.register_buffer("mask", torch.triu(torch.full((4, 4), float("-inf")), 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.lin(x) + self.mask, -1)
+
+    x = torch.randn(2, 4, 4)
+    masked = Masked().eval()
+    cm = bp.compile(masked, (x,), target="onnx")
+    torch.testing.assert_close(cm(x), masked(x), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_target() -> None:
     with pytest.raises(ValueError, match="unknown target 'tpu'"):
         bp.compile(mlp(), (torch.randn(3, 8),), target="tpu")
