@@ -76,6 +76,7 @@ NN_CASES: dict[str, tuple[str, list[Any], dict[str, Any], float]] = {
     "interp-nearest-1d": ("interpolate", [r(1, 2, 5)], {"size": [10], "mode": "nearest"}, 0.0),
     "interp-bilinear": ("interpolate", [r(1, 2, 3, 4)], {"size": [6, 8], "mode": "linear"}, 1e-5),
     "interp-bilinear-ac": ("interpolate", [r(1, 2, 3, 4)], {"size": [5, 6], "mode": "linear", "align_corners": True}, 1e-5),
+    "interp-bicubic": ("interpolate", [r(1, 2, 3, 4)], {"size": [6, 8], "mode": "cubic"}, 1e-5),
     "interp-linear-1d": ("interpolate", [r(1, 2, 5)], {"size": [9], "mode": "linear"}, 1e-5),
     "pad-circular": ("pad", [r(1, 2, 4, 5)], {"pad": [2, 1, 1, 1], "mode": "circular"}, 0.0),
 }

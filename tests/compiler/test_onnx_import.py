@@ -633,3 +633,33 @@ def test_slice_property(n: int, start: int, end: int, step: int) -> None:
     the first element (ONNX clamps them to it; Python slicing would give an empty result)."""
     model = one_op("Slice", [("x", F32, [3, n])], [F32], inits={"s": i64(start), "e": i64(end), "a": i64(1), "st": i64(step)})
     assert_matches_ort(model, (torch.randn(3, n),))
+
+
+class _Interp(nn.Module):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, **self.kw)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"scale_factor": 2, "mode": "nearest"},
+        {"size": (5, 7), "mode": "nearest"},
+        {"scale_factor": 2, "mode": "bilinear"},
+        {"size": (5, 6), "mode": "bilinear", "align_corners": True},
+        {"size": (6, 8), "mode": "bicubic"},
+    ],
+    ids=["nearest-x2", "nearest-size", "bilinear", "bilinear-ac", "bicubic"],
+)
+@pytest.mark.parametrize("opset", [13, 18])
+def test_resize_from_torch_exporter(kw: dict[str, Any], opset: int) -> None:
+    """Resize (DINOv2 stopped there) imports as interpolate and matches onnxruntime and eager torch."""
+    x = torch.randn(1, 2, 3, 4)
+    m = _Interp(**kw)
+    g = assert_matches_ort(export(m, (x,), opset_version=opset), (x,), tol=1e-5)
+    assert [n.op for n in g.nodes] == ["interpolate"]
+    torch.testing.assert_close(run(g, (x,))[0], m(x), rtol=1e-5, atol=1e-5)

@@ -1068,6 +1068,56 @@ def _pad(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
     return [imp.op("pad", [x], pad=torch_pad, mode=mode, value=float(value))]
 
 
+@_converter("Resize")
+def _resize(imp: _Importer, node: Any, ins: list[Operand]) -> list[Operand]:
+    """Resize over the spatial dims -> interpolate(x, size, mode, align_corners)
+
+    torch's exporters write nearest as asymmetric + floor, nearest-exact as half_pixel +
+    round_prefer_ceil, (bi)linear and bicubic as half_pixel / pytorch_half_pixel or align_corners."""
+    a = _attrs(node)
+    x = ins[0]
+    shape = list(imp.shape(x))
+    nd = len(shape)
+    if int(a.get("antialias", 0)):
+        raise ValueError("Resize with antialias=1 is not supported")
+    if a.get("axes") is not None:
+        raise ValueError("Resize with axes is not supported")
+    if len(ins) > 3 and ins[3] is not None:
+        out = [int(v) for v in imp.ints(ins[3], "sizes")]
+    elif len(ins) > 2 and ins[2] is not None:
+        scales = [float(v) for v in imp.const(ins[2], "scales").reshape(-1).tolist()]
+        if len(scales) != nd:
+            raise ValueError(f"Resize scales {scales} do not match the input rank {nd}")
+        out = []
+        for d, sc in zip(shape, scales, strict=True):
+            if sc == 1.0:
+                out.append(d)
+                continue
+            if not isinstance(d, int) or float(d) * sc != int(float(d) * sc):
+                raise ValueError(f"Resize scale {sc} of a dim of {d} does not give a whole size")
+            out.append(int(d * sc))
+    else:
+        raise ValueError("Resize needs scales or sizes")
+    if nd < 3 or out[:2] != shape[:2]:
+        raise ValueError(f"Resize of a batch or channel dim ({shape} -> {out}) is not supported")
+    mode = str(a.get("mode", "nearest"))
+    coord = str(a.get("coordinate_transformation_mode", "half_pixel"))
+    nearest = str(a.get("nearest_mode", "round_prefer_floor"))
+    if mode == "nearest" and coord == "asymmetric" and nearest == "floor":
+        ir_mode, ac = "nearest", False
+    elif mode == "nearest" and coord in ("half_pixel", "pytorch_half_pixel") and nearest == "round_prefer_ceil":
+        ir_mode, ac = "nearest_exact", False
+    elif mode in ("linear", "cubic") and coord in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        if mode == "cubic" and abs(float(a.get("cubic_coeff_a", -0.75)) + 0.75) > 1e-6:
+            raise ValueError(f"Resize cubic with cubic_coeff_a={a.get('cubic_coeff_a')} (torch's bicubic is -0.75)")
+        if coord == "pytorch_half_pixel" and any(o == 1 for o in out[2:]):
+            raise ValueError("Resize pytorch_half_pixel to a size of 1 is not supported")
+        ir_mode, ac = mode, coord == "align_corners"
+    else:
+        raise ValueError(f"Resize mode={mode} coordinate_transformation_mode={coord} nearest_mode={nearest} is not supported")
+    return [imp.op("interpolate", [x], size=out[2:], mode=ir_mode, align_corners=ac)]
+
+
 # ----------------------------------------------------------------------------- constants and shape arithmetic
 
 
