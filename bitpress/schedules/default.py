@@ -134,6 +134,7 @@ def cpu_gemm(
     m_tiles: tuple[int, ...] = (4, 6, 3, 2),
     acc_scope: str = "global",
     n_tile: int | None = None,
+    m_multiple: int | None = None,
 ) -> Any:
     """C[s..] = sum_r A[..] * B[..]  ->  parallel(s_outer, mo, no) . r . unroll(mi) . vectorize(ni)
 
@@ -200,7 +201,15 @@ def cpu_gemm(
     # a symbolic row count (the batch): one row per tile.  A taller tile needs a guard on its
     # last rows, and the guarded loads keep the accumulators out of registers (measured on
     # AVX2: 6 guarded rows were no faster at batch 32 than 1 row, and 1.6x slower at batch 1)
-    ni, mi = _register_tile(n_ext, m_ext or 1, lanes, _vector_registers(target), n_tile, m_tiles if p >= 2 and m_ext is not None else (1,))
+    # A lowering that pads the rows to a multiple of `m_multiple` (rows past the batch computed
+    # and never written out) gets full-height tiles with no guard.
+    if m_ext is None and m_multiple is not None and p >= 2:
+        heights = tuple(t for t in m_tiles if m_multiple % t == 0)
+        ni, mi = _register_tile(n_ext, m_multiple, lanes, _vector_registers(target), n_tile, heights or (1,))
+    else:
+        ni, mi = _register_tile(
+            n_ext, m_ext or 1, lanes, _vector_registers(target), n_tile, m_tiles if p >= 2 and m_ext is not None else (1,)
+        )
     if na != p - 1:
         # the vectorized axis is not the output's last (conv: channels of NCHW): lay the
         # accumulator out with it innermost, so the tile is contiguous vectors that LLVM keeps

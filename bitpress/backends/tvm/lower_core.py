@@ -339,6 +339,8 @@ def _strip_width(ctx: LowerContext, n: int) -> int:
 
 def _dense_packed(ctx: LowerContext, node: Node, x: Any, wp: Any, k: int, nb: int) -> Any:
     out_shape = _out_shape(node)
+    if any(not isinstance(d, int) for d in out_shape[:-1]):
+        return _dense_packed_rows(ctx, x, wp, k, nb, out_shape)
 
     def dense(data: Any, weight: Any) -> Any:
         rk = te.reduce_axis((0, k), "rk")
@@ -351,6 +353,30 @@ def _dense_packed(ctx: LowerContext, node: Node, x: Any, wp: Any, k: int, nb: in
     y = ctx.emit_te(dense, x, wp, primfunc_name_hint="dense_packed")
     ctx.schedule_hint("dense_packed", rule="cpu-gemm", n_tile=nb, m_tiles=(8, 6, 4, 3, 2))
     return y
+
+
+def _dense_packed_rows(ctx: LowerContext, x: Any, wp: Any, k: int, nb: int, out_shape: tuple[Any, ...]) -> Any:
+    """A symbolic row count (the batch): the GEMM runs on the rows padded to a multiple of the
+    register tile's height (copies of the last row) and the output takes the first m rows, so
+    every tile is full and needs no guard (a guarded tile keeps its accumulators in memory)."""
+    n = int(out_shape[-1])
+    m = math.prod(out_shape[:-1])
+    unit = 8 if ctx.isa is not None and ctx.isa.vector_registers >= 32 else 4
+    mp = (m + unit - 1) // unit * unit
+    x2 = ctx.emit(R.reshape(x, (m, k))) if len(out_shape) != 2 else x
+
+    def dense(data: Any, weight: Any) -> Any:
+        rk = te.reduce_axis((0, k), "rk")
+        full = te.compute(
+            (mp, n),
+            lambda i, j: te.sum(data[tirx.min(i, m - 1), rk] * weight[j // nb, rk, j % nb], axis=rk),
+            name="dense_packed",
+        )
+        return te.compute((m, n), lambda i, j: full[i, j], name="rows")
+
+    y = ctx.emit_te(dense, x2, wp, primfunc_name_hint="dense_packed_rows")
+    ctx.schedule_hint("dense_packed_rows", rule="cpu-gemm", n_tile=nb, m_tiles=(8, 6, 4, 3, 2), m_multiple=unit)
+    return ctx.emit(R.reshape(y, out_shape)) if len(out_shape) != 2 else y
 
 
 @register_lowering("linear", targets=("cuda",))
