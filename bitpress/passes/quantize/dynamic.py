@@ -19,6 +19,7 @@ from typing import Any
 from bitpress.compiler.builder import emit
 from bitpress.compiler.ir import Node, Value
 from bitpress.compiler.pattern import Pat, Reject, RuleSet, rule
+from bitpress.formats.quantized import QuantAttrs
 
 __all__ = ["dynamic_rules"]
 
@@ -31,10 +32,10 @@ def dynamic_int8_activations(
     x: Value, qweight: Value, scales: Value, zeros: Value | None, b: Value | None, *, node: Node, cfg: Any = None
 ) -> Value | Reject:
     """qlinear(x, q, s, b) -> qlinear_dyn(x, q, s, b)   x quantized per row to int8 at run time"""
-    a = node.attrs
-    bits, gs = int(a["bits"]), int(a["group_size"])
-    n, k = (int(v) for v in a["shape"])
-    if zeros is not None or not a.get("signed", True):
+    a = QuantAttrs.of(node.attrs)
+    bits, gs = a.bits, a.group_size
+    n, k = a.shape
+    if zeros is not None or not a.signed:
         return Reject("asymmetric weights (zero points): int8 dots need symmetric codes")
     if bits not in (4, 8):
         return Reject(f"{bits}-bit codes: the int8 dot kernels take 4 or 8 bits")
