@@ -553,6 +553,24 @@ def _masked_fill(x: torch.Tensor, mask: torch.Tensor, value: float = 0.0) -> tor
 
 @register_op("pad", ("x",))
 def _pad(x: torch.Tensor, pad: Any, mode: str = "constant", value: float = 0.0) -> torch.Tensor:
+    # the aten ops keep a symbolic batch symbolic in type inference (F.pad specializes it)
+    if mode == "constant" and all(int(p) >= 0 for p in pad):  # constant_pad_nd specializes it too
+        shape = list(x.shape)
+        idx: list[Any] = [slice(None)] * x.ndim
+        for i in range(len(pad) // 2):
+            a = x.ndim - 1 - i
+            lo, hi = int(pad[2 * i]), int(pad[2 * i + 1])
+            shape[a] = shape[a] + lo + hi
+            idx[a] = slice(lo, lo + x.shape[a])
+        y = x.new_full(shape, value)
+        y[tuple(idx)] = x
+        return y
+    if mode == "constant":
+        return torch.constant_pad_nd(x, list(pad), value)
+    k = len(pad) // 2
+    if mode in ("reflect", "replicate") and x.ndim in (k + 1, k + 2) and 1 <= k <= 3:
+        fn = getattr(torch.ops.aten, f"{'reflection' if mode == 'reflect' else 'replication'}_pad{k}d")
+        return fn(x, list(pad))
     return F.pad(x, tuple(pad), mode, value)
 
 
@@ -762,4 +780,13 @@ def _interpolate(x: torch.Tensor, size: Any, mode: str = "nearest", align_corner
     else:
         tmode = "nearest"
     ac = bool(align_corners) if mode in ("linear", "cubic") else None
-    return F.interpolate(x, size=tuple(int(s) for s in size), mode=tmode, align_corners=ac)
+    out = [int(s) for s in size]
+    aten = torch.ops.aten
+    # the aten ops keep a symbolic batch symbolic in type inference (F.interpolate specializes it)
+    if tmode == "nearest" and k in (1, 2, 3):
+        return getattr(aten, f"upsample_nearest{k}d").default(x, out)
+    if tmode == "bilinear":
+        return aten.upsample_bilinear2d.default(x, out, bool(ac))
+    if tmode == "linear":
+        return aten.upsample_linear1d.default(x, out, bool(ac))
+    return F.interpolate(x, size=tuple(out), mode=tmode, align_corners=ac)
