@@ -23,7 +23,31 @@ from tests.zoo.models import BATCHES, ZOO
 TARGETS = ("import", "torch", "llvm", "onnx", "rtn8", "batch")  # batch: the same artifacts at BATCHES[1]
 QUANT_SQNR_DB = 20.0  # int8 per-channel RTN weights on random-init tiny models measure 30-45 dB
 # Known failures: (arch, target) -> the exact reason.  Each counts as a failure in the table.
-XFAIL: dict[tuple[str, str], str] = {}
+# Known failures, each counted as a failure in the RESULTS table.  The Hugging Face text models'
+# mask code indexes with arange(batch); a symbolic-length arange has no IR op yet, so the frontend
+# imports them with a static batch (reported in the compile notes) and the second batch size is
+# refused with an InputError.
+_STATIC_BATCH = "arange over the symbolic batch has no IR op yet: imported with a static batch"
+XFAIL: dict[tuple[str, str], str] = {
+    (arch, "batch"): _STATIC_BATCH
+    for arch in (
+        "bert",
+        "roberta",
+        "albert",
+        "distilbert",
+        "electra",
+        "gpt2",
+        "llama",
+        "qwen2",
+        "qwen3",
+        "mistral",
+        "phi",
+        "gemma",
+        "gpt-neox",
+        "bloom",
+        "falcon",
+    )
+}
 
 
 @dataclass
